@@ -1,0 +1,9 @@
+"""spinecast.datasets: the cohort contract, its file loader and the synthetic cohort generator."""
+
+from .io import CohortError, Violation, load_cohort, mcid, read_table, summarize, validate_frame
+from .schema import COLUMN_BY_NAME, COLUMNS, DIAGNOSES, TREATMENTS, Column
+
+__all__ = [
+    "COLUMNS", "COLUMN_BY_NAME", "DIAGNOSES", "TREATMENTS", "Column", "CohortError", "Violation",
+    "load_cohort", "mcid", "read_table", "summarize", "validate_frame",
+]

@@ -1,0 +1,157 @@
+"""The data card of a synthetic cohort: what it holds, and the ceilings a model is measured against."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..schema import COLUMNS, MCID_ODI_POINTS, TREATMENTS
+
+# Outcome-relevant facts (they move p_satisfied or the treatment effect in outcomes.py), the
+# predicate that makes each true for a patient, and the structured fields that can record it.
+FACTS: dict[str, tuple] = {
+    "workers_comp": (lambda s: s["workers_comp"], ("workers_comp",)),
+    "depression": (lambda s: s["depression"], ("depression",)),
+    "anxiety": (lambda s: s["anxiety"], ("anxiety",)),
+    "opioid_use": (lambda s: s["opioid_use"], ("opioid_use",)),
+    "prior_spine_surgery": (lambda s: s["prior_spine_surgery"], ("prior_spine_surgery",)),
+    "current_smoker": (lambda s: s["smoking"] == "current", ("smoking",)),
+    "chronic_symptoms": (lambda s: s["symptom_duration_weeks"] > 52, ("symptom_duration_weeks",)),
+    "severe_disability": (lambda s: s["baseline_odi"] > 56, ("baseline_odi",)),
+    "leg_dominant_pain": (lambda s: s["leg_dominant"], ("back_pain_nrs", "leg_pain_nrs")),
+    "fear_avoidance": (lambda s: s["fear_avoidance"], ()),
+    "unrealistic_expectations": (lambda s: s["unrealistic_expectations"], ()),
+    "leg_side": (lambda s: s["leg_side"] != "none", ()),
+    "positive_slr": (lambda s: s["slr_positive"], ()),
+    "motor_deficit": (lambda s: s["motor_deficit"], ()),
+    "root_compression": (lambda s: s["root_compression"], ()),
+    "compression_side": (lambda s: s["root_compression"], ()),
+    "foraminal_stenosis": (lambda s: s["foraminal_stenosis"], ()),
+    "central_stenosis": (lambda s: s["central_stenosis"].isin(["moderate", "severe"]), ()),
+    "unstable_slip": (lambda s: s["unstable_slip"], ()),
+    "listhesis": (lambda s: s["listhesis_grade"] > 0, ()),
+}
+
+
+def expected_auroc(p: np.ndarray) -> float:
+    """AUROC of the true probabilities, in expectation over the label draw (the Bayes ceiling)."""
+    p = np.sort(np.asarray(p, dtype=float))
+    neg = 1.0 - p
+    below = np.cumsum(neg) - neg  # expected negatives scored lower than each patient
+    pairs = p.sum() * neg.sum() - (p * neg).sum()
+    return float((p * below).sum() / pairs)
+
+
+def auroc(scores: np.ndarray, labels: np.ndarray) -> float:
+    """Rank-based (Mann-Whitney) AUROC, ties counted as half."""
+    ranks = pd.Series(scores).rank(method="average").to_numpy()
+    labels = np.asarray(labels, dtype=bool)
+    n_pos, n_neg = labels.sum(), (~labels).sum()
+    return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def text_only_facts(state: pd.DataFrame, cohort: pd.DataFrame, in_text: dict[str, list]) -> dict:
+    """Count (patient, fact) pairs that hold and say where the chart shows them."""
+    texts_present = {col: cohort[col].notna().to_numpy() for col in in_text}
+    mentioned = {name: np.zeros(len(state), dtype=bool) for name in FACTS}
+    for col, per_patient in in_text.items():
+        for i, facts in enumerate(per_patient):
+            if texts_present[col][i]:
+                for name in facts:
+                    mentioned[name][i] = True
+    per_fact, totals = {}, np.zeros(3, dtype=int)
+    for name, (holds, fields) in FACTS.items():
+        true = np.asarray(holds(state), dtype=bool)
+        recorded = np.ones(len(state), dtype=bool) if fields else np.zeros(len(state), dtype=bool)
+        for field in fields:
+            recorded &= cohort[field].notna().to_numpy()
+        text_only = true & ~recorded & mentioned[name]
+        counts = np.array([(true & recorded).sum(), text_only.sum(), (true & ~recorded & ~mentioned[name]).sum()])
+        totals += counts
+        per_fact[name] = dict(zip(("structured", "text_only", "nowhere"), map(int, counts)))
+    total = int(totals.sum())
+    return {
+        "facts_total": total,
+        "structured_fraction": round(totals[0] / total, 4),
+        "text_only_fraction": round(totals[1] / total, 4),
+        "nowhere_fraction": round(totals[2] / total, 4),
+        "per_fact": per_fact,
+        "how_counted": (
+            "Each (patient, fact) pair where an outcome-relevant fact holds in the hidden state counts once. "
+            "It is 'structured' when every structured field that records it is present, 'text_only' when "
+            "those fields are missing (or none exists) but the clinic note or MRI report in the cohort "
+            "states it, and 'nowhere' otherwise."),
+    }
+
+
+def policy_values(truth: pd.DataFrame, observed: pd.DataFrame) -> dict:
+    """Mean P(satisfied) under the oracle policy, the clinicians' policy and each fixed treatment."""
+    p = truth[[f"p_satisfied_{t}" for t in TREATMENTS]].to_numpy()
+    values = {"oracle": p.max(axis=1).mean(), "observed": observed["p_satisfied_observed"].mean()}
+    values.update({f"always_{t}": p[:, k].mean() for k, t in enumerate(TREATMENTS)})
+    return {k: round(float(v), 4) for k, v in values.items()}
+
+
+def build_card(cohort, truth, state, observed, in_text, seed) -> dict:
+    labeled = cohort["satisfied"].notna().to_numpy()
+    sat = cohort["satisfied"][labeled].astype(bool).to_numpy()
+    gain = cohort["baseline_odi"].astype(float) - cohort["odi_12m"].astype(float)
+    note_words = cohort["clinical_note"].dropna().str.split().str.len()
+    return {
+        "generator": "spinecast.datasets.synth", "seed": seed, "patients": len(cohort),
+        "with_note": int(cohort["clinical_note"].notna().sum()),
+        "with_mri_report": int(cohort["imaging_report"].notna().sum()),
+        "with_mri_image": int(cohort["mri_image"].notna().sum()),
+        "satisfied_rate": round(float(sat.mean()), 4),
+        "mcid_rate": round(float((gain.dropna() >= MCID_ODI_POINTS).mean()), 4),
+        "label_counts": {"satisfied": int(sat.sum()), "not_satisfied": int((~sat).sum()),
+                         "missing": int((~labeled).sum())},
+        "diagnosis_mix": state["diagnosis"].value_counts(normalize=True).round(4).sort_index().to_dict(),
+        "treatment_counts": cohort["treatment"].value_counts().sort_index().astype(int).to_dict(),
+        "satisfied_rate_by_treatment": (cohort[labeled].groupby("treatment")["satisfied"]
+                                        .apply(lambda x: round(float(x.astype(bool).mean()), 4)).to_dict()),
+        "missingness": {c.name: round(float(cohort[c.name].isna().mean()), 4) for c in COLUMNS},
+        "bayes_auroc": round(expected_auroc(observed["p_satisfied_observed"].to_numpy()), 4),
+        "bayes_auroc_on_labels": round(auroc(observed["p_satisfied_observed"].to_numpy()[labeled], sat), 4),
+        "policy_value_p_satisfied": policy_values(truth, observed),
+        "best_treatment_mix": truth["best_treatment"].value_counts(normalize=True).round(4).sort_index().to_dict(),
+        "min_assignment_probability": round(float(observed["p_assigned"].min()), 4),
+        "note_words": {"min": int(note_words.min()), "median": float(note_words.median()), "max": int(note_words.max())},
+        "facts": text_only_facts(state, cohort, in_text),
+    }
+
+
+def write_card(out: Path, cohort, truth, state, observed, in_text, seed: int) -> dict:
+    card = build_card(cohort, truth, state, observed, in_text, seed)
+    (out / "card.json").write_text(json.dumps(card, indent=2, sort_keys=True) + "\n")
+    (out / "card.md").write_text(render_markdown(card))
+    return card
+
+
+def render_markdown(card: dict) -> str:
+    pv, facts = card["policy_value_p_satisfied"], card["facts"]
+    lines = [
+        f"# Synthetic spine cohort (seed {card['seed']}, {card['patients']:,} patients)", "",
+        "| what | value |", "|---|---|",
+        f"| clinic notes / MRI reports / key images | {card['with_note']:,} / {card['with_mri_report']:,} / {card['with_mri_image']:,} |",
+        f"| satisfied at 12 months | {card['satisfied_rate']:.1%} ({card['label_counts']['missing']} unlabeled) |",
+        f"| reached ODI MCID (>= 15 points) | {card['mcid_rate']:.1%} |",
+        f"| Bayes AUROC of `satisfied` (ceiling for any model) | {card['bayes_auroc']:.3f} (on the drawn labels: {card['bayes_auroc_on_labels']:.3f}) |",
+        f"| P(satisfied): oracle policy / clinicians' policy | {pv['oracle']:.3f} / {pv['observed']:.3f} |",
+        f"| outcome-relevant facts only in text | {facts['text_only_fraction']:.1%} (structured {facts['structured_fraction']:.1%}, nowhere {facts['nowhere_fraction']:.1%}) |",
+        f"| note length, words (min / median / max) | {card['note_words']['min']} / {card['note_words']['median']:.0f} / {card['note_words']['max']} |",
+        f"| smallest probability of the treatment given | {card['min_assignment_probability']:.3f} |",
+        "", "## Treatments", "", "| treatment | patients | satisfied | P(satisfied) if all got it |", "|---|---|---|---|",
+    ]
+    for t in TREATMENTS:
+        lines.append(f"| {t} | {card['treatment_counts'].get(t, 0):,} | "
+                     f"{card['satisfied_rate_by_treatment'].get(t, float('nan')):.1%} | {pv[f'always_{t}']:.3f} |")
+    lines += ["", "## Missing values", "", "| column | missing |", "|---|---|"]
+    lines += [f"| `{k}` | {v:.1%} |" for k, v in card["missingness"].items()]
+    lines += ["", "## Where the facts are", "", facts["how_counted"], "",
+              "| fact | structured | text only | nowhere |", "|---|---|---|---|"]
+    lines += [f"| {k} | {v['structured']} | {v['text_only']} | {v['nowhere']} |" for k, v in facts["per_fact"].items()]
+    return "\n".join(lines) + "\n"

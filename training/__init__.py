@@ -1,0 +1,1 @@
+"""spinecast.training"""
