@@ -26,7 +26,7 @@ demo: $(STAMP)
 	$(BIN)/spinecast validate $(DEMO)/data/cohort.parquet --training
 
 bench: $(STAMP)
-	@echo "No benchmarks yet (they arrive with the model, export and serving issues)."
+	$(BIN)/python benchmarks/synth_speed.py
 
 bento:
 	@echo "The Bento arrives with the serving issue."

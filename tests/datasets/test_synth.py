@@ -1,0 +1,159 @@
+"""The synthetic cohort encodes the medicine of CLINICAL.md and is reproducible byte for byte."""
+
+import hashlib
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from spinecast.cli import main
+from spinecast.datasets import load_cohort
+from spinecast.datasets.schema import TREATMENTS
+from spinecast.datasets.synth import generate
+from spinecast.datasets.synth.outcomes import assignment_probabilities, potential_outcomes
+from spinecast.datasets.synth.state import sample_state
+
+N = 3000
+
+
+@pytest.fixture(scope="module")
+def cohort_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("synth")
+    generate(N, seed=7, out=out, workers=2)
+    return out
+
+
+@pytest.fixture(scope="module")
+def card(cohort_dir):
+    return json.loads((cohort_dir / "card.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def world():
+    """A large hidden state and its potential outcomes (the same code `generate` runs)."""
+    state = sample_state(40_000, np.random.default_rng(3))
+    return pd.concat([state, potential_outcomes(state).drop(columns="patient_id")], axis=1)
+
+
+def test_cohort_passes_the_contract(cohort_dir):
+    df = load_cohort(cohort_dir / "cohort.parquet", training=True)
+    assert len(df) == N and df["patient_id"].is_unique
+    truth = pd.read_parquet(cohort_dir / "truth.parquet")
+    expected = ["patient_id"] + [f"{k}_{t}" for t in TREATMENTS for k in ("p_satisfied", "odi_gain")]
+    assert sorted(truth.columns) == sorted(expected + ["best_treatment"])
+    assert truth["patient_id"].tolist() == df["patient_id"].tolist()
+    p = truth[[f"p_satisfied_{t}" for t in TREATMENTS]].to_numpy()
+    assert ((p > 0) & (p < 1)).all()
+    assert (truth["best_treatment"] == np.asarray(TREATMENTS)[p.argmax(axis=1)]).all()
+
+
+def test_rates_and_ceiling_are_in_the_target_ranges(card):
+    assert 0.60 <= card["satisfied_rate"] <= 0.75
+    assert 0.78 <= card["bayes_auroc"] <= 0.88
+    assert card["policy_value_p_satisfied"]["oracle"] > card["policy_value_p_satisfied"]["observed"]
+
+
+def test_enough_outcome_relevant_facts_are_only_in_text(card):
+    facts = card["facts"]
+    assert facts["text_only_fraction"] >= 0.20
+    total = sum(sum(v.values()) for v in facts["per_fact"].values())
+    assert total == facts["facts_total"]
+    # Exam findings and psychosocial factors have no structured field: where charted, only in text.
+    assert facts["per_fact"]["positive_slr"]["structured"] == 0
+    assert facts["per_fact"]["positive_slr"]["text_only"] > 0
+
+
+def test_structured_fields_go_missing_at_realistic_rates(cohort_dir, card):
+    optional = ["bmi", "smoking", "diabetes", "depression", "anxiety", "workers_comp", "opioid_use",
+                "prior_spine_surgery", "asa_class", "symptom_duration_weeks", "baseline_odi",
+                "back_pain_nrs", "leg_pain_nrs", "diagnosis"]
+    for col in optional:
+        assert 0.07 <= card["missingness"][col] <= 0.33, col
+    assert card["missingness"]["age"] == 0 and card["missingness"]["treatment"] == 0
+    assert 0.05 <= card["missingness"]["imaging_report"] <= 0.35  # no MRI for some patients
+    assert card["missingness"]["mri_image"] > card["missingness"]["imaging_report"]
+
+
+def test_notes_have_realistic_length_and_variety(cohort_dir):
+    notes = pd.read_parquet(cohort_dir / "cohort.parquet")["clinical_note"].dropna()
+    words = notes.str.split().str.len()
+    assert words.min() >= 80 and words.max() <= 400 and words.std() > 30
+    first_sentences = notes.str.split(".").str[0]
+    assert first_sentences.nunique() > 0.5 * len(notes)
+
+
+def test_herniation_benefit_needs_concordant_compression(world):
+    h = world[world["diagnosis"] == "disc_herniation"]
+    for metric in ("odi_gain", "p_satisfied"):
+        benefit = h[f"{metric}_decompression"] - h[f"{metric}_physical_therapy"]
+        assert benefit[h["concordant"]].mean() > benefit[~h["concordant"]].mean() + (5 if metric == "odi_gain" else 0.05)
+    benefit = h["odi_gain_decompression"] - h["odi_gain_physical_therapy"]
+    assert 9 <= benefit[h["concordant"] & h["leg_dominant"]].mean() <= 15  # CLINICAL.md: ~11 to 14
+
+
+def test_stenosis_benefit_is_smaller_in_smokers_and_severe_disability(world):
+    s = world[world["diagnosis"] == "spinal_stenosis"]
+    benefit = s["odi_gain_decompression"] - s["odi_gain_physical_therapy"]
+    smoker = s["smoking"] == "current"
+    severe = s["baseline_odi"] > 56
+    assert benefit[smoker].mean() < benefit[~smoker].mean() - 5
+    assert benefit[severe].mean() < benefit[~severe].mean() - 5
+
+
+def test_physical_therapy_is_best_for_nonspecific_low_back_pain(world):
+    lbp = world[world["diagnosis"] == "nonspecific_low_back_pain"]
+    for metric in ("p_satisfied", "odi_gain"):
+        means = {t: lbp[f"{metric}_{t}"].mean() for t in TREATMENTS}
+        assert max(means, key=means.get) == "physical_therapy", (metric, means)
+
+
+def test_spondylolisthesis_does_best_with_fusion(world):
+    sp = world[world["diagnosis"] == "spondylolisthesis"]
+    benefit = sp["odi_gain_fusion"] - sp["odi_gain_physical_therapy"]
+    assert 11 <= benefit.mean() <= 17  # CLINICAL.md: fusion better by ~14 points
+
+
+def test_assignment_is_confounded_but_keeps_positivity(world):
+    p = assignment_probabilities(world)
+    assert p.min() > 0.02
+    surgery = p[:, 2] + p[:, 3]
+    dx = world["diagnosis"].to_numpy()
+    assert surgery[dx == "nonspecific_low_back_pain"].mean() < 0.25 < surgery[dx == "spinal_stenosis"].mean()
+
+
+def test_population_matches_the_literature(world):
+    mix = world["diagnosis"].value_counts(normalize=True)
+    assert 0.29 <= mix["disc_herniation"] <= 0.36 and 0.29 <= mix["spinal_stenosis"] <= 0.36
+    h = world[world["diagnosis"] == "disc_herniation"]
+    assert 0.48 <= (h["level"] == "L5-S1").mean() <= 0.60
+    assert 40 <= h["age"].mean() <= 50 and 60 <= world[world["diagnosis"] == "spinal_stenosis"]["age"].mean() <= 67
+    spondy = world[world["diagnosis"] == "spondylolisthesis"]
+    assert 0.6 <= (spondy["sex"] == "female").mean() <= 0.74
+    assert 0.38 <= world["opioid_use"].mean() <= 0.47 and 0.20 <= world["depression"].mean() <= 0.35
+    assert 0.05 <= world["workers_comp"].mean() <= 0.10
+
+
+def _digest(folder) -> dict:
+    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_same_seed_same_bytes_and_other_seed_differs(tmp_path):
+    generate(300, seed=11, out=tmp_path / "a", workers=1)
+    main(["synth", "--n", "300", "--seed", "11", "--out", str(tmp_path / "b"), "--workers", "2"])
+    generate(300, seed=12, out=tmp_path / "c", workers=1)
+    a, b, c = _digest(tmp_path / "a"), _digest(tmp_path / "b"), _digest(tmp_path / "c")
+    assert a == b and len(a) > 100
+    assert a["cohort.parquet"] != c["cohort.parquet"]
+
+
+def test_validate_command(cohort_dir, capsys, tmp_path):
+    assert main(["validate", str(cohort_dir / "cohort.parquet"), "--training"]) == 0
+    assert f"{N:,} rows, all valid" in capsys.readouterr().out
+    bad = pd.read_parquet(cohort_dir / "cohort.parquet").head(5)
+    bad.loc[2, "age"] = 140
+    bad.to_parquet(tmp_path / "bad.parquet")
+    assert main(["validate", str(tmp_path / "bad.parquet")]) == 1
+    err = capsys.readouterr().err
+    assert "bad.parquet:3:age: must be an integer in [18, 110] (got 140)" in err
