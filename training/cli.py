@@ -27,6 +27,8 @@ def train(argv: list[str]) -> int:
     cli = SpineCastCLI(SpineCastModule, CohortDataModule, args=argv, run=False,
                        save_config_kwargs={"overwrite": True}, seed_everything_default=0)
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
-    if not cli.trainer.interrupted and "test" in cli.datamodule.splits:
-        cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path="best" if cli.trainer.checkpoint_callback else None)
+    trainer = cli.trainer
+    if not trainer.interrupted and "test" in cli.datamodule.splits:
+        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+        trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path=best or None)
     return 0

@@ -104,7 +104,7 @@ class SentenceEncoder(nn.Module):
         layers = backbone.encoder.layer
         for p in backbone.parameters():
             p.requires_grad = False
-        for layer in layers[len(layers) - trainable_layers:] if trainable_layers else []:
+        for layer in layers[max(0, len(layers) - trainable_layers):] if trainable_layers else []:
             for p in layer.parameters():
                 p.requires_grad = True
         self.cache: dict[bytes, torch.Tensor] = {}  # frozen only: identical sentences encoded once

@@ -89,7 +89,7 @@ class SpineCastModule(L.LightningModule):
 
     def training_step(self, batch, batch_idx):
         loss = self._loss(batch, self(batch), batch_idx)
-        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["treatment"]))
+        self.log("train/loss", loss, prog_bar=True, on_epoch=True, batch_size=len(batch["treatment"]))
         return loss
 
     def _eval_step(self, batch, batch_idx, metrics: MetricCollection, stage: str):
@@ -122,13 +122,23 @@ class SpineCastModule(L.LightningModule):
         """Fit the temperatures on this epoch's validation logits; every checkpoint carries its own."""
         if self._val_logits and not self.trainer.sanity_checking:
             parts = [torch.cat(x) for x in zip(*self._val_logits)]
-            gathered = [self.all_gather(x).flatten() if self.trainer.world_size > 1 else x for x in parts]
+            gathered = [self._gather_ragged(x) for x in parts]
             for k, (logits, labels) in enumerate(((gathered[0], gathered[1]), (gathered[2], gathered[3]))):
                 if labels.numel() and 0 < labels.mean() < 1:
                     self.net.temperature[k] = fit_temperature(logits.cpu(), labels.cpu())
             self.log("val/temperature", self.net.temperature[0].item())
         self._val_logits.clear()
         self._log_metrics(self.val_metrics)
+
+    def _gather_ragged(self, x: torch.Tensor) -> torch.Tensor:
+        """All processes' values of a 1-D tensor whose length differs by process (DDP)."""
+        if self.trainer.world_size == 1:
+            return x
+        sizes = self.all_gather(torch.tensor(len(x), device=self.device)).flatten()
+        padded = torch.full((int(sizes.max()),), float("nan"), device=self.device)
+        padded[: len(x)] = x.to(self.device, torch.float32)
+        everything = self.all_gather(padded).flatten()
+        return everything[~torch.isnan(everything)].cpu()
 
     def test_step(self, batch, batch_idx):
         self._eval_step(batch, batch_idx, self.test_metrics, "test")

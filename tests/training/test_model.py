@@ -1,0 +1,134 @@
+"""The network: every encoder, missing modalities, gradients, the per-treatment heads."""
+
+import itertools
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from spinecast.datasets import load_cohort
+from spinecast.datasets.features import FeatureEncoding
+from spinecast.datasets.sentences import SentenceWindow, load_tokenizer
+from spinecast.training.data import INPUTS, encode_frame
+from spinecast.training.model import MODALITIES, ImageConfig, ModelConfig, SpineCastNet, TabularConfig, TextConfig
+from spinecast.training.module import SpineCastModule
+
+B = 6
+
+
+def tiny_config(tiny_bert, **changes) -> ModelConfig:
+    text = TextConfig(pretrained=tiny_bert, max_sentences=16, max_tokens=24,
+                      **changes.pop("text", {}))
+    return ModelConfig(dim=32, text=text, image=ImageConfig(backbone="small_cnn"), heads=2,
+                       fusion_layers=1, modality_dropout=0.0, **changes)
+
+
+@pytest.fixture(scope="module")
+def batch(tiny_bert, small_cohort):
+    frame = load_cohort(small_cohort / "cohort.parquet", training=True)
+    frame = frame[frame["clinical_note"].notna() & frame["imaging_report"].notna() & frame["mri_image"].notna()].head(B)
+    arrays = encode_frame(frame, FeatureEncoding.fit(frame), load_tokenizer(tiny_bert), SentenceWindow(16, 24), 128)
+    out = {k: torch.from_numpy(np.asarray(v)) for k, v in arrays.items()}
+    out["image"] = out["image"].float().div(255).unsqueeze(1)
+    for k in ("note_ids", "note_mask", "report_ids", "report_mask"):
+        out[k] = out[k].long()
+    return out
+
+
+def drop(batch: dict, modalities) -> dict:
+    """The same patients with some modalities absent."""
+    b = dict(batch)
+    if "clinical_note" in modalities:
+        b["note_mask"] = torch.zeros_like(b["note_mask"])
+    if "imaging_report" in modalities:
+        b["report_mask"] = torch.zeros_like(b["report_mask"])
+    if "mri_image" in modalities:
+        b["image_present"] = torch.zeros_like(b["image_present"])
+    return b
+
+
+def run(net, batch):
+    return net(*(batch[k] for k in INPUTS))
+
+
+OPTIONAL = MODALITIES[1:]
+SUBSETS = [s for r in range(len(OPTIONAL) + 1) for s in itertools.combinations(OPTIONAL, r)]
+
+
+@pytest.mark.parametrize("fusion", ["attention", "gated"])
+@pytest.mark.parametrize("tabular", ["ft_transformer", "mlp"])
+def test_any_subset_of_modalities_can_be_missing(tiny_bert, batch, fusion, tabular):
+    torch.manual_seed(0)
+    net = SpineCastNet(tiny_config(tiny_bert, fusion=fusion, tabular=TabularConfig(kind=tabular))).eval()
+    for missing in SUBSETS:
+        b = drop(batch, missing)
+        satisfied, mcid, odi, present = run(net, b)
+        assert satisfied.shape == mcid.shape == odi.shape == (B, 4)
+        assert torch.isfinite(satisfied).all() and ((odi >= 0) & (odi <= 100)).all()
+        assert present[:, 0].all() and present[:, 1:].sum().item() == B * (3 - len(missing))
+        # An absent modality's content cannot leak into the prediction...
+        scrambled = dict(b, note_ids=b["note_ids"].flip(0), report_ids=b["report_ids"].flip(0), image=b["image"].flip(0))
+        again = run(net, scrambled)[0]
+        if len(missing) == 3:
+            assert torch.allclose(satisfied, again, atol=1e-6)
+        else:  # ... while a present one's does.
+            assert not torch.allclose(satisfied, again, atol=1e-6)
+
+
+def test_gradient_reaches_every_encoder(tiny_bert, batch):
+    torch.manual_seed(0)
+    net = SpineCastNet(tiny_config(tiny_bert, text={"trainable_layers": 1, "share_weights": False}))
+    net.train()
+    satisfied, mcid, odi, _ = run(net, batch)
+    (satisfied.sum() + mcid.sum() + odi.sum()).backward()
+    for name, module in [("note backbone", net.note.sentences.backbone.encoder.layer[-1]),
+                         ("report backbone", net.report.sentences.backbone.encoder.layer[-1]),
+                         ("note pooling", net.note.project), ("tabular", net.tabular),
+                         ("image", net.image), ("fusion", net.fusion)]:
+        grads = [p.grad for p in module.parameters() if p.requires_grad]
+        assert grads and all(g is not None for g in grads) and any(g.abs().sum() > 0 for g in grads), name
+    frozen = net.note.sentences.backbone.encoder.layer[0]
+    assert all(p.grad is None for p in frozen.parameters())
+
+
+def test_frozen_backbone_caches_identical_sentences(tiny_bert, batch):
+    net = SpineCastNet(tiny_config(tiny_bert)).train()
+    cache = net.note.sentences.cache
+    first = run(net.eval(), batch)[0]
+    n_cached = len(cache)
+    unique = len({row.numpy().tobytes() for row in batch["note_ids"].flatten(0, 1)[batch["note_mask"].flatten(0, 1).any(1)]})
+    assert 0 < n_cached <= unique + len({row.numpy().tobytes() for row in batch["report_ids"].flatten(0, 1)})
+    assert len(cache) == n_cached and torch.allclose(run(net, batch)[0], first)
+    net.load_state_dict(net.state_dict())  # new weights invalidate the cache
+    assert len(cache) == 0
+
+
+def test_loss_uses_only_the_observed_treatments_head(tiny_bert, batch):
+    torch.manual_seed(0)
+    module = SpineCastModule(tiny_config(tiny_bert)).eval()  # no dropout: the same loss twice
+    b = dict(batch, treatment=torch.full((B,), 2))  # everyone had decompression
+    loss = module._loss(b, module(b), 0)
+    loss.backward()
+    heads = module.net.heads
+    assert all(p.grad.abs().sum() > 0 for p in heads[2].parameters())
+    for k in (0, 1, 3):
+        assert all(p.grad is None or p.grad.abs().sum() == 0 for p in heads[k].parameters())
+    with torch.no_grad():
+        for p in heads[0].parameters():
+            p.add_(1.0)
+    assert torch.allclose(module._loss(b, module(b), 0), loss)
+
+
+def test_missing_labels_are_masked(tiny_bert, batch):
+    module = SpineCastModule(tiny_config(tiny_bert))
+    none = dict(batch, satisfied_present=torch.zeros(B, dtype=torch.bool),
+                mcid_present=torch.zeros(B, dtype=torch.bool), odi_12m_present=torch.zeros(B, dtype=torch.bool))
+    assert module._loss(none, module(none), 0).item() == 0.0
+
+
+def test_non_finite_loss_stops_with_the_batch_named(tiny_bert, batch):
+    module = SpineCastModule(tiny_config(tiny_bert))
+    bad = dict(batch, odi_12m=torch.full((B,), float("nan")))
+    with pytest.raises(FloatingPointError, match="batch 7"):
+        module._loss(bad, module(bad), 7)

@@ -1,0 +1,130 @@
+"""Real Lightning runs on a small cohort: every config, learning, checkpoints, calibration, bad input."""
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import torch.nn.functional as F
+
+from spinecast.cli import main
+from spinecast.datasets import CohortError
+from spinecast.training.data import INPUTS, CohortDataModule
+from spinecast.training.module import SpineCastModule, fit_temperature, observed
+
+CONFIGS = Path(__file__).parents[2] / "configs"
+
+
+def train_args(config: str, cohort: Path, root: Path, tiny_bert: str, *extra: str) -> list[str]:
+    return ["train", "--config", str(CONFIGS / config), "--data.train_path", str(cohort),
+            "--trainer.default_root_dir", str(root), "--trainer.logger.init_args.save_dir", str(root),
+            "--trainer.accelerator", "cpu", "--trainer.devices", "1", "--trainer.enable_progress_bar", "false",
+            "--model.config.text.pretrained", tiny_bert, "--data.num_workers", "0", *extra]
+
+
+@pytest.mark.parametrize("config", ["quickstart.yaml", "default.yaml", "gpu.yaml", "ddp.yaml"])
+def test_fast_dev_run_through_each_config(config, small_cohort, tmp_path, tiny_bert):
+    extra = ["--trainer.fast_dev_run", "2", "--data.batch_size", "16"]
+    if config == "ddp.yaml":  # one CPU process through the DDP strategy (gloo); SyncBatchNorm needs GPUs
+        extra += ["--trainer.precision", "32-true", "--trainer.sync_batchnorm", "false"]
+    assert main(train_args(config, small_cohort / "cohort.parquet", tmp_path, tiny_bert, *extra)) == 0
+
+
+@pytest.fixture(scope="module")
+def trained(small_cohort, tmp_path_factory, tiny_bert):
+    root = tmp_path_factory.mktemp("run")
+    args = train_args("quickstart.yaml", small_cohort / "cohort.parquet", root, tiny_bert,
+                      "--trainer.max_epochs", "8", "--model.config.dim", "32", "--data.test_fraction", "0.3")
+    assert main(args) == 0
+    version = next((root / "lightning_logs").iterdir())
+    metrics = pd.read_csv(version / "metrics.csv")
+    return version, metrics
+
+
+def test_short_run_beats_chance_clearly(trained):
+    _, metrics = trained
+    test = metrics.dropna(subset=["test/auroc"]).iloc[-1]
+    # ~180 test patients: AUROC standard error ~0.04, so 0.62 is three of them above chance.
+    assert test["test/auroc"] > 0.62, test["test/auroc"]
+    losses = metrics["train/loss_epoch"].dropna().to_numpy()
+    assert len(losses) == 8 and losses[-2:].mean() < losses[:2].mean()
+
+
+def _val_batch(module: SpineCastModule, version: Path):
+    data = CohortDataModule(**{k: v for k, v in _data_hparams(version).items()})
+    data.setup("validate")
+    return next(iter(data._loader("val", shuffle=False)))
+
+
+def _data_hparams(version: Path) -> dict:
+    import yaml
+
+    config = yaml.safe_load((version / "config.yaml").read_text())
+    return config["data"] | {"batch_size": 512}
+
+
+def test_checkpoint_alone_rebuilds_the_model(trained):
+    version, _ = trained
+    ckpt = version / "checkpoints" / "last.ckpt"
+    a = SpineCastModule.load_from_checkpoint(ckpt, map_location="cpu").eval()
+    b = SpineCastModule.load_from_checkpoint(ckpt, map_location="cpu").eval()
+    state = torch.load(ckpt, map_location="cpu", weights_only=False)
+    assert state["hyper_parameters"]["feature_encoding"]["mean"]["age"] > 18
+    assert a.feature_encoding is not None and a.feature_encoding.mean == state["hyper_parameters"]["feature_encoding"]["mean"]
+    batch = _val_batch(a, version)
+    with torch.no_grad():
+        for x, y in zip(a.net.probabilities(*(batch[k] for k in INPUTS)), b.net.probabilities(*(batch[k] for k in INPUTS))):
+            assert torch.equal(x, y)
+        assert torch.equal(a.net.temperature, state["state_dict"]["net.temperature"])
+
+
+def test_temperature_scaling_lowers_validation_nll(trained):
+    version, _ = trained
+    module = SpineCastModule.load_from_checkpoint(version / "checkpoints" / "last.ckpt", map_location="cpu").eval()
+    batch = _val_batch(module, version)
+    with torch.no_grad():
+        logits = observed(module(batch)[0], batch["treatment"])[batch["satisfied_present"]]
+    labels = batch["satisfied"][batch["satisfied_present"]]
+    temperature = module.net.temperature[0]
+    assert temperature != 1.0
+    nll = F.binary_cross_entropy_with_logits
+    assert nll(logits / temperature, labels) < nll(logits, labels)
+
+
+def test_fit_temperature_undoes_overconfidence():
+    torch.manual_seed(0)
+    true_logits = torch.randn(4000) * 1.5
+    labels = torch.bernoulli(torch.sigmoid(true_logits))
+    assert abs(fit_temperature(3 * true_logits, labels) - 3.0) < 0.3
+
+
+def _cohort_variant(small_cohort: Path, tmp_path: Path, **changes) -> Path:
+    frame = pd.read_parquet(small_cohort / "cohort.parquet")
+    for col, value in changes.items():
+        frame[col] = value
+    frame["mri_image"] = [str(small_cohort / p) if isinstance(p, str) else None for p in frame["mri_image"]]
+    path = tmp_path / "variant.parquet"
+    frame.to_parquet(path)
+    return path
+
+
+def test_single_class_cohort_fails_with_the_reason(small_cohort, tmp_path, tiny_bert):
+    path = _cohort_variant(small_cohort, tmp_path, satisfied=True)
+    with pytest.raises(ValueError, match="single class of `satisfied`"):
+        main(train_args("quickstart.yaml", path, tmp_path, tiny_bert, "--trainer.fast_dev_run", "1"))
+
+
+def test_empty_cohort_fails_with_the_reason(tmp_path, tiny_bert):
+    path = tmp_path / "empty.csv"
+    path.write_text("patient_id,age,sex,treatment\n")
+    with pytest.raises(CohortError, match="at least one row"):
+        main(train_args("quickstart.yaml", path, tmp_path, tiny_bert, "--trainer.fast_dev_run", "1"))
+
+
+def test_cohort_without_any_text_still_trains(small_cohort, tmp_path, tiny_bert):
+    path = _cohort_variant(small_cohort, tmp_path, clinical_note=None, imaging_report=None, mri_image=None)
+    assert main(train_args("quickstart.yaml", path, tmp_path, tiny_bert, "--trainer.max_epochs", "1",
+                           "--model.config.dim", "32")) == 0
+    metrics = pd.read_csv(next((tmp_path / "lightning_logs").iterdir()) / "metrics.csv")
+    assert np.isfinite(metrics["train/loss_epoch"].dropna()).all() and metrics["test/auroc"].notna().any()

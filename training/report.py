@@ -1,0 +1,384 @@
+"""The evaluation report: how well the model predicts satisfaction, against ceiling and baselines.
+
+    from spinecast.training.report import evaluate_predictions, write_report
+    metrics = evaluate_predictions(test_df, outcomes, ablations=abl, baselines=base, truth=truth_df)
+    write_report("runs/eval", metrics, test_df, outcomes, baselines=base)
+
+`outcomes` holds the model's (N, 4) predictions for every test row under every treatment (columns in
+TREATMENTS order). Labels exist only for the treatment each patient got, so label metrics score the
+observed-treatment column. The synthetic cohort's `truth.parquet` knows every patient's true
+P(satisfied) under all four treatments, which gives the Bayes ceiling and the value of the model's
+recommendations as a treatment policy.
+
+The report holds only aggregate numbers and contract category names: never note or report text,
+never a patient id.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from matplotlib.figure import Figure
+from sklearn.calibration import calibration_curve
+from sklearn.metrics import brier_score_loss, roc_curve
+from torchmetrics.functional.classification import (
+    binary_auroc,
+    binary_average_precision,
+    binary_calibration_error,
+)
+
+from spinecast.datasets import mcid
+from spinecast.datasets.schema import COLUMN_BY_NAME, DIAGNOSES, TREATMENTS
+from spinecast.datasets.synth.card import auroc as rank_auroc
+from spinecast.datasets.synth.card import expected_auroc
+
+from .baselines import treatment_index
+
+MODALITIES = ("tabular", "clinical_note", "imaging_report", "mri_image")
+OUTCOME_KEYS = ("p_satisfied", "p_mcid", "odi_12m")
+ECE_BINS = 15
+AGE_BANDS = ((18, 40, "<40"), (40, 60, "40-59"), (60, 75, "60-74"), (75, 200, "75+"))
+
+
+# ----------------------------------------------------------------------------- metrics
+
+
+def binary_metrics(p: np.ndarray, y: np.ndarray) -> dict[str, float | None]:
+    """AUROC, AUPRC, Brier score and 15-bin ECE; AUROC and AUPRC are None with a single class."""
+    if len(y) == 0:
+        return {"auroc": None, "auprc": None, "brier": None, "ece": None}
+    preds, target = torch.as_tensor(p, dtype=torch.float64), torch.as_tensor(y, dtype=torch.long)
+    both = 0 < y.sum() < len(y)
+    return {
+        "auroc": _num(binary_auroc(preds, target)) if both else None,
+        "auprc": _num(binary_average_precision(preds, target)) if both else None,
+        "brier": _num(brier_score_loss(y, p)),
+        "ece": _num(binary_calibration_error(preds, target, n_bins=ECE_BINS, norm="l1")),
+    }
+
+
+def _auroc(p: np.ndarray, y: np.ndarray) -> float | None:
+    if not 0 < y.sum() < len(y):
+        return None
+    preds, target = torch.as_tensor(p, dtype=torch.float64), torch.as_tensor(y, dtype=torch.long)
+    return _num(binary_auroc(preds, target))
+
+
+def evaluate_predictions(test: pd.DataFrame, outcomes: dict[str, np.ndarray], *,
+                         ablations: dict[str, np.ndarray] | None = None,
+                         baselines: dict[str, np.ndarray] | None = None,
+                         truth: pd.DataFrame | None = None) -> dict:
+    """Flat `test/<name>` scalars plus the nested sections counts, ablation, subgroups, baselines,
+    policy. Rows without a `satisfied` label are left out of every label metric."""
+    _check_predictions(test, outcomes, ablations, baselines)
+    observed = treatment_index(test, "test")
+    p = outcomes["p_satisfied"][np.arange(len(test)), observed]
+    labeled = test["satisfied"].notna().to_numpy()
+    y = test["satisfied"][labeled].astype(bool).to_numpy()
+    model = binary_metrics(p[labeled], y)
+    metrics: dict = {f"test/{k}": v for k, v in model.items()}
+    metrics["counts"] = {"patients": len(test), "labeled": int(labeled.sum()),
+                         "satisfied_rate": _num(y.mean()) if len(y) else None}
+    metrics.update(_secondary_outcomes(test, outcomes, observed))
+    if ablations:
+        metrics["ablation"] = _ablation(model["auroc"], ablations, observed, labeled, y)
+        for name, row in metrics["ablation"].items():
+            metrics[f"test/auroc_without_{name}"] = row["auroc"]
+            metrics[f"test/auroc_drop_{name}"] = row["drop"]
+    metrics["subgroups"] = _subgroups(test, p, labeled)
+    if baselines:
+        metrics["baselines"] = {"model": model}
+        for name, scores in baselines.items():
+            metrics["baselines"][name] = binary_metrics(np.asarray(scores, float)[labeled], y)
+            metrics.update({f"test/{name}/{k}": v for k, v in metrics["baselines"][name].items()})
+    if truth is not None:
+        metrics.update(_against_truth(test, truth, outcomes["p_satisfied"], observed, labeled, y,
+                                      model["auroc"]))
+    return metrics
+
+
+def _secondary_outcomes(test: pd.DataFrame, outcomes: dict, observed: np.ndarray) -> dict:
+    """MCID AUROC where the label is defined, ODI RMSE where odi_12m was measured."""
+    rows, out = np.arange(len(test)), {}
+    if "p_mcid" in outcomes and {"baseline_odi", "odi_12m"} <= set(test.columns):
+        label = mcid(test)
+        defined = label.notna().to_numpy()
+        y = label[defined].astype(bool).to_numpy()
+        out["test/mcid_auroc"] = _auroc(outcomes["p_mcid"][rows, observed][defined], y)
+        out["test/mcid_n"] = int(defined.sum())
+    if "odi_12m" in outcomes and "odi_12m" in test.columns:
+        actual = test["odi_12m"].astype(float).to_numpy()
+        present = ~np.isnan(actual)
+        error = outcomes["odi_12m"][rows, observed][present] - actual[present]
+        out["test/odi_rmse"] = _num(np.sqrt(np.mean(error ** 2))) if present.any() else None
+        out["test/odi_n"] = int(present.sum())
+    return out
+
+
+def _ablation(full: float | None, ablations: dict, observed: np.ndarray, labeled: np.ndarray,
+              y: np.ndarray) -> dict:
+    """AUROC with each modality removed, and how much it fell (positive = the modality helps)."""
+    rows, out = np.arange(len(observed)), {}
+    for name, p in ablations.items():
+        score = _auroc(p[rows, observed][labeled], y)
+        drop = None if full is None or score is None else full - score
+        out[name] = {"auroc": score, "drop": drop}
+    return out
+
+
+def _subgroups(test: pd.DataFrame, p: np.ndarray, labeled: np.ndarray) -> list[dict]:
+    """One row per subgroup with its labeled-row count n, AUROC (None with a single class) and
+    satisfied rate. Values come from the contract's category lists, never from the data."""
+    age = test["age"].astype(float).to_numpy()
+    groups = [("sex", v, _equals(test, "sex", v)) for v in COLUMN_BY_NAME["sex"].categories]
+    groups += [("age", label, (age >= lo) & (age < hi)) for lo, hi, label in AGE_BANDS]
+    groups += [("diagnosis", v, _equals(test, "diagnosis", v)) for v in DIAGNOSES]
+    groups.append(("diagnosis", "missing", _missing(test, "diagnosis")))
+    groups += [("treatment", t, _equals(test, "treatment", t)) for t in TREATMENTS]
+    satisfied = test["satisfied"].astype("boolean").fillna(False).to_numpy(dtype=bool)
+    rows = []
+    for field, value, member in groups:
+        keep = member & labeled
+        y = satisfied[keep]
+        rate = _num(y.mean()) if keep.any() else None
+        rows.append({"field": field, "value": value, "n": int(keep.sum()),
+                     "auroc": _auroc(p[keep], y), "satisfied_rate": rate})
+    return rows
+
+
+def _against_truth(test: pd.DataFrame, truth: pd.DataFrame, predicted: np.ndarray,
+                   observed: np.ndarray, labeled: np.ndarray, y: np.ndarray,
+                   model_auroc: float | None) -> dict:
+    """The Bayes ceiling on the same labeled rows, and the model's recommendations as a policy."""
+    true_p, best = _aligned_truth(test, truth)
+    p_given = true_p[np.arange(len(test)), observed][labeled]  # (n_labeled,)
+    both = 0 < y.sum() < len(y)
+    bayes = expected_auroc(p_given) if both else None
+    on_labels = rank_auroc(p_given, y) if both else None
+    policy = _policy(true_p, best, observed, predicted.argmax(axis=1))
+    return {
+        "test/bayes_auroc": bayes,
+        "test/bayes_auroc_on_labels": on_labels,
+        "test/bayes_auroc_gap": _minus(bayes, model_auroc),
+        # On few rows the drawn labels move the ceiling; the true probabilities score exactly
+        # `on_labels` on them, so this gap is 0 for a perfect model.
+        "test/bayes_auroc_gap_on_labels": _minus(on_labels, model_auroc),
+        **{f"test/policy_value_{k}": policy["values"][k] for k in ("model", "oracle", "observed")},
+        "test/policy_capture": policy["capture"],
+        "test/policy_agreement": policy["agreement_with_best"],
+        "policy": policy,
+    }
+
+
+def _policy(true_p: np.ndarray, best: np.ndarray, observed: np.ndarray,
+            recommended: np.ndarray) -> dict:
+    """Mean true P(satisfied) when every test patient (labeled or not) gets what a policy picks;
+    `capture` = (V_model - V_observed) / (V_oracle - V_observed)."""
+    rows = np.arange(len(true_p))
+    values = {"model": true_p[rows, recommended].mean(), "oracle": true_p[rows, best].mean(),
+              "observed": true_p[rows, observed].mean()}
+    values.update({f"always_{t}": true_p[:, k].mean() for k, t in enumerate(TREATMENTS)})
+    gain = values["oracle"] - values["observed"]
+    return {
+        "values": {k: _num(v) for k, v in values.items()},
+        "capture": _num((values["model"] - values["observed"]) / gain) if gain > 1e-12 else None,
+        "agreement_with_best": _num(np.mean(recommended == best)),
+        "recommended_mix": {t: _num(np.mean(recommended == k)) for k, t in enumerate(TREATMENTS)},
+    }
+
+
+def _aligned_truth(test: pd.DataFrame, truth: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """(N, 4) true P(satisfied) and (N,) best-treatment index, in the test rows' order."""
+    columns = [f"p_satisfied_{t}" for t in TREATMENTS]
+    aligned = truth.set_index("patient_id").reindex(test["patient_id"].astype(str))
+    best = aligned["best_treatment"].map({t: i for i, t in enumerate(TREATMENTS)})
+    lacking = aligned[columns].isna().any(axis=1).to_numpy() | best.isna().to_numpy()
+    if lacking.any():
+        raise ValueError(f"truth must have a row for every test patient (matched by patient_id); "
+                         f"{int(lacking.sum())} of {len(test)} are missing")
+    return aligned[columns].to_numpy(dtype=float), best.to_numpy(dtype=np.int64)
+
+
+def _check_predictions(test: pd.DataFrame, outcomes: dict, ablations: dict | None,
+                       baselines: dict | None) -> None:
+    """Say which array is wrong and what was expected; probabilities must lie in [0, 1]."""
+    shape = (len(test), len(TREATMENTS))
+    if "p_satisfied" not in outcomes:
+        raise ValueError(f"outcomes must contain 'p_satisfied'; got keys {sorted(outcomes)}")
+    unknown = sorted(set(ablations or {}) - set(MODALITIES))
+    if unknown:
+        raise ValueError(f"ablations: unknown modality {unknown[0]!r}; known: {', '.join(MODALITIES)}")
+    # label -> (array, expected shape, is a probability)
+    arrays = {f"outcomes[{k!r}]": (outcomes[k], shape, k != "odi_12m")
+              for k in OUTCOME_KEYS if k in outcomes}
+    arrays.update({f"ablations[{k!r}]": (v, shape, True) for k, v in (ablations or {}).items()})
+    arrays.update({f"baselines[{k!r}]": (v, shape[:1], True) for k, v in (baselines or {}).items()})
+    for label, (value, expected, probability) in arrays.items():
+        value = np.asarray(value, dtype=float)
+        if value.shape != expected:
+            raise ValueError(f"{label} must have shape {expected} (rows aligned with test, "
+                             f"columns in TREATMENTS order); got {value.shape}")
+        if not np.isfinite(value).all():
+            raise ValueError(f"{label} must be finite; got {int((~np.isfinite(value)).sum())} "
+                             "NaN or infinite values")
+        if probability and ((value < 0) | (value > 1)).any():
+            raise ValueError(f"{label} must hold probabilities in [0, 1]; got values in "
+                             f"[{value.min():.3g}, {value.max():.3g}]")
+
+
+def _equals(frame: pd.DataFrame, column: str, value: str) -> np.ndarray:
+    if column not in frame.columns:
+        return np.zeros(len(frame), dtype=bool)
+    return (frame[column] == value).fillna(False).to_numpy(dtype=bool)
+
+
+def _missing(frame: pd.DataFrame, column: str) -> np.ndarray:
+    if column not in frame.columns:
+        return np.ones(len(frame), dtype=bool)
+    return frame[column].isna().to_numpy()
+
+
+def _minus(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else a - b
+
+
+def _num(x) -> float | None:
+    """A plain float for JSON, None for NaN."""
+    x = float(x)
+    return None if np.isnan(x) else x
+
+
+# ----------------------------------------------------------------------------- files
+
+
+def write_report(out_dir, metrics: dict, test: pd.DataFrame, outcomes: dict[str, np.ndarray],
+                 baselines: dict[str, np.ndarray] | None = None) -> None:
+    """Write report.md, metrics.json, roc.png (model and baselines) and calibration.png."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    observed = treatment_index(test, "test")
+    labeled = test["satisfied"].notna().to_numpy()
+    y = test["satisfied"][labeled].astype(bool).to_numpy()
+    scores = {"model": outcomes["p_satisfied"][np.arange(len(test)), observed][labeled]}
+    scores.update({k: np.asarray(v, float)[labeled] for k, v in (baselines or {}).items()})
+    _plot_roc(out / "roc.png", y, scores)
+    _plot_reliability(out / "calibration.png", y, scores)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    (out / "report.md").write_text(render_markdown(metrics))
+
+
+def _plot_roc(path: Path, y: np.ndarray, scores: dict[str, np.ndarray]) -> None:
+    fig = Figure(figsize=(5.5, 5))  # a bare Figure renders with Agg and touches no pyplot state
+    ax = fig.subplots()
+    if 0 < y.sum() < len(y):
+        for name, p in scores.items():
+            fpr, tpr, _ = roc_curve(y, p)
+            ax.plot(fpr, tpr, label=f"{name} (AUROC {_auroc(p, y):.3f})")
+        ax.legend(loc="lower right")
+    else:
+        ax.text(0.5, 0.5, "ROC needs both satisfied and unsatisfied rows", ha="center")
+    ax.plot([0, 1], [0, 1], ls=":", color="grey")
+    ax.set(xlabel="false positive rate", ylabel="true positive rate",
+           title="ROC, satisfied at 12 months")
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+
+
+def _plot_reliability(path: Path, y: np.ndarray, scores: dict[str, np.ndarray]) -> None:
+    fig = Figure(figsize=(5.5, 5))
+    ax = fig.subplots()
+    for name, p in scores.items():
+        if len(y):
+            observed, predicted = calibration_curve(y, p, n_bins=ECE_BINS, strategy="uniform")
+            ax.plot(predicted, observed, marker="o", ms=3, label=name)
+    ax.plot([0, 1], [0, 1], ls=":", color="grey", label="perfect calibration")
+    ax.set(xlabel=f"predicted P(satisfied), {ECE_BINS} equal-width bins",
+           ylabel="observed satisfied rate", xlim=(-0.02, 1.02), ylim=(-0.02, 1.02),
+           title="Reliability diagram")
+    ax.legend(loc="upper left")
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+
+
+def render_markdown(metrics: dict) -> str:
+    """The report from the metrics alone, so it can hold nothing that is not an aggregate."""
+    lines = ["# SpineCast evaluation report", "", *_summary(metrics), "",
+             "Plots: [ROC curves](roc.png), [reliability diagram](calibration.png)", "",
+             "![ROC curves](roc.png) ![Reliability diagram](calibration.png)", ""]
+    for section in (_ablation_table, _subgroup_table, _baseline_table, _policy_table):
+        lines += section(metrics)
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _summary(m: dict) -> list[str]:
+    c = m["counts"]
+    rows = [("AUROC, `satisfied`", _f(m["test/auroc"])), ("AUPRC", _f(m["test/auprc"])),
+            ("Brier score", _f(m["test/brier"])),
+            (f"expected calibration error ({ECE_BINS} bins)", _f(m["test/ece"]))]
+    if "test/mcid_auroc" in m:
+        rows.append((f"AUROC, `mcid` ({m['test/mcid_n']:,} rows)", _f(m["test/mcid_auroc"])))
+    if "test/odi_rmse" in m:
+        rows.append((f"ODI at 12 months, RMSE ({m['test/odi_n']:,} rows)",
+                     _f(m["test/odi_rmse"], ".2f")))
+    if "test/bayes_auroc" in m:
+        rows += [("Bayes AUROC: true probabilities (on these labels)",
+                  f"{_f(m['test/bayes_auroc'])} ({_f(m['test/bayes_auroc_on_labels'])})"),
+                 ("gap to the Bayes AUROC (on these labels)",
+                  f"{_f(m['test/bayes_auroc_gap'])} ({_f(m['test/bayes_auroc_gap_on_labels'])})"),
+                 ("share of the oracle's gain the model's recommendations capture",
+                  _f(m["test/policy_capture"], ".1%"))]
+    intro = (f"{c['patients']:,} test patients, {c['labeled']:,} with a `satisfied` label "
+             f"({_f(c['satisfied_rate'], '.1%')} satisfied). Label metrics score the predicted "
+             "P(satisfied) of the treatment each patient got.")
+    return [intro, "", "| metric | value |", "|---|---|", *(f"| {k} | {v} |" for k, v in rows)]
+
+
+def _ablation_table(m: dict) -> list[str]:
+    if "ablation" not in m:
+        return []
+    rows = [f"| {k} | {_f(v['auroc'])} | {_f(v['drop'], '+.3f')} |"
+            for k, v in m["ablation"].items()]
+    return ["## Modality ablation", "",
+            "AUROC of `satisfied` with one input removed; the drop is what that modality adds.", "",
+            "| modality removed | AUROC | drop |", "|---|---|---|", *rows, ""]
+
+
+def _subgroup_table(m: dict) -> list[str]:
+    rows = [f"| {r['field']} | {r['value']} | {r['n']:,} | {_f(r['auroc'])} "
+            f"| {_f(r['satisfied_rate'], '.1%')} |" for r in m["subgroups"]]
+    return ["## Subgroups", "",
+            "n counts labeled rows; AUROC is n/a where a subgroup holds a single class.", "",
+            "| field | group | n | AUROC | satisfied |", "|---|---|---|---|---|", *rows, ""]
+
+
+def _baseline_table(m: dict) -> list[str]:
+    if "baselines" not in m:
+        return []
+    rows = [f"| {k} | {_f(v['auroc'])} | {_f(v['auprc'])} | {_f(v['brier'])} | {_f(v['ece'])} |"
+            for k, v in m["baselines"].items()]
+    return ["## Baselines", "", "Same rows, same labels.", "",
+            "| model | AUROC | AUPRC | Brier | ECE |", "|---|---|---|---|---|", *rows, ""]
+
+
+def _policy_table(m: dict) -> list[str]:
+    if "policy" not in m:
+        return []
+    p, v = m["policy"], m["policy"]["values"]
+    rows = [("model: highest predicted P(satisfied)", v["model"]),
+            ("oracle: `best_treatment`", v["oracle"]), ("observed: the treatment given", v["observed"])]
+    rows += [(f"always {t}", v[f"always_{t}"]) for t in TREATMENTS]
+    mix = ", ".join(f"{t} {_f(s, '.0%')}" for t, s in p["recommended_mix"].items())
+    closing = (f"The model's policy captures {_f(p['capture'], '.1%')} of the oracle's gain over "
+               "the observed treatments ((V_model - V_observed) / (V_oracle - V_observed)) and "
+               f"agrees with `best_treatment` for {_f(p['agreement_with_best'], '.1%')} of "
+               f"patients. It recommends: {mix}.")
+    return ["## Treatment policy", "",
+            "Mean true P(satisfied) over all test patients when each gets the treatment a policy picks.",
+            "", "| policy | mean true P(satisfied) |", "|---|---|",
+            *(f"| {k} | {_f(x)} |" for k, x in rows), "", closing, ""]
+
+
+def _f(x: float | None, spec: str = ".3f") -> str:
+    return "n/a" if x is None else format(x, spec)
