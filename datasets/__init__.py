@@ -4,6 +4,16 @@ from .io import CohortError, Violation, load_cohort, mcid, read_table, summarize
 from .schema import COLUMN_BY_NAME, COLUMNS, DIAGNOSES, TREATMENTS, Column
 
 __all__ = [
-    "COLUMNS", "COLUMN_BY_NAME", "DIAGNOSES", "TREATMENTS", "Column", "CohortError", "Violation",
-    "load_cohort", "mcid", "read_table", "summarize", "validate_frame",
+    "COLUMNS",
+    "COLUMN_BY_NAME",
+    "DIAGNOSES",
+    "TREATMENTS",
+    "CohortError",
+    "Column",
+    "Violation",
+    "load_cohort",
+    "mcid",
+    "read_table",
+    "summarize",
+    "validate_frame",
 ]

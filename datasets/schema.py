@@ -31,7 +31,7 @@ class Column:
     high: float | None = None
     categories: tuple[str, ...] | None = None
     max_chars: int | None = None
-    kind: Literal["category", "text", "image", "id", None] = None  # what a string holds
+    kind: Literal["category", "text", "image", "id"] | None = None  # what a string holds
 
     @property
     def is_number(self) -> bool:

@@ -3,6 +3,7 @@
     spinecast synth --n 10000 --seed 0 --out data/synth
     spinecast validate data/synth/cohort.parquet [--training]
     spinecast train --config configs/quickstart.yaml [--trainer.max_epochs 3 ...]
+    spinecast evaluate --ckpt best.ckpt --data cohort.parquet --out artifacts/eval
 
 Each subcommand imports what it needs when it runs, so `spinecast validate` works on a serving-only
 install (no torch).
@@ -51,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     synth.set_defaults(run=_synth)
 
     sub.add_parser("train", help="train a model (Lightning CLI; `spinecast train --help`)", add_help=False)
+    sub.add_parser("evaluate", help="score a cohort with a checkpoint, write the report", add_help=False)
 
     validate = sub.add_parser("validate", help="check a cohort file against the contract")
     validate.add_argument("file", type=Path)
@@ -65,6 +67,10 @@ def main(argv: list[str] | None = None) -> int:
         from spinecast.training.cli import train
 
         return train(argv[1:])
+    if argv[:1] == ["evaluate"]:
+        from spinecast.training.evaluate import main as evaluate
+
+        return evaluate(argv[1:])
     args = build_parser().parse_args(argv)
     return args.run(args)
 

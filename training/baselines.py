@@ -26,10 +26,9 @@ from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import OneHotEncoder
-from threadpoolctl import threadpool_limits
-
 from spinecast.datasets.features import FeatureEncoding
 from spinecast.datasets.schema import TEXT_COLUMNS, TREATMENTS
+from threadpoolctl import threadpool_limits
 
 Baseline = Callable[[pd.DataFrame, np.ndarray, pd.DataFrame, FeatureEncoding, int], np.ndarray]
 

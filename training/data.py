@@ -9,13 +9,12 @@ import lightning as L
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import DataLoader, Dataset
-
 from spinecast.datasets import load_cohort, mcid
 from spinecast.datasets.features import FeatureEncoding
 from spinecast.datasets.images import ImageError, load_image
 from spinecast.datasets.schema import TREATMENTS
 from spinecast.datasets.sentences import SentenceWindow, load_tokenizer
+from torch.utils.data import DataLoader, Dataset
 
 from .model import resolve_pretrained
 
@@ -76,7 +75,7 @@ def _images(paths: list, size: int) -> tuple[np.ndarray, np.ndarray]:
 def split_by_patient(ids: pd.Series, fractions: tuple[float, float], seed: int) -> tuple[np.ndarray, ...]:
     """Row indices of train / val / test, by a seeded permutation of patient ids."""
     order = np.random.default_rng(seed).permutation(len(ids))
-    n_val, n_test = (int(round(f * len(ids))) for f in fractions)
+    n_val, n_test = (round(f * len(ids)) for f in fractions)
     return order[n_val + n_test:], order[:n_val], order[n_val:n_val + n_test]
 
 

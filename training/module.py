@@ -7,13 +7,14 @@ from dataclasses import asdict
 import lightning as L
 import torch
 import torch.nn.functional as F
+from spinecast.datasets.features import FeatureEncoding
 from torchmetrics import MeanSquaredError, MetricCollection
 from torchmetrics.classification import BinaryAUROC, BinaryAveragePrecision, BinaryCalibrationError
 
-from spinecast.datasets.features import FeatureEncoding
-
 from .data import INPUTS
 from .model import ModelConfig, SpineCastNet
+
+DEFAULT_CONFIG = ModelConfig()  # never mutated: the Lightning CLI reads nested options from it
 
 
 def _metrics(prefix: str) -> MetricCollection:
@@ -45,7 +46,7 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
 
 
 class SpineCastModule(L.LightningModule):
-    def __init__(self, config: ModelConfig = ModelConfig(), lr: float = 1e-3, backbone_lr: float = 2e-5,
+    def __init__(self, config: ModelConfig = DEFAULT_CONFIG, lr: float = 1e-3, backbone_lr: float = 2e-5,
                  weight_decay: float = 0.01, loss_weights: dict[str, float] | None = None,
                  backbone_config: dict | None = None, feature_encoding: dict | None = None):
         super().__init__()

@@ -25,20 +25,19 @@ import torch
 from matplotlib.figure import Figure
 from sklearn.calibration import calibration_curve
 from sklearn.metrics import brier_score_loss, roc_curve
+from spinecast.datasets import mcid
+from spinecast.datasets.schema import COLUMN_BY_NAME, DIAGNOSES, TREATMENTS
+from spinecast.datasets.synth.card import auroc as rank_auroc
+from spinecast.datasets.synth.card import expected_auroc
 from torchmetrics.functional.classification import (
     binary_auroc,
     binary_average_precision,
     binary_calibration_error,
 )
 
-from spinecast.datasets import mcid
-from spinecast.datasets.schema import COLUMN_BY_NAME, DIAGNOSES, TREATMENTS
-from spinecast.datasets.synth.card import auroc as rank_auroc
-from spinecast.datasets.synth.card import expected_auroc
-
 from .baselines import treatment_index
+from .model import MODALITIES
 
-MODALITIES = ("tabular", "clinical_note", "imaging_report", "mri_image")
 OUTCOME_KEYS = ("p_satisfied", "p_mcid", "odi_12m")
 ECE_BINS = 15
 AGE_BANDS = ((18, 40, "<40"), (40, 60, "40-59"), (60, 75, "60-74"), (75, 200, "75+"))

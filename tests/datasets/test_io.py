@@ -6,7 +6,6 @@ import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
-
 from spinecast.datasets import COLUMNS, CohortError, load_cohort, mcid, validate_frame
 
 SECRET = "SENTINEL-PATIENT-TEXT-7731"

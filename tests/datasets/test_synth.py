@@ -6,13 +6,13 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-
-from spinecast.cli import main
 from spinecast.datasets import load_cohort
 from spinecast.datasets.schema import TREATMENTS
 from spinecast.datasets.synth import generate
 from spinecast.datasets.synth.outcomes import assignment_probabilities, potential_outcomes
 from spinecast.datasets.synth.state import sample_state
+
+from spinecast.cli import main
 
 N = 3000
 

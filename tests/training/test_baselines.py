@@ -3,7 +3,6 @@
 import numpy as np
 import pandas as pd
 import pytest
-
 from spinecast.datasets import load_cohort
 from spinecast.datasets.synth import generate
 from spinecast.datasets.synth.card import auroc

@@ -3,15 +3,20 @@
 import itertools
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
-
 from spinecast.datasets import load_cohort
 from spinecast.datasets.features import FeatureEncoding
 from spinecast.datasets.sentences import SentenceWindow, load_tokenizer
 from spinecast.training.data import INPUTS, encode_frame
-from spinecast.training.model import MODALITIES, ImageConfig, ModelConfig, SpineCastNet, TabularConfig, TextConfig
+from spinecast.training.model import (
+    MODALITIES,
+    ImageConfig,
+    ModelConfig,
+    SpineCastNet,
+    TabularConfig,
+    TextConfig,
+)
 from spinecast.training.module import SpineCastModule
 
 B = 6

@@ -6,7 +6,6 @@ import numpy as np
 import pandas as pd
 import pytest
 from sklearn.metrics import average_precision_score, brier_score_loss, roc_auc_score
-
 from spinecast.datasets import load_cohort
 from spinecast.datasets.schema import TREATMENTS
 from spinecast.datasets.synth import generate

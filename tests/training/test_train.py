@@ -7,11 +7,11 @@ import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
-
-from spinecast.cli import main
 from spinecast.datasets import CohortError
 from spinecast.training.data import INPUTS, CohortDataModule
 from spinecast.training.module import SpineCastModule, fit_temperature, observed
+
+from spinecast.cli import main
 
 CONFIGS = Path(__file__).parents[2] / "configs"
 
@@ -128,3 +128,20 @@ def test_cohort_without_any_text_still_trains(small_cohort, tmp_path, tiny_bert)
                            "--model.config.dim", "32")) == 0
     metrics = pd.read_csv(next((tmp_path / "lightning_logs").iterdir()) / "metrics.csv")
     assert np.isfinite(metrics["train/loss_epoch"].dropna()).all() and metrics["test/auroc"].notna().any()
+
+
+def test_evaluate_writes_report_with_ablation_baselines_and_ceiling(trained, small_cohort, tmp_path):
+    import json
+
+    version, _ = trained
+    cohort = small_cohort / "cohort.parquet"
+    out = tmp_path / "eval"
+    assert main(["evaluate", "--ckpt", str(version / "checkpoints" / "best.ckpt"), "--data", str(cohort),
+                 "--out", str(out), "--baselines-train", str(cohort)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert 0.5 < metrics["test/auroc"] <= 1 and 0.78 <= metrics["test/bayes_auroc"] <= 0.9
+    for modality in ("tabular", "clinical_note", "imaging_report", "mri_image"):
+        assert f"test/auroc_without_{modality}" in metrics
+    assert {"test/gradient_boosting/auroc", "test/tfidf_logistic/auroc", "test/policy_capture"} <= set(metrics)
+    report = (out / "report.md").read_text()
+    assert "roc.png" in report and (out / "roc.png").stat().st_size > 1000

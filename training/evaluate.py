@@ -1,0 +1,101 @@
+"""`spinecast evaluate`: score a cohort with a checkpoint and write the evaluation report.
+
+    spinecast evaluate --ckpt artifacts/quickstart/.../best.ckpt --data data/test/cohort.parquet \\
+        --out artifacts/eval [--truth data/test/truth.parquet] [--baselines-train data/train/cohort.parquet]
+
+The truth file is found beside the cohort when not given. The report holds aggregates only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from spinecast.datasets import load_cohort
+from spinecast.datasets.sentences import SentenceWindow, load_tokenizer
+from torch.utils.data import DataLoader
+
+from .data import INPUTS, ArrayDataset, encode_frame
+from .model import MODALITIES, resolve_pretrained
+from .module import SpineCastModule
+
+
+def load_module(ckpt: str | Path) -> SpineCastModule:
+    return SpineCastModule.load_from_checkpoint(ckpt, map_location="cpu").eval()
+
+
+def encode_for(module: SpineCastModule, frame: pd.DataFrame) -> dict[str, np.ndarray]:
+    """Cohort rows -> model inputs, exactly as the checkpoint's training encoded them."""
+    text = module.net.config.text
+    tokenizer = load_tokenizer(resolve_pretrained(text.pretrained))
+    window = SentenceWindow(text.max_sentences, text.max_tokens)
+    return encode_frame(frame, module.feature_encoding, tokenizer, window, module.net.config.image.size)
+
+
+def without(arrays: dict[str, np.ndarray], modality: str) -> dict[str, np.ndarray]:
+    """The same patients with one modality removed (for the ablation)."""
+    out = dict(arrays)
+    if modality == "tabular":
+        out["numeric"] = np.zeros_like(arrays["numeric"])
+        out["numeric_missing"] = np.ones_like(arrays["numeric_missing"])
+        out["categorical"] = np.zeros_like(arrays["categorical"])
+    elif modality == "clinical_note":
+        out["note_mask"] = np.zeros_like(arrays["note_mask"])
+    elif modality == "imaging_report":
+        out["report_mask"] = np.zeros_like(arrays["report_mask"])
+    else:
+        out["image_present"] = np.zeros_like(arrays["image_present"])
+    return out
+
+
+@torch.no_grad()
+def predict(module: SpineCastModule, arrays: dict[str, np.ndarray], batch_size: int = 256) -> dict[str, np.ndarray]:
+    """-> {"p_satisfied", "p_mcid", "odi_12m"}: (N, 4) each, calibrated, TREATMENTS order."""
+    parts: list[tuple[torch.Tensor, ...]] = []
+    for batch in DataLoader(ArrayDataset(arrays), batch_size=batch_size):
+        parts.append(module.net.probabilities(*(batch[k] for k in INPUTS)))
+    return {k: torch.cat(v).float().numpy() for k, v in zip(("p_satisfied", "p_mcid", "odi_12m"), zip(*parts))}
+
+
+def evaluate(ckpt: Path, data: Path, out: Path, truth: Path | None = None,
+             baselines_train: Path | None = None) -> dict:
+    from .baselines import baseline_predictions
+    from .report import evaluate_predictions, write_report
+
+    module = load_module(ckpt)
+    test = load_cohort(data, training=True)
+    arrays = encode_for(module, test)
+    start = time.perf_counter()
+    outcomes = predict(module, arrays)
+    seconds = time.perf_counter() - start
+    ablations = {m: predict(module, without(arrays, m))["p_satisfied"] for m in MODALITIES}
+    truth = truth or (data.parent / "truth.parquet")
+    truth_frame = pd.read_parquet(truth) if truth.is_file() else None
+    baselines = baseline_predictions(load_cohort(baselines_train, training=True), test) if baselines_train else None
+    metrics = evaluate_predictions(test, outcomes, ablations=ablations, baselines=baselines, truth=truth_frame)
+    metrics["inference_seconds_per_patient"] = seconds / len(test)
+    metrics["text_truncated"] = {"clinical_note": float(arrays["note_truncated"].mean()),
+                                 "imaging_report": float(arrays["report_truncated"].mean())}
+    write_report(out, metrics, test, outcomes, baselines=baselines)
+    return metrics
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="spinecast evaluate", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--ckpt", type=Path, required=True)
+    parser.add_argument("--data", type=Path, required=True, help="a contract cohort with labels")
+    parser.add_argument("--out", type=Path, required=True, help="folder for report.md, metrics.json, plots")
+    parser.add_argument("--truth", type=Path, default=None, help="truth.parquet of a synthetic cohort")
+    parser.add_argument("--baselines-train", type=Path, default=None,
+                        help="cohort to fit the classical baselines on (omit to skip them)")
+    args = parser.parse_args(argv)
+    metrics = evaluate(args.ckpt, args.data, args.out, args.truth, args.baselines_train)
+    summary = {k: v for k, v in metrics.items() if k.startswith("test/") and isinstance(v, float)}
+    print(json.dumps(summary, indent=2))
+    print(f"Report: {args.out / 'report.md'}")
+    return 0
