@@ -23,7 +23,8 @@ class SpineCastCLI(LightningCLI):
         parser.link_arguments("model.config.image.size", "data.image_size")
 
 
-def train(argv: list[str]) -> int:
+def fit(argv: list[str]) -> SpineCastCLI:
+    """Fit, then test the best checkpoint when there is a test split; return the CLI (trainer, model)."""
     cli = SpineCastCLI(SpineCastModule, CohortDataModule, args=argv, run=False,
                        save_config_kwargs={"overwrite": True}, seed_everything_default=0)
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
@@ -31,4 +32,9 @@ def train(argv: list[str]) -> int:
     if not trainer.interrupted and "test" in cli.datamodule.splits:
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
         trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path=best or None)
+    return cli
+
+
+def train(argv: list[str]) -> int:
+    fit(argv)
     return 0

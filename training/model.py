@@ -30,6 +30,7 @@ class TextConfig:
     max_sentences: int = 48
     max_tokens: int = 40  # per sentence, [CLS] and [SEP] included
     sentence_layers: int = 1  # transformer layers over the sentence embeddings of a document
+    sentence_dropout: float = 0.1  # training only: share of a document's sentences hidden per step
 
 
 @dataclass
@@ -151,16 +152,24 @@ class SentenceEncoder(nn.Module):
 
 
 class DocumentEncoder(nn.Module):
-    """Sentences of one document -> (B, D): a transformer over sentence embeddings, attention pooling."""
+    """Sentences of one document -> (B, D).
+
+    Sentence embeddings are projected, put in context by a small transformer, and pooled two ways:
+    max pooling answers "is this finding stated anywhere?", attention pooling weighs sentences.
+    During training whole sentences are dropped at random (the same fact is charted in one note and
+    omitted from the next), which keeps the model from memorising notes.
+    """
 
     def __init__(self, sentences: SentenceEncoder, cfg: TextConfig, dim: int, heads: int, dropout: float):
         super().__init__()
         self.sentences = sentences
+        self.sentence_dropout = cfg.sentence_dropout
         self.project = nn.Sequential(nn.Linear(sentences.width, dim), nn.GELU(), nn.LayerNorm(dim))
         self.position = nn.Embedding(cfg.max_sentences, dim)  # where a sentence sits (history vs plan)
         layer = nn.TransformerEncoderLayer(dim, heads, 2 * dim, dropout, batch_first=True, norm_first=True)
         self.context = nn.TransformerEncoder(layer, cfg.sentence_layers, enable_nested_tensor=False)
         self.score = nn.Linear(dim, 1)
+        self.out = nn.Linear(2 * dim, dim)
 
     def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, S, L) ids and mask -> (B, D) embedding and (B,) presence."""
@@ -169,14 +178,18 @@ class DocumentEncoder(nn.Module):
         present = sentence_mask.any(dim=1)  # (B,)
         emb = self.sentences(ids.reshape(b * s, length), mask.reshape(b * s, length)).reshape(b, s, -1)
         x = self.project(emb) + self.position.weight[:s]  # (B, S, D)
-        # An absent document attends to its first slot so that no softmax row is empty (no NaN);
-        # the fusion replaces its output with the learned "missing" embedding anyway.
-        keep = sentence_mask.clone()
-        keep[:, 0] |= ~present
+        keep = sentence_mask
+        if self.training and self.sentence_dropout > 0:
+            keep = keep & (torch.rand(b, s, device=ids.device) >= self.sentence_dropout)
+        # An empty document attends to its first slot so that no softmax row is empty (no NaN);
+        # the fusion replaces an absent document with the learned "missing" embedding anyway.
+        keep = keep.clone()
+        keep[:, 0] |= ~keep.any(dim=1)
         x = self.context(x, src_key_padding_mask=~keep)
         scores = self.score(x).squeeze(-1).masked_fill(~keep, float("-inf"))  # (B, S)
-        pooled = (scores.softmax(dim=1).unsqueeze(-1) * x).sum(dim=1)  # (B, D)
-        return pooled, present
+        attended = (scores.softmax(dim=1).unsqueeze(-1) * x).sum(dim=1)  # (B, D)
+        strongest = x.masked_fill(~keep.unsqueeze(-1), float("-inf")).amax(dim=1)  # (B, D)
+        return self.out(torch.cat([attended, strongest], dim=1)), present
 
 
 # --- structured fields ----------------------------------------------------------------------

@@ -47,7 +47,7 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
 
 class SpineCastModule(L.LightningModule):
     def __init__(self, config: ModelConfig = DEFAULT_CONFIG, lr: float = 1e-3, backbone_lr: float = 2e-5,
-                 weight_decay: float = 0.01, loss_weights: dict[str, float] | None = None,
+                 weight_decay: float = 0.05, loss_weights: dict[str, float] | None = None,
                  backbone_config: dict | None = None, feature_encoding: dict | None = None):
         super().__init__()
         config = ModelConfig.from_dict(config) if isinstance(config, dict) else config
