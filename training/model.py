@@ -167,7 +167,8 @@ class DocumentEncoder(nn.Module):
         self.project = nn.Sequential(nn.Linear(sentences.width, dim), nn.GELU(), nn.LayerNorm(dim))
         self.position = nn.Embedding(cfg.max_sentences, dim)  # where a sentence sits (history vs plan)
         layer = nn.TransformerEncoderLayer(dim, heads, 2 * dim, dropout, batch_first=True, norm_first=True)
-        self.context = nn.TransformerEncoder(layer, cfg.sentence_layers, enable_nested_tensor=False)
+        self.context = (nn.TransformerEncoder(layer, cfg.sentence_layers, enable_nested_tensor=False)
+                        if cfg.sentence_layers else None)
         self.score = nn.Linear(dim, 1)
         self.out = nn.Linear(2 * dim, dim)
 
@@ -185,7 +186,8 @@ class DocumentEncoder(nn.Module):
         # the fusion replaces an absent document with the learned "missing" embedding anyway.
         keep = keep.clone()
         keep[:, 0] |= ~keep.any(dim=1)
-        x = self.context(x, src_key_padding_mask=~keep)
+        if self.context is not None:
+            x = self.context(x, src_key_padding_mask=~keep)
         scores = self.score(x).squeeze(-1).masked_fill(~keep, float("-inf"))  # (B, S)
         attended = (scores.softmax(dim=1).unsqueeze(-1) * x).sum(dim=1)  # (B, D)
         strongest = x.masked_fill(~keep.unsqueeze(-1), float("-inf")).amax(dim=1)  # (B, D)

@@ -137,3 +137,10 @@ def test_non_finite_loss_stops_with_the_batch_named(tiny_bert, batch):
     bad = dict(batch, odi_12m=torch.full((B,), float("nan")))
     with pytest.raises(FloatingPointError, match="batch 7"):
         module._loss(bad, module(bad), 7)
+
+
+def test_document_encoder_without_context_layers(tiny_bert, batch):
+    net = SpineCastNet(tiny_config(tiny_bert, text={"sentence_layers": 0})).eval()
+    assert net.note.context is None
+    satisfied = run(net, batch)[0]
+    assert torch.isfinite(satisfied).all() and not torch.allclose(satisfied, run(net, drop(batch, OPTIONAL))[0])
