@@ -32,8 +32,10 @@ demo: $(STAMP)
 		--data $(DEMO)/test/cohort.parquet --baselines-train $(DEMO)/data/cohort.parquet --out $(DEMO)/eval
 	@sed -n '1,/^Plots/p' $(DEMO)/eval/report.md
 
+# About an hour on 2 CPU cores, most of it the accuracy benchmark (training the default model).
 bench: $(STAMP)
-	$(BIN)/python benchmarks/synth_speed.py
+	$(BIN)/python benchmarks/synth_speed.py --repeats 2
+	$(BIN)/python benchmarks/accuracy.py
 
 bento:
 	@echo "The Bento arrives with the serving issue."
