@@ -184,8 +184,8 @@ class DocumentEncoder(nn.Module):
             keep = keep & (torch.rand(b, s, device=ids.device) >= self.sentence_dropout)
         # An empty document attends to its first slot so that no softmax row is empty (no NaN);
         # the fusion replaces an absent document with the learned "missing" embedding anyway.
-        keep = keep.clone()
-        keep[:, 0] |= ~keep.any(dim=1)
+        first_slot = torch.arange(s, device=ids.device) == 0  # (S,)
+        keep = keep | (~keep.any(dim=1, keepdim=True) & first_slot)
         if self.context is not None:
             x = self.context(x, src_key_padding_mask=~keep)
         scores = self.score(x).squeeze(-1).masked_fill(~keep, float("-inf"))  # (B, S)
