@@ -8,6 +8,8 @@ Fits, then scores the test split with the best checkpoint (metrics `test/...`).
 
 from __future__ import annotations
 
+import warnings
+
 from lightning.pytorch.cli import LightningCLI
 
 from .data import CohortDataModule
@@ -25,6 +27,8 @@ class SpineCastCLI(LightningCLI):
 
 def fit(argv: list[str]) -> SpineCastCLI:
     """Fit, then test the best checkpoint when there is a test split; return the CLI (trainer, model)."""
+    # A frozen text encoder is kept in eval mode on purpose (no dropout: its sentence cache stays exact).
+    warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
     cli = SpineCastCLI(SpineCastModule, CohortDataModule, args=argv, run=False,
                        save_config_kwargs={"overwrite": True}, seed_everything_default=0)
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
