@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/accuracy.py                      # 8,000 + 2,000 synthetic patients
     .venv/bin/python benchmarks/accuracy.py --train site/train.parquet --test site/test.parquet \\
-        [--truth site/truth.parquet] [--config configs/default.yaml] [--set --trainer.max_epochs=20]
+        [--truth site/truth.parquet] [--config configs/default.yaml] [--trainer.max_epochs 20 ...]
 
 Any contract cohort files work (the truth file is optional), so the same comparison runs on other
 sites' data. Writes benchmarks/results/accuracy.json and the full report beside it.
@@ -54,15 +54,14 @@ def main() -> None:
     parser.add_argument("--test", type=Path)
     parser.add_argument("--truth", type=Path)
     parser.add_argument("--config", default="configs/default.yaml")
-    parser.add_argument("--set", nargs="*", default=[], help="extra Lightning CLI overrides")
-    args = parser.parse_args()
+    args, overrides = parser.parse_known_args()  # the rest are Lightning CLI overrides
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         train, test, truth = _cohorts(args, work)
         start = time.perf_counter()
         cli = fit(["--config", str(ROOT / args.config), "--data.train_path", str(train), "--data.test_path", str(test),
                    "--trainer.default_root_dir", str(work / "run"), "--trainer.logger.init_args.save_dir", str(work / "run"),
-                   "--trainer.enable_progress_bar", "false", *args.set])
+                   "--trainer.enable_progress_bar", "false", *overrides])
         train_seconds = time.perf_counter() - start
         ckpt = Path(cli.trainer.checkpoint_callback.best_model_path)
         metrics = evaluate(ckpt, test, work / "eval", truth=truth, baselines_train=train)
@@ -71,7 +70,7 @@ def main() -> None:
         for png in ("roc.png", "calibration.png"):
             shutil.copy(work / "eval" / png, RESULTS / f"accuracy_{png}")
     result = {
-        "benchmark": "accuracy", "config": args.config, "overrides": args.set,
+        "benchmark": "accuracy", "config": args.config, "overrides": overrides,
         "train_file": str(args.train or "synthetic seed 100, 8,000 patients"),
         "test_file": str(args.test or "synthetic seed 101, 2,000 patients"),
         "train_seconds": round(train_seconds, 1), "epochs": cli.trainer.current_epoch,
