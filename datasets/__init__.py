@@ -1,6 +1,15 @@
 """spinecast.datasets: the cohort contract, its file loader and the synthetic cohort generator."""
 
-from .io import CohortError, Violation, load_cohort, mcid, read_table, summarize, validate_frame
+from .io import (
+    CohortError,
+    Violation,
+    iter_table,
+    load_cohort,
+    mcid,
+    read_table,
+    summarize,
+    validate_frame,
+)
 from .schema import COLUMN_BY_NAME, COLUMNS, DIAGNOSES, TREATMENTS, Column
 
 __all__ = [
@@ -11,6 +20,7 @@ __all__ = [
     "CohortError",
     "Column",
     "Violation",
+    "iter_table",
     "load_cohort",
     "mcid",
     "read_table",

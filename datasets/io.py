@@ -11,6 +11,7 @@ Note and report text never appears in an error: only its length does.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -81,6 +82,11 @@ def read_table(path: Path) -> pd.DataFrame:
 
 
 def _read_jsonl(path: Path) -> pd.DataFrame:
+    return next(_jsonl_chunks(path, None))
+
+
+def _jsonl_chunks(path: Path, rows: int | None) -> Iterator[pd.DataFrame]:
+    """JSON Lines -> frames of at most `rows` records (None: one frame); a bad line fails its chunk."""
     records, bad = [], []
     with path.open("rb") as f:
         for line_no, line in enumerate(f, start=1):
@@ -95,16 +101,42 @@ def _read_jsonl(path: Path) -> pd.DataFrame:
                 bad.append(Violation(path.name, line_no, "-", "each line must be one JSON object", type(record).__name__))
                 continue
             records.append(record)
+            if rows and len(records) == rows:
+                if bad:
+                    raise CohortError(path.name, bad)
+                yield pd.DataFrame.from_records(records)
+                records = []
     if bad:
         raise CohortError(path.name, bad)
-    return pd.DataFrame.from_records(records)
+    if records or rows is None:
+        yield pd.DataFrame.from_records(records)
+
+
+def iter_table(path: str | Path, rows: int) -> Iterator[pd.DataFrame]:
+    """Read a cohort file in frames of at most `rows` rows (untyped, like `read_table`), for files
+    larger than memory. Validate each with `validate_frame(..., first_row=...)`."""
+    path = Path(path)
+    if path.suffix.lower() != ".parquet" or not path.is_file():
+        if path.suffix.lower() == ".csv" and path.is_file():
+            yield from pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""], chunksize=rows)
+            return
+        if path.suffix.lower() == ".jsonl" and path.is_file():
+            yield from _jsonl_chunks(path, rows)
+            return
+        yield read_table(path)  # raises the contract's error for a bad extension or a missing file
+        return
+    import pyarrow.parquet as pq
+
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=rows):
+        yield batch.to_pandas()
 
 
 def validate_frame(frame: pd.DataFrame, *, source: str = "<table>", base_dir: Path | None = None,
-                   training: bool = False) -> pd.DataFrame:
+                   training: bool = False, first_row: int = 1) -> pd.DataFrame:
     """Check every row of `frame`; return a typed copy with every contract column, in contract order.
 
     Absent optional columns come back as all-missing. `mri_image` comes back as an absolute path.
+    `first_row` numbers the frame's first row in messages (a chunk of a larger file).
     """
     problems: list[tuple[np.ndarray, Column, str, list[str]]] = []
     file_level: list[Violation] = []
@@ -127,7 +159,7 @@ def validate_frame(frame: pd.DataFrame, *, source: str = "<table>", base_dir: Pa
         out[col.name] = values
         problems.extend(col_problems)
     if problems:
-        raise CohortError(source, _first_violations(problems, source))
+        raise CohortError(source, _first_violations(problems, source, first_row))
     typed = pd.DataFrame(out)
     typed.attrs["source"] = source
     return typed
@@ -256,7 +288,7 @@ def _show(value, col: Column) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-def _first_violations(problems, source: str) -> list[Violation]:
+def _first_violations(problems, source: str, first_row: int = 1) -> list[Violation]:
     """Flatten (rows, col, rule, shown) groups into Violations ordered by row, then column order."""
     order = {c.name: i for i, c in enumerate(COLUMNS)}
     flat = []
@@ -264,7 +296,7 @@ def _first_violations(problems, source: str) -> list[Violation]:
         for k, r in enumerate(rows):
             flat.append((int(r), order[col.name], col.name, rule, shown[k] if k < len(shown) else "..."))
     flat.sort(key=lambda t: (t[0], t[1]))
-    return [Violation(source, r + 1, name, rule, got) for r, _, name, rule, got in flat]
+    return [Violation(source, r + first_row, name, rule, got) for r, _, name, rule, got in flat]
 
 
 def mcid(frame: pd.DataFrame) -> pd.Series:

@@ -4,6 +4,8 @@
     spinecast validate data/synth/cohort.parquet [--training]
     spinecast train --config configs/quickstart.yaml [--trainer.max_epochs 3 ...]
     spinecast evaluate --ckpt best.ckpt --data cohort.parquet --out artifacts/eval
+    spinecast export --ckpt best.ckpt --out artifacts/bundle [--optimize] [--quantize int8]
+    spinecast predict --model artifacts/bundle --in cohort.parquet --out predictions.parquet
 
 Each subcommand imports what it needs when it runs, so `spinecast validate` works on a serving-only
 install (no torch).
@@ -53,6 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("train", help="train a model (Lightning CLI; `spinecast train --help`)", add_help=False)
     sub.add_parser("evaluate", help="score a cohort with a checkpoint, write the report", add_help=False)
+    sub.add_parser("export", help="checkpoint -> ONNX model bundle, parity-checked", add_help=False)
+    sub.add_parser("predict", help="score a cohort file with a model bundle (no torch)", add_help=False)
 
     validate = sub.add_parser("validate", help="check a cohort file against the contract")
     validate.add_argument("file", type=Path)
@@ -71,6 +75,14 @@ def main(argv: list[str] | None = None) -> int:
         from spinecast.training.evaluate import main as evaluate
 
         return evaluate(argv[1:])
+    if argv[:1] == ["predict"]:
+        from spinecast.serving.batch import main as predict
+
+        return predict(argv[1:])
+    if argv[:1] == ["export"]:
+        from spinecast.training.export import main as export
+
+        return export(argv[1:])
     args = build_parser().parse_args(argv)
     return args.run(args)
 

@@ -11,7 +11,7 @@ import pandas as pd
 import torch
 from spinecast.datasets import load_cohort, mcid
 from spinecast.datasets.features import FeatureEncoding
-from spinecast.datasets.images import ImageError, load_image
+from spinecast.datasets.inputs import encode_inputs
 from spinecast.datasets.schema import TREATMENTS
 from spinecast.datasets.sentences import SentenceWindow, load_tokenizer
 from torch.utils.data import DataLoader, Dataset
@@ -19,8 +19,6 @@ from torch.utils.data import DataLoader, Dataset
 from .model import resolve_pretrained
 
 log = logging.getLogger(__name__)
-INPUTS = ("numeric", "numeric_missing", "categorical", "note_ids", "note_mask", "report_ids",
-          "report_mask", "image", "image_present")  # SpineCastNet.forward, in order
 
 
 class ArrayDataset(Dataset):
@@ -42,14 +40,8 @@ class ArrayDataset(Dataset):
 
 def encode_frame(frame: pd.DataFrame, encoding: FeatureEncoding, tokenizer, window: SentenceWindow,
                  image_size: int) -> dict[str, np.ndarray]:
-    """Validated cohort rows -> model inputs and labels (numpy)."""
-    arrays = encoding.encode(frame)
-    for name, column in (("note", "clinical_note"), ("report", "imaging_report")):
-        text = window.encode(tokenizer, frame[column].tolist())
-        arrays[f"{name}_ids"] = text["ids"].astype(np.int32)  # int32 halves the memory
-        arrays[f"{name}_mask"] = text["mask"].astype(np.int8)
-        arrays[f"{name}_truncated"] = text["truncated"]
-    arrays["image"], arrays["image_present"] = _images(frame["mri_image"].tolist(), image_size)
+    """Validated cohort rows -> model inputs (the encoding serving shares) and labels (numpy)."""
+    arrays = encode_inputs(frame, encoding, tokenizer, window, image_size)
     treatment = frame["treatment"].map({t: i for i, t in enumerate(TREATMENTS)})
     arrays["treatment"] = treatment.fillna(-1).to_numpy(dtype=np.int64)
     for name, values in (("satisfied", frame["satisfied"]), ("mcid", mcid(frame)), ("odi_12m", frame["odi_12m"])):
@@ -59,24 +51,22 @@ def encode_frame(frame: pd.DataFrame, encoding: FeatureEncoding, tokenizer, wind
     return arrays
 
 
-def _images(paths: list, size: int) -> tuple[np.ndarray, np.ndarray]:
-    images = np.zeros((len(paths), size, size), dtype=np.uint8)
-    present = np.zeros(len(paths), dtype=bool)
-    for i, path in enumerate(paths):
-        if isinstance(path, str):
-            try:
-                images[i] = np.round(load_image(path, size) * 255).astype(np.uint8)
-                present[i] = True
-            except ImageError as err:
-                raise ImageError(f"row {i + 1}: mri_image {err}") from None
-    return images, present
-
-
 def split_by_patient(ids: pd.Series, fractions: tuple[float, float], seed: int) -> tuple[np.ndarray, ...]:
     """Row indices of train / val / test, by a seeded permutation of patient ids."""
     order = np.random.default_rng(seed).permutation(len(ids))
     n_val, n_test = (round(f * len(ids)) for f in fractions)
     return order[n_val + n_test:], order[:n_val], order[n_val:n_val + n_test]
+
+
+def split_cohort(train_path, test_path=None, val_fraction: float = 0.15, test_fraction: float = 0.15,
+                 seed: int = 0, **_) -> dict[str, pd.DataFrame]:
+    """The train / val / test frames of a run (a separate test file replaces the test split).
+    Takes the data module's hyperparameters, so a checkpoint's record rebuilds its splits."""
+    cohort = load_cohort(train_path, training=True)
+    test_fraction = 0.0 if test_path else test_fraction
+    train_idx, val_idx, test_idx = split_by_patient(cohort["patient_id"], (val_fraction, test_fraction), seed)
+    return {"train": cohort.iloc[train_idx], "val": cohort.iloc[val_idx],
+            "test": load_cohort(test_path, training=True) if test_path else cohort.iloc[test_idx]}
 
 
 class CohortDataModule(L.LightningDataModule):
@@ -97,11 +87,7 @@ class CohortDataModule(L.LightningDataModule):
         if self.splits:
             return
         hp = self.hparams
-        cohort = load_cohort(hp.train_path, training=True)
-        test_fraction = 0.0 if hp.test_path else hp.test_fraction
-        train_idx, val_idx, test_idx = split_by_patient(cohort["patient_id"], (hp.val_fraction, test_fraction), hp.seed)
-        self.frames = {"train": cohort.iloc[train_idx], "val": cohort.iloc[val_idx],
-                       "test": load_cohort(hp.test_path, training=True) if hp.test_path else cohort.iloc[test_idx]}
+        self.frames = split_cohort(hp.train_path, hp.test_path, hp.val_fraction, hp.test_fraction, hp.seed)
         _check_trainable(self.frames["train"])
         self.feature_encoding = FeatureEncoding.fit(self.frames["train"])
         tokenizer = load_tokenizer(resolve_pretrained(hp.tokenizer))

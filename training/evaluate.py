@@ -17,11 +17,12 @@ import numpy as np
 import pandas as pd
 import torch
 from spinecast.datasets import load_cohort
+from spinecast.datasets.inputs import INPUTS, MODALITIES
 from spinecast.datasets.sentences import SentenceWindow, load_tokenizer
 from torch.utils.data import DataLoader
 
-from .data import INPUTS, ArrayDataset, encode_frame
-from .model import MODALITIES, resolve_pretrained
+from .data import ArrayDataset, encode_frame
+from .model import resolve_pretrained
 from .module import SpineCastModule
 
 

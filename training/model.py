@@ -14,10 +14,11 @@ from pathlib import Path
 import torch
 import torchvision
 from spinecast.datasets.features import FeatureEncoding
+from spinecast.datasets.inputs import MODALITIES
 from spinecast.datasets.schema import TREATMENTS
 from torch import nn
+from torch.nn import functional as F
 
-MODALITIES = ("tabular", "clinical_note", "imaging_report", "mri_image")
 OUTCOMES = ("satisfied", "mcid", "odi_12m")  # per treatment head: logit, logit, ODI in [0, 100]
 
 
@@ -76,6 +77,42 @@ def resolve_pretrained(name: str) -> str:
 
 def _exporting() -> bool:
     return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
+
+
+# --- the transformer layer used by every encoder ----------------------------------------------
+
+
+class Block(nn.Module):
+    """A pre-norm transformer layer, written out rather than `nn.TransformerEncoderLayer`: the
+    latter's fast path and its shape arithmetic bake the batch and sequence sizes into an ONNX
+    trace, while this layer exports with every axis dynamic."""
+
+    def __init__(self, dim: int, heads: int, dropout: float):
+        super().__init__()
+        self.heads, self.dropout = heads, dropout
+        self.attn_norm, self.qkv, self.proj = nn.LayerNorm(dim), nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+        self.ff_norm = nn.LayerNorm(dim)
+        self.ff = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(2 * dim, dim))
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, S, D), and optionally (B, S) True where a position may be attended to -> (B, S, D)."""
+        q, k, v = self.qkv(self.attn_norm(x)).unflatten(-1, (3, self.heads, -1)).permute(2, 0, 3, 1, 4).unbind(0)
+        mask = None if keep is None else keep[:, None, None, :]  # (B, 1, 1, S)
+        att = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0)
+        x = x + self.drop(self.proj(att.transpose(1, 2).flatten(2)))
+        return x + self.drop(self.ff(self.ff_norm(x)))
+
+
+class Transformer(nn.Module):
+    def __init__(self, dim: int, heads: int, layers: int, dropout: float):
+        super().__init__()
+        self.layers = nn.ModuleList(Block(dim, heads, dropout) for _ in range(layers))
+
+    def forward(self, x: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
+        for layer in self.layers:
+            x = layer(x, keep)
+        return x
 
 
 # --- text -----------------------------------------------------------------------------------
@@ -166,9 +203,7 @@ class DocumentEncoder(nn.Module):
         self.sentence_dropout = cfg.sentence_dropout
         self.project = nn.Sequential(nn.Linear(sentences.width, dim), nn.GELU(), nn.LayerNorm(dim))
         self.position = nn.Embedding(cfg.max_sentences, dim)  # where a sentence sits (history vs plan)
-        layer = nn.TransformerEncoderLayer(dim, heads, 2 * dim, dropout, batch_first=True, norm_first=True)
-        self.context = (nn.TransformerEncoder(layer, cfg.sentence_layers, enable_nested_tensor=False)
-                        if cfg.sentence_layers else None)
+        self.context = Transformer(dim, heads, cfg.sentence_layers, dropout) if cfg.sentence_layers else None
         self.score = nn.Linear(dim, 1)
         self.out = nn.Linear(2 * dim, dim)
 
@@ -187,7 +222,7 @@ class DocumentEncoder(nn.Module):
         first_slot = torch.arange(s, device=ids.device) == 0  # (S,)
         keep = keep | (~keep.any(dim=1, keepdim=True) & first_slot)
         if self.context is not None:
-            x = self.context(x, src_key_padding_mask=~keep)
+            x = self.context(x, keep)
         scores = self.score(x).squeeze(-1).masked_fill(~keep, float("-inf"))  # (B, S)
         attended = (scores.softmax(dim=1).unsqueeze(-1) * x).sum(dim=1)  # (B, D)
         strongest = x.masked_fill(~keep.unsqueeze(-1), float("-inf")).amax(dim=1)  # (B, D)
@@ -214,8 +249,7 @@ class TabularEncoder(nn.Module):
             self.num_bias = nn.Parameter(torch.zeros(n_num, dim))
             self.num_missing = nn.Parameter(torch.randn(n_num, dim) / math.sqrt(dim))
             self.cls = nn.Parameter(torch.zeros(1, 1, dim))
-            layer = nn.TransformerEncoderLayer(dim, cfg.heads, 2 * dim, dropout, batch_first=True, norm_first=True)
-            self.body = nn.TransformerEncoder(layer, cfg.layers, enable_nested_tensor=False)
+            self.body = Transformer(dim, cfg.heads, cfg.layers, dropout)
         else:
             width = 2 * n_num + token_dim * len(cards)
             self.body = nn.Sequential(nn.Linear(width, 2 * dim), nn.GELU(), nn.Dropout(dropout),
@@ -228,7 +262,7 @@ class TabularEncoder(nn.Module):
         values = numeric.unsqueeze(-1) * self.num_weight + self.num_bias  # (B, N, D)
         missing = numeric_missing.unsqueeze(-1)
         nums = missing * self.num_missing + (1 - missing) * values
-        tokens = torch.cat([self.cls.expand(len(numeric), -1, -1), nums, cats], dim=1)  # (B, 1+N+C, D)
+        tokens = torch.cat([self.cls.expand(numeric.shape[0], -1, -1), nums, cats], dim=1)  # (B, 1+N+C, D)
         return self.body(tokens)[:, 0]
 
 
@@ -300,8 +334,7 @@ class Fusion(nn.Module):
         self.modality = nn.Parameter(torch.randn(m, dim) * 0.02)
         if kind == "attention":
             self.cls = nn.Parameter(torch.zeros(1, 1, dim))
-            layer = nn.TransformerEncoderLayer(dim, heads, 2 * dim, dropout, batch_first=True, norm_first=True)
-            self.body = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+            self.body = Transformer(dim, heads, layers, dropout)
         else:
             self.gate = nn.Linear(dim, dim)
             self.body = nn.Sequential(nn.Linear(m * dim, 2 * dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(2 * dim, dim))
@@ -312,7 +345,7 @@ class Fusion(nn.Module):
             present = present & (torch.rand_like(present, dtype=torch.float) >= self.modality_dropout)
         x = torch.where(present.unsqueeze(-1), tokens, self.missing) + self.modality  # (B, M, D)
         if self.kind == "attention":
-            x = self.body(torch.cat([self.cls.expand(len(x), -1, -1), x], dim=1))[:, 0]
+            x = self.body(torch.cat([self.cls.expand(x.shape[0], -1, -1), x], dim=1))[:, 0]
         else:
             x = self.body((torch.sigmoid(self.gate(x)) * x).flatten(1))
         return self.norm(x)

@@ -8,10 +8,10 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from spinecast.datasets.features import FeatureEncoding
+from spinecast.datasets.inputs import INPUTS
 from torchmetrics import MeanSquaredError, MetricCollection
 from torchmetrics.classification import BinaryAUROC, BinaryAveragePrecision, BinaryCalibrationError
 
-from .data import INPUTS
 from .model import ModelConfig, SpineCastNet
 
 DEFAULT_CONFIG = ModelConfig()  # never mutated: the Lightning CLI reads nested options from it

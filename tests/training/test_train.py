@@ -8,7 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 from spinecast.datasets import CohortError
-from spinecast.training.data import INPUTS, CohortDataModule
+from spinecast.datasets.inputs import INPUTS
+from spinecast.training.data import CohortDataModule
 from spinecast.training.module import SpineCastModule, fit_temperature, observed
 
 from spinecast.cli import main

@@ -1,0 +1,107 @@
+"""`spinecast predict`: batch scoring of a cohort file with the torch-free predictor.
+
+    spinecast predict --model artifacts/bundle --in cohort.parquet --out predictions.parquet \\
+        [--chunk-rows 10000] [--threads 2]
+
+Reads the cohort in chunks (Parquet row batches, CSV and JSON Lines in slices), validates and
+scores each, and appends it to one Parquet file, so memory stays bounded by the chunk, not the
+cohort. One row per patient, in input order: the probabilities per treatment as columns
+(`p_satisfied_<treatment>`, `p_mcid_<treatment>`, `odi_12m_<treatment>`), the recommended and
+planned treatment, the modalities used and the warnings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from spinecast.datasets import TREATMENTS, CohortError, Violation, iter_table, validate_frame
+from tqdm import tqdm
+
+from .predictor import OUTPUTS, Predictor, predictions
+
+SCHEMA = pa.schema(
+    [("patient_id", pa.string()), ("model_version", pa.string()), ("recommended_treatment", pa.string()),
+     ("planned_treatment", pa.string())]
+    + [(f"{k}_{t}", pa.float32()) for k in OUTPUTS for t in TREATMENTS]
+    + [("modalities_used", pa.list_(pa.string())), ("warnings", pa.list_(pa.string()))])
+
+
+def _rows(path: Path) -> int | None:
+    return pq.ParquetFile(path).metadata.num_rows if path.suffix.lower() == ".parquet" else None
+
+
+def score_file(predictor: Predictor, src: Path, dst: Path, chunk_rows: int = 10_000, progress: bool = True) -> dict:
+    """Score every row of `src` into `dst` (Parquet); return counts, seconds and peak memory."""
+    src, dst = Path(src), Path(dst)
+    start, done, seen = time.perf_counter(), 0, set()
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    partial = dst.with_name(dst.name + ".partial")  # a failed run never leaves a half-written `dst`
+    bar = tqdm(total=_rows(src), unit="patients", disable=not progress, file=sys.stderr)
+    with pq.ParquetWriter(partial, SCHEMA) as writer:
+        for raw in iter_table(src, chunk_rows):
+            frame = validate_frame(raw, source=src.name, base_dir=src.parent, first_row=done + 1)
+            _check_unique(frame["patient_id"], seen, src.name, done)
+            arrays = predictor.encode(frame)
+            outcomes = predictor.run(arrays)
+            writer.write_table(_table(predictions(frame, arrays, outcomes, predictor.version), outcomes))
+            done += len(frame)
+            bar.update(len(frame))
+    bar.close()
+    partial.replace(dst)
+    seconds = time.perf_counter() - start
+    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+    return {"rows": done, "seconds": round(seconds, 2), "rows_per_second": round(done / seconds, 1),
+            "peak_rss_mib": round(peak_mib, 1), "out": str(dst)}
+
+
+def _check_unique(ids, seen: set[int], source: str, offset: int) -> None:
+    """patient_id must be unique in the whole file, across chunks (kept as 64-bit hashes)."""
+    for i, patient_id in enumerate(ids.tolist()):
+        key = hash(patient_id)
+        if key in seen:
+            raise CohortError(source, [Violation(source, offset + i + 1, "patient_id", "must be unique in the file",
+                                                 "an earlier row's id")])
+        seen.add(key)
+
+
+def _table(rows: list[dict], outcomes: dict[str, np.ndarray]) -> pa.Table:
+    columns = {
+        "patient_id": [r["patient_id"] for r in rows],
+        "model_version": [r["model_version"] for r in rows],
+        "recommended_treatment": [r["recommended_treatment"] for r in rows],
+        "planned_treatment": [r["planned_treatment"] for r in rows],
+    }
+    for k in OUTPUTS:
+        for j, t in enumerate(TREATMENTS):
+            columns[f"{k}_{t}"] = outcomes[k][:, j]
+    columns["modalities_used"] = [r["modalities_used"] for r in rows]
+    columns["warnings"] = [r["warnings"] for r in rows]
+    return pa.table(columns, schema=SCHEMA)
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="spinecast predict", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", type=Path, required=True, help="model bundle folder (spinecast export)")
+    parser.add_argument("--in", dest="src", type=Path, required=True, help="cohort file: .parquet, .csv or .jsonl")
+    parser.add_argument("--out", type=Path, required=True, help="predictions .parquet")
+    parser.add_argument("--chunk-rows", type=int, default=10_000, help="rows read, validated and scored at a time")
+    parser.add_argument("--batch-size", type=int, default=32, help="rows per ONNX Runtime run")
+    parser.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: all cores)")
+    parser.add_argument("--variant", default=None, help="model variant from the card (default: the served one)")
+    args = parser.parse_args(argv)
+    predictor = Predictor(args.model, args.variant, threads=args.threads, batch_size=args.batch_size)
+    try:
+        stats = score_file(predictor, args.src, args.out, args.chunk_rows)
+    except CohortError as err:
+        print(err, file=sys.stderr)
+        return 1
+    print(json.dumps(stats, indent=1))
+    return 0

@@ -1,0 +1,188 @@
+"""The torch-free predictor: a model bundle + contract records -> CONTRACT.md `Prediction`s.
+
+    predictor = Predictor("artifacts/bundle")
+    predictor.predict([{"patient_id": "A-1", "age": 54, "sex": "female", "clinical_note": "..."}])
+
+Needs onnxruntime, tokenizers, numpy, pandas and Pillow only; it never imports torch. Records are
+encoded by `spinecast.datasets.inputs`, the code the training data module uses, with the feature
+encoding, tokenizer and windows stored in the bundle. A bundle whose files do not match its
+SHA256SUMS is refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pandas as pd
+from spinecast.datasets import TREATMENTS, validate_frame
+from spinecast.datasets.features import FeatureEncoding
+from spinecast.datasets.inputs import INPUTS, MODALITIES, encode_inputs, model_inputs, presence
+from spinecast.datasets.schema import TABULAR_COLUMNS
+from spinecast.datasets.sentences import SentenceWindow, load_tokenizer
+
+OUTPUTS = ("p_satisfied", "p_mcid", "odi_12m")  # model.onnx outputs, each (B, 4) in TREATMENTS order
+BUNDLE_FILES = ("model.onnx", "tokenizer.json", "features.json", "card.json")
+CHECKSUMS = "SHA256SUMS"
+
+
+class BundleError(RuntimeError):
+    """A model bundle that is missing, incomplete or altered; the message says which file."""
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_checksums(bundle: Path) -> None:
+    files = sorted(p for p in bundle.iterdir() if p.is_file() and p.name != CHECKSUMS)
+    (bundle / CHECKSUMS).write_text("".join(f"{sha256(p)}  {p.name}\n" for p in files))
+
+
+def verify_bundle(bundle: str | Path) -> Path:
+    """Check that the bundle holds every required file and that every file matches SHA256SUMS."""
+    bundle = Path(bundle)
+    if not bundle.is_dir():
+        raise BundleError(f"model bundle {bundle}: no such folder")
+    sums = bundle / CHECKSUMS
+    if not sums.is_file():
+        raise BundleError(f"model bundle {bundle}: {CHECKSUMS} is missing; the bundle cannot be verified")
+    listed: dict[str, str] = {}
+    for line in sums.read_text().splitlines():
+        digest, _, name = line.partition("  ")
+        if len(digest) != 64 or not name:
+            raise BundleError(f"model bundle {bundle}: {CHECKSUMS} has a malformed line")
+        listed[name] = digest
+    for name in BUNDLE_FILES:
+        if name not in listed:
+            raise BundleError(f"model bundle {bundle}: {name} is not listed in {CHECKSUMS}")
+    for name, digest in listed.items():
+        path = bundle / name
+        if not path.is_file():
+            raise BundleError(f"model bundle {bundle}: {name} is missing")
+        if sha256(path) != digest:
+            raise BundleError(f"model bundle {bundle}: {name} does not match its SHA-256 in {CHECKSUMS} "
+                              "(altered or truncated); refusing to load it")
+    return bundle
+
+
+def session_options(threads: int | None = None) -> ort.SessionOptions:
+    """Graph optimisations on; `threads` intra-op threads (None: ONNX Runtime's default, all cores)."""
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.inter_op_num_threads = 1
+    if threads:
+        options.intra_op_num_threads = threads
+    return options
+
+
+class Predictor:
+    """A verified bundle loaded into one ONNX Runtime session.
+
+    `variant` picks a model file the card lists (`fp32`, `int8`); by default the one the card serves.
+    `threads` caps ONNX Runtime's intra-op threads (set it to cores / workers when several run).
+    """
+
+    def __init__(self, bundle: str | Path, variant: str | None = None, threads: int | None = None,
+                 batch_size: int = 32):
+        self.bundle = verify_bundle(bundle)
+        self.card = json.loads((self.bundle / "card.json").read_text())
+        variants = self.card["variants"]
+        self.variant = variant or self.card["serve"]
+        if self.variant not in variants:
+            raise BundleError(f"model bundle {self.bundle}: variant {self.variant!r} not in card.json "
+                              f"(has {', '.join(variants)})")
+        self.version: str = self.card["version"]
+        self.features = FeatureEncoding.from_dict(json.loads((self.bundle / "features.json").read_text()))
+        self.tokenizer = load_tokenizer(self.bundle / "tokenizer.json")
+        limits = self.card["inputs"]
+        self.window = SentenceWindow(limits["max_sentences"], limits["max_tokens"])
+        self.image_size: int = limits["image_size"]
+        self.batch_size = batch_size
+        self.session = ort.InferenceSession(str(self.bundle / variants[self.variant]["file"]),
+                                            session_options(threads), providers=["CPUExecutionProvider"])
+
+    # --- arrays --------------------------------------------------------------------------------
+
+    def encode(self, frame: pd.DataFrame) -> dict[str, np.ndarray]:
+        """Validated records -> encoded inputs (the training encoding)."""
+        return encode_inputs(frame, self.features, self.tokenizer, self.window, self.image_size)
+
+    def run(self, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Encoded inputs -> {"p_satisfied", "p_mcid", "odi_12m"}: (N, 4) float32 each."""
+        parts = []
+        for start in range(0, len(arrays["numeric"]), self.batch_size):
+            chunk = {k: arrays[k][start:start + self.batch_size] for k in INPUTS}
+            parts.append(self.session.run(list(OUTPUTS), model_inputs(chunk)))
+        if not parts:
+            return {k: np.zeros((0, len(TREATMENTS)), np.float32) for k in OUTPUTS}
+        return {k: np.concatenate(v) for k, v in zip(OUTPUTS, zip(*parts))}
+
+    # --- records -------------------------------------------------------------------------------
+
+    def validate(self, records: Iterable[dict], source: str = "request") -> pd.DataFrame:
+        """Contract records (API `Patient`s or cohort rows) -> a typed frame, or CohortError naming
+        each bad field. `mri_image` may hold the image bytes (the API decodes base64 to bytes)."""
+        frame = pd.DataFrame.from_records(list(records))
+        images = frame.pop("mri_image") if "mri_image" in frame else None
+        inline = images.map(lambda v: isinstance(v, bytes)) if images is not None else None
+        if images is not None and not inline.all():
+            frame["mri_image"] = images.where(~inline, None)
+        typed = validate_frame(frame, source=source)
+        if images is not None and inline.any():
+            typed["mri_image"] = typed["mri_image"].astype(object).where(~inline.to_numpy(), images.to_numpy())
+        return typed
+
+    def predict(self, records: Iterable[dict]) -> list[dict]:
+        """Contract records -> one CONTRACT.md `Prediction` per record, in order."""
+        return self.predict_frame(self.validate(records))
+
+    def predict_frame(self, frame: pd.DataFrame) -> list[dict]:
+        arrays = self.encode(frame)
+        return predictions(frame, arrays, self.run(arrays), self.version)
+
+
+def predictions(frame: pd.DataFrame, arrays: dict[str, np.ndarray], outcomes: dict[str, np.ndarray],
+                version: str) -> list[dict]:
+    """Model outputs -> `Prediction` dicts: outcomes sorted by p_satisfied, modalities, warnings."""
+    present = presence(arrays)
+    missing_fields = frame.reindex(columns=list(TABULAR_COLUMNS)).isna().to_numpy()
+    planned = frame["treatment"].to_numpy() if "treatment" in frame else np.full(len(frame), None)
+    out = []
+    for i, patient_id in enumerate(frame["patient_id"].tolist()):
+        rows = [{"treatment": t, "p_satisfied": float(outcomes["p_satisfied"][i, k]),
+                 "p_mcid": float(outcomes["p_mcid"][i, k]), "odi_12m": float(outcomes["odi_12m"][i, k])}
+                for k, t in enumerate(TREATMENTS)]
+        rows.sort(key=lambda r: r["p_satisfied"], reverse=True)
+        out.append({
+            "patient_id": patient_id,
+            "model_version": version,
+            "outcomes": rows,
+            "recommended_treatment": rows[0]["treatment"],
+            "planned_treatment": planned[i] if isinstance(planned[i], str) else None,
+            "modalities_used": [m for m, used in zip(MODALITIES, present[i]) if used],
+            "warnings": _warnings(present[i], arrays, i, [c for c, m in zip(TABULAR_COLUMNS, missing_fields[i]) if m]),
+        })
+    return out
+
+
+def _warnings(present: np.ndarray, arrays: dict[str, np.ndarray], i: int, missing_fields: list[str]) -> list[str]:
+    """What was missing or cut. Names fields only, never their values."""
+    warnings = [f"{m} missing: predicted without it" for m, used in zip(MODALITIES, present) if not used]
+    for name, column in (("note", "clinical_note"), ("report", "imaging_report")):
+        if arrays[f"{name}_truncated"][i]:
+            s, t = arrays[f"{name}_ids"].shape[1:]
+            warnings.append(f"{column} truncated to the encoder's window ({s} sentences of at most {t} tokens; "
+                            "the middle sentences or the ends of long sentences were left out)")
+    if missing_fields:
+        warnings.append(f"structured fields not recorded: {', '.join(missing_fields)}")
+    return warnings

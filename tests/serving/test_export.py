@@ -1,0 +1,206 @@
+"""Export to ONNX, the torch-free predictor and batch scoring, on a tiny trained model."""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pandas as pd
+import pytest
+from spinecast.datasets import CohortError, load_cohort
+from spinecast.datasets.inputs import INPUTS
+from spinecast.serving.predictor import BundleError, Predictor
+from spinecast.training.evaluate import encode_for, load_module, predict
+from spinecast.training.export import ExportError, export
+
+from spinecast.cli import main
+
+CONFIGS = Path(__file__).parents[2] / "configs"
+
+
+@pytest.fixture(scope="module")
+def checkpoint(small_cohort, tmp_path_factory, tiny_bert) -> Path:
+    """Two epochs of the default architecture (FT-Transformer, attention fusion), tiny sizes."""
+    root = tmp_path_factory.mktemp("export_run")
+    args = ["train", "--config", str(CONFIGS / "default.yaml"), "--data.train_path", str(small_cohort / "cohort.parquet"),
+            "--trainer.default_root_dir", str(root), "--trainer.logger.init_args.save_dir", str(root),
+            "--trainer.accelerator", "cpu", "--trainer.max_epochs", "2", "--trainer.enable_progress_bar", "false",
+            "--model.config.text.pretrained", tiny_bert, "--model.config.dim", "32",
+            "--model.config.image.backbone", "small_cnn"]
+    assert main(args) == 0
+    return next(root.rglob("last.ckpt"))
+
+
+@pytest.fixture(scope="module")
+def bundle(checkpoint, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("bundle")
+    assert main(["export", "--ckpt", str(checkpoint), "--out", str(out), "--eval-rows", "120"]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def records(small_cohort) -> pd.DataFrame:
+    return load_cohort(small_cohort / "cohort.parquet", training=True).iloc[-40:]
+
+
+def test_bundle_holds_a_checked_graph_with_named_dynamic_axes_and_a_card(bundle):
+    assert {p.name for p in bundle.iterdir()} == {"model.onnx", "tokenizer.json", "features.json", "card.json", "SHA256SUMS"}
+    model = onnx.load(str(bundle / "model.onnx"))
+    onnx.checker.check_model(model)
+    inputs = {i.name: [d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim] for i in model.graph.input}
+    assert list(inputs) == list(INPUTS)
+    assert inputs["note_ids"] == ["batch", "note_sentences", "note_tokens"]
+    assert inputs["image"][0] == "batch"
+    assert [o.name for o in model.graph.output] == ["p_satisfied", "p_mcid", "odi_12m"]
+    card = json.loads((bundle / "card.json").read_text())
+    assert card["version"].startswith("spinecast-") and card["git_commit"]
+    assert card["parity"]["passed"] and card["parity"]["max_abs_diff_probabilities"] <= 1e-4
+    assert card["training_data"]["patients"] > 0 and 0 < card["variants"]["fp32"]["val_auroc"] <= 1
+    assert card["inputs"]["max_sentences"] == 48
+
+
+@pytest.mark.parametrize("batch_size", [1, 5, 33])
+def test_onnx_matches_pytorch_at_other_batch_sizes_and_lengths(bundle, checkpoint, records, batch_size):
+    module = load_module(checkpoint)
+    arrays = encode_for(module, records)
+    torch_out = predict(module, arrays)  # full-width windows; the predictor trims them per batch
+    onnx_out = Predictor(bundle, batch_size=batch_size).run(arrays)
+    for key in ("p_satisfied", "p_mcid"):
+        assert np.abs(onnx_out[key] - torch_out[key]).max() <= 1e-4
+    assert np.abs(onnx_out["odi_12m"] - torch_out["odi_12m"]).max() <= 1e-2
+
+
+def test_predictor_encodes_records_exactly_as_training_did(bundle, checkpoint, records):
+    module = load_module(checkpoint)
+    predictor = Predictor(bundle)
+    served = predictor.encode(records)
+    trained = encode_for(module, records)
+    for key in (*INPUTS, "note_truncated", "report_truncated"):
+        np.testing.assert_array_equal(served[key], trained[key], err_msg=key)
+
+
+def test_predictions_from_records_follow_the_contract_and_match_pytorch(bundle, checkpoint, records, small_cohort):
+    module = load_module(checkpoint)
+    expected = predict(module, encode_for(module, records))["p_satisfied"]
+    rows = records.drop(columns=["satisfied", "odi_12m"]).to_dict("records")
+    for row in rows:  # the API carries the image itself; the predictor takes its bytes
+        row["mri_image"] = Path(row["mri_image"]).read_bytes() if isinstance(row["mri_image"], str) else None
+    out = Predictor(bundle).predict(rows)
+    assert [p["patient_id"] for p in out] == records["patient_id"].tolist()
+    for i, p in enumerate(out):
+        assert [o["p_satisfied"] for o in p["outcomes"]] == sorted((o["p_satisfied"] for o in p["outcomes"]), reverse=True)
+        assert p["recommended_treatment"] == p["outcomes"][0]["treatment"]
+        assert p["planned_treatment"] == records["treatment"].iloc[i]
+        by_treatment = {o["treatment"]: o["p_satisfied"] for o in p["outcomes"]}
+        got = np.array([by_treatment[t] for t in ("physical_therapy", "epidural_steroid_injection", "decompression", "fusion")])
+        assert np.abs(got - expected[i]).max() <= 1e-4
+        assert all(0 <= o["odi_12m"] <= 100 and 0 <= o["p_mcid"] <= 1 for o in p["outcomes"])
+
+
+def test_a_record_with_every_optional_field_missing_predicts_with_warnings(bundle):
+    [p] = Predictor(bundle).predict([{"patient_id": "X-1", "age": 61, "sex": "male"}])
+    assert p["modalities_used"] == ["tabular"]
+    assert p["planned_treatment"] is None
+    warnings = " | ".join(p["warnings"])
+    for modality in ("clinical_note missing", "imaging_report missing", "mri_image missing"):
+        assert modality in warnings
+    assert "structured fields not recorded: bmi, smoking" in warnings
+    assert len(p["outcomes"]) == 4
+
+
+def test_truncated_note_is_reported(bundle):
+    note = " ".join(f"Sentence number {i} of a long history." for i in range(80))
+    [p] = Predictor(bundle).predict([{"patient_id": "X-2", "age": 50, "sex": "female", "clinical_note": note}])
+    assert any(w.startswith("clinical_note truncated") for w in p["warnings"])
+    assert "clinical_note" in p["modalities_used"]
+
+
+def test_bad_record_names_the_field_and_hides_the_text(bundle):
+    with pytest.raises(CohortError) as err:
+        Predictor(bundle).predict([{"patient_id": "X-3", "age": 7, "sex": "female", "clinical_note": "SENTINEL-PHI"}])
+    assert "age" in str(err.value) and "SENTINEL-PHI" not in str(err.value)
+
+
+def test_predictor_never_imports_torch(bundle):
+    code = ("import sys; from spinecast.serving.predictor import Predictor; "
+            f"p = Predictor({str(bundle)!r}).predict([{{'patient_id': 'a', 'age': 40, 'sex': 'male'}}]); "
+            "assert p[0]['outcomes']; print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'lightning', 'transformers')))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("damage", ["tamper", "truncate", "delete", "no_sums"])
+def test_damaged_bundle_is_refused(bundle, tmp_path, damage):
+    copy = shutil.copytree(bundle, tmp_path / "bundle")
+    model = copy / "model.onnx"
+    if damage == "tamper":
+        data = bytearray(model.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        model.write_bytes(bytes(data))
+    elif damage == "truncate":
+        model.write_bytes(model.read_bytes()[:1000])
+    elif damage == "delete":
+        (copy / "features.json").unlink()
+    else:
+        (copy / "SHA256SUMS").unlink()
+    with pytest.raises(BundleError, match="model.onnx|features.json|SHA256SUMS"):
+        Predictor(copy)
+
+
+def test_optimized_and_quantized_variants_run_and_are_gated(checkpoint, tmp_path, records):
+    out = tmp_path / "int8"
+    card = export(checkpoint, out, optimize_graph=True, quantize_int8=True, eval_rows=120, max_auroc_drop=1.0)
+    assert card["serve"] == "int8" and card["onnx"]["graph_fusion"]
+    assert card["parity"]["passed"]  # the fused fp32 graph still matches PyTorch
+    int8 = Predictor(out).predict(records.drop(columns=["satisfied", "odi_12m"]).to_dict("records"))
+    assert Predictor(out).variant == "int8" and all(0 <= o["p_satisfied"] <= 1 for p in int8 for o in p["outcomes"])
+    assert abs(card["variants"]["int8"]["auroc_drop"]) < 0.1
+
+    strict = tmp_path / "strict"
+    with pytest.raises(ExportError, match="refused the INT8 model"):
+        export(checkpoint, strict, quantize_int8=True, eval_rows=120, max_auroc_drop=-1.0)
+    assert Predictor(strict).variant == "fp32" and not (strict / "model.int8.onnx").exists()
+
+
+@pytest.mark.parametrize("suffix", ["parquet", "csv", "jsonl"])
+def test_batch_scoring_streams_a_cohort_in_chunks_and_keeps_order(bundle, small_cohort, tmp_path, suffix):
+    frame = pd.read_parquet(small_cohort / "cohort.parquet").iloc[:45]
+    frame["mri_image"] = frame["mri_image"].map(lambda p: str(small_cohort / p) if isinstance(p, str) else None)
+    src = tmp_path / f"cohort.{suffix}"
+    {"parquet": lambda: frame.to_parquet(src), "csv": lambda: frame.to_csv(src, index=False),
+     "jsonl": lambda: frame.to_json(src, orient="records", lines=True)}[suffix]()
+    dst = tmp_path / "out" / "predictions.parquet"
+    assert main(["predict", "--model", str(bundle), "--in", str(src), "--out", str(dst), "--chunk-rows", "10"]) == 0
+    scored = pd.read_parquet(dst)
+    assert scored["patient_id"].tolist() == frame["patient_id"].tolist()
+    whole = Predictor(bundle).predict(load_cohort(small_cohort / "cohort.parquet").iloc[:45].to_dict("records"))
+    expected = [next(o["p_satisfied"] for o in p["outcomes"] if o["treatment"] == "fusion") for p in whole]
+    np.testing.assert_allclose(scored["p_satisfied_fusion"], expected, atol=1e-5)
+    assert not dst.with_name(dst.name + ".partial").exists()
+
+
+def test_batch_scoring_reports_bad_rows_by_their_file_row(bundle, small_cohort, tmp_path, capsys):
+    frame = pd.read_parquet(small_cohort / "cohort.parquet").iloc[:30].drop(columns=["mri_image"])
+    frame.loc[frame.index[23], "age"] = 200
+    src = tmp_path / "bad.parquet"
+    frame.to_parquet(src)
+    dst = tmp_path / "pred.parquet"
+    assert main(["predict", "--model", str(bundle), "--in", str(src), "--out", str(dst), "--chunk-rows", "10"]) == 1
+    assert "bad.parquet:24:age" in capsys.readouterr().err
+    assert not dst.exists()
+
+
+def test_export_without_the_training_cohort_asks_for_data(checkpoint, tmp_path, small_cohort):
+    moved = tmp_path / "moved.ckpt"
+    import torch
+
+    saved = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    saved["datamodule_hyper_parameters"]["train_path"] = str(tmp_path / "gone.parquet")
+    torch.save(saved, moved)
+    with pytest.raises(ExportError, match="--data"):
+        export(moved, tmp_path / "b")
+    card = export(moved, tmp_path / "b", data=small_cohort / "cohort.parquet", eval_rows=80)
+    assert card["parity"]["passed"] and card["variants"]["fp32"]["val_rows"] == 80
