@@ -31,11 +31,16 @@ demo: $(STAMP)
 	$(BIN)/spinecast evaluate --ckpt $$(ls -d $(DEMO)/run/lightning_logs/version_*/checkpoints/best.ckpt | tail -1) \
 		--data $(DEMO)/test/cohort.parquet --baselines-train $(DEMO)/data/cohort.parquet --out $(DEMO)/eval
 	@sed -n '1,/^Plots/p' $(DEMO)/eval/report.md
+	$(BIN)/spinecast export --ckpt $$(ls -d $(DEMO)/run/lightning_logs/version_*/checkpoints/best.ckpt | tail -1) \
+		--out $(DEMO)/bundle --optimize
+	$(BIN)/spinecast predict --model $(DEMO)/bundle --in $(DEMO)/test/cohort.parquet --out $(DEMO)/predictions.parquet
+	@$(BIN)/python -c "import pandas as pd; print(pd.read_parquet('$(DEMO)/predictions.parquet').iloc[:3, :8].to_string())"
 
 # About an hour on 2 CPU cores, most of it the accuracy benchmark (training the default model).
 bench: $(STAMP)
 	$(BIN)/python benchmarks/synth_speed.py --repeats 2
 	$(BIN)/python benchmarks/accuracy.py
+	$(BIN)/python benchmarks/latency.py
 
 bento:
 	@echo "The Bento arrives with the serving issue."

@@ -162,8 +162,10 @@ class SentenceEncoder(nn.Module):
 
     def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """(N, L) ids and mask -> (N, H); rows with an empty mask give zeros."""
-        if _exporting():
-            return self._encode(ids, mask)
+        if _exporting():  # in the graph: each distinct row (padding included) is encoded once
+            length = ids.shape[1]
+            rows, inverse = torch.unique(torch.cat([ids, mask], dim=1), dim=0, return_inverse=True)
+            return self._encode(rows[:, :length], rows[:, length:])[inverse]
         out = torch.zeros(ids.shape[0], self.width, device=ids.device)
         rows = mask.any(dim=1).nonzero().squeeze(1)
         if len(rows) == 0:
