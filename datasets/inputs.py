@@ -71,3 +71,20 @@ def model_inputs(arrays: dict[str, np.ndarray], trim: bool = True) -> dict[str, 
     out["image"] = (arrays["image"].astype(np.float32) / 255.0)[:, None]
     out["image_present"] = arrays["image_present"].astype(bool)
     return {k: out[k] for k in INPUTS}
+
+
+def remove_modality(arrays: dict[str, np.ndarray], modality: str) -> dict[str, np.ndarray]:
+    """The same records with one of MODALITIES absent (ablation and explanation)."""
+    out = dict(arrays)
+    if modality == "tabular":
+        out["numeric"] = np.zeros_like(arrays["numeric"])
+        out["numeric_missing"] = np.ones_like(arrays["numeric_missing"])
+        out["categorical"] = np.zeros_like(arrays["categorical"])
+    elif modality in ("clinical_note", "imaging_report"):
+        key = "note_mask" if modality == "clinical_note" else "report_mask"
+        out[key] = np.zeros_like(arrays[key])
+    elif modality == "mri_image":
+        out["image_present"] = np.zeros_like(arrays["image_present"])
+    else:
+        raise ValueError(f"modality must be one of {', '.join(MODALITIES)}; got {modality!r}")
+    return out

@@ -47,6 +47,10 @@ class SentenceWindow:
     max_sentences: int = 48
     max_tokens: int = 40  # per sentence, [CLS] and [SEP] included
 
+    def sentences(self, text: str) -> tuple[list[str], bool]:
+        """The sentences a text keeps in the window, in slot order, and whether some were left out."""
+        return keep_head_and_tail(split_sentences(text), self.max_sentences)
+
     def encode(self, tokenizer: Tokenizer, texts) -> dict[str, np.ndarray]:
         """Texts (None = absent) -> {"ids": (B, S, L) int64, "mask": (B, S, L) int64,
         "truncated": (B,) bool}. An absent text has an all-zero mask."""
@@ -54,7 +58,7 @@ class SentenceWindow:
         for i, text in enumerate(texts):
             if not isinstance(text, str) or not text.strip():
                 continue
-            sentences, cut = keep_head_and_tail(split_sentences(text), self.max_sentences)
+            sentences, cut = self.sentences(text)
             truncated[i] = cut
             kept.extend(sentences)
             owner.extend([i] * len(sentences))

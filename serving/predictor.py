@@ -21,7 +21,15 @@ import onnxruntime as ort
 import pandas as pd
 from spinecast.datasets import TREATMENTS, validate_frame
 from spinecast.datasets.features import FeatureEncoding
-from spinecast.datasets.inputs import INPUTS, MODALITIES, encode_inputs, model_inputs, presence
+from spinecast.datasets.inputs import (
+    INPUTS,
+    MODALITIES,
+    TEXTS,
+    encode_inputs,
+    model_inputs,
+    presence,
+    remove_modality,
+)
 from spinecast.datasets.schema import TABULAR_COLUMNS
 from spinecast.datasets.sentences import SentenceWindow, load_tokenizer
 
@@ -149,6 +157,58 @@ class Predictor:
     def predict_frame(self, frame: pd.DataFrame) -> list[dict]:
         arrays = self.encode(frame)
         return predictions(frame, arrays, self.run(arrays), self.version)
+
+    def explain(self, record: dict, max_sentences: int = 64, top: int = 5) -> dict:
+        """A `Prediction` plus its `explanation`, by occlusion in one batched model run: the change in
+        p_satisfied of the planned (else recommended) treatment when each present modality, each
+        recorded structured field and each sentence (at most `max_sentences`) is left out."""
+        frame = self.validate([record])
+        arrays = self.encode(frame)
+        variants: list[tuple[str, object, dict[str, np.ndarray]]] = [("base", None, arrays)]
+        present = presence(arrays)[0]
+        variants += [("modality", m, remove_modality(arrays, m)) for m, used in zip(MODALITIES, present) if used]
+        variants += [("field", name, arrays_without) for name, arrays_without in self._field_occlusions(arrays)]
+        sentences = []
+        for name, column in TEXTS:
+            kept = self.window.sentences(frame[column].iloc[0])[0] if isinstance(frame[column].iloc[0], str) else []
+            for slot, text in enumerate(kept[: max(0, max_sentences - len(sentences))]):
+                mask = arrays[f"{name}_mask"].copy()
+                mask[0, slot] = 0
+                variants.append(("sentence", len(sentences), {**arrays, f"{name}_mask": mask}))
+                sentences.append((column, slot, text))
+        stacked = {k: np.concatenate([v[k] for _, _, v in variants]) for k in INPUTS}
+        outcomes = self.run(stacked)
+        [prediction] = predictions(frame, arrays, {k: v[:1] for k, v in outcomes.items()}, self.version)
+        treatment = prediction["planned_treatment"] or prediction["recommended_treatment"]
+        p = outcomes["p_satisfied"][:, TREATMENTS.index(treatment)]
+        effects = {"modality": {}, "field": [], "sentence": []}
+        for (kind, key, _), value in zip(variants[1:], p[1:] - p[0]):
+            if kind == "modality":
+                effects["modality"][key] = float(value)
+            elif kind == "field":
+                effects["field"].append({"field": key, "effect": float(value)})
+            else:
+                source, slot, text = sentences[key]
+                effects["sentence"].append({"source": source, "index": slot, "text": text, "effect": float(value)})
+        by_size = lambda e: -abs(e["effect"])
+        prediction["explanation"] = {
+            "treatment": treatment, "modalities": effects["modality"],
+            "fields": sorted(effects["field"], key=by_size)[:top],
+            "sentences": sorted(effects["sentence"], key=by_size)[:top], "sentences_scored": len(sentences)}
+        return prediction
+
+    def _field_occlusions(self, arrays: dict[str, np.ndarray]):
+        """(field, arrays with that recorded structured field set to not recorded)."""
+        for j, name in enumerate(self.features.numeric):
+            if not arrays["numeric_missing"][0, j]:
+                numeric, missing = arrays["numeric"].copy(), arrays["numeric_missing"].copy()
+                numeric[0, j], missing[0, j] = 0.0, 1.0
+                yield name, {**arrays, "numeric": numeric, "numeric_missing": missing}
+        for j, name in enumerate(self.features.categorical):
+            if arrays["categorical"][0, j] != 0:
+                categorical = arrays["categorical"].copy()
+                categorical[0, j] = 0
+                yield name, {**arrays, "categorical": categorical}
 
 
 def predictions(frame: pd.DataFrame, arrays: dict[str, np.ndarray], outcomes: dict[str, np.ndarray],

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import torch
 from spinecast.datasets import load_cohort
-from spinecast.datasets.inputs import INPUTS, MODALITIES
+from spinecast.datasets.inputs import INPUTS, MODALITIES, remove_modality
 from spinecast.datasets.sentences import SentenceWindow, load_tokenizer
 from torch.utils.data import DataLoader
 
@@ -36,22 +36,6 @@ def encode_for(module: SpineCastModule, frame: pd.DataFrame) -> dict[str, np.nda
     tokenizer = load_tokenizer(resolve_pretrained(text.pretrained))
     window = SentenceWindow(text.max_sentences, text.max_tokens)
     return encode_frame(frame, module.feature_encoding, tokenizer, window, module.net.config.image.size)
-
-
-def without(arrays: dict[str, np.ndarray], modality: str) -> dict[str, np.ndarray]:
-    """The same patients with one modality removed (for the ablation)."""
-    out = dict(arrays)
-    if modality == "tabular":
-        out["numeric"] = np.zeros_like(arrays["numeric"])
-        out["numeric_missing"] = np.ones_like(arrays["numeric_missing"])
-        out["categorical"] = np.zeros_like(arrays["categorical"])
-    elif modality == "clinical_note":
-        out["note_mask"] = np.zeros_like(arrays["note_mask"])
-    elif modality == "imaging_report":
-        out["report_mask"] = np.zeros_like(arrays["report_mask"])
-    else:
-        out["image_present"] = np.zeros_like(arrays["image_present"])
-    return out
 
 
 @torch.no_grad()
@@ -74,7 +58,7 @@ def evaluate(ckpt: Path, data: Path, out: Path, truth: Path | None = None,
     start = time.perf_counter()
     outcomes = predict(module, arrays)
     seconds = time.perf_counter() - start
-    ablations = {m: predict(module, without(arrays, m))["p_satisfied"] for m in MODALITIES}
+    ablations = {m: predict(module, remove_modality(arrays, m))["p_satisfied"] for m in MODALITIES}
     truth = truth or (data.parent / "truth.parquet")
     truth_frame = pd.read_parquet(truth) if truth.is_file() else None
     baselines = baseline_predictions(load_cohort(baselines_train, training=True), test) if baselines_train else None

@@ -12,7 +12,8 @@ Before it finishes, the command runs the bundle through the torch-free predictor
 (the checkpoint's validation split unless `--data` is given), with another batch size and other
 sentence and token lengths than the trace, and fails if any probability differs from PyTorch's by
 more than 1e-4. `--quantize int8` adds `model.int8.onnx` (dynamic INT8) and serves it only if its
-validation AUROC is within 0.005 of fp32's; otherwise the command says so and fails.
+validation AUROC is within 0.005 of fp32's; otherwise the command says so and fails. `--bentoml`
+saves the finished bundle into the BentoML model store as `spinecast:<version>`, for the service.
 """
 
 from __future__ import annotations
@@ -216,6 +217,30 @@ def export(ckpt: Path, out: Path, data: Path | None = None, optimize_graph: bool
     return card
 
 
+def save_to_bentoml(out: Path) -> str:
+    """Copy a verified bundle into the BentoML model store as `spinecast:<version>`; return the tag.
+    The bundle's SHA256SUMS travel with it, so the service verifies what it loads."""
+    import shutil
+
+    import bentoml
+    from bentoml.exceptions import NotFound
+    from spinecast.serving.predictor import verify_bundle
+
+    card = json.loads((verify_bundle(out) / "card.json").read_text())
+    tag = f"spinecast:{card['version']}"
+    try:
+        bentoml.models.delete(tag)  # a re-export of the same model replaces it
+    except NotFound:
+        pass
+    metadata = {"serve": card["serve"], "created": card["created"], "git_commit": card["git_commit"] or "",
+                **{f"val_auroc_{k}": v.get("val_auroc") for k, v in card["variants"].items()}}
+    with bentoml.models.create(tag, labels={"framework": "onnxruntime", "project": "spinecast"},
+                               metadata=metadata) as model:
+        for path in out.iterdir():
+            shutil.copy2(path, model.path_of(path.name))
+    return tag
+
+
 def _write(out: Path, card: dict) -> None:
     (out / "card.json").write_text(json.dumps(card, indent=1) + "\n")
     write_checksums(out)
@@ -232,6 +257,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--max-auroc-drop", type=float, default=0.005,
                         help="refuse a quantized model that loses more validation AUROC than this")
     parser.add_argument("--eval-rows", type=int, default=512, help="held-out records scored per variant")
+    parser.add_argument("--bentoml", action="store_true", help="also save the bundle in the BentoML model store")
     args = parser.parse_args(argv)
     try:
         card = export(args.ckpt, args.out, args.data, args.optimize, args.quantize == "int8", args.eval_rows,
@@ -241,4 +267,6 @@ def main(argv: list[str]) -> int:
         return 1
     print(json.dumps({k: card[k] for k in ("version", "variants", "serve", "parity")}, indent=1))
     print(f"Bundle: {args.out}")
+    if args.bentoml:
+        print(f"BentoML model: {save_to_bentoml(args.out)}")
     return 0

@@ -1,0 +1,190 @@
+"""The SpineCast HTTP service (BentoML): CONTRACT.md section 2 over the torch-free predictor.
+
+    bentoml serve spinecast.serving.service:SpineCast          # needs `spinecast:latest` in the model store
+
+Two services: `SpineCast` (public: validation, auth, body limit, the routes) calls `SpineCastModel`
+(the ONNX Runtime session) through `bentoml.depends`; concurrent `/predict` calls reach the model's
+batchable `score` API, which BentoML's adaptive batching merges into one model run.
+
+Configuration (environment variables):
+  SPINECAST_MODEL                  model tag in the BentoML store (default spinecast:latest)
+  SPINECAST_API_KEY                when set, every route but the probes and /metrics needs `Authorization: Bearer <key>`
+  SPINECAST_MAX_BODY_BYTES         request body limit, 413 above it (default 1048576)
+  SPINECAST_WORKERS                model workers (default 1); ONNX Runtime threads = cores / workers
+  SPINECAST_ORT_THREADS            ONNX Runtime intra-op threads per worker (overrides the above)
+  SPINECAST_BATCHING               1 (default) or 0: adaptive batching of /predict on or off
+  SPINECAST_MAX_BATCH_SIZE         largest merged batch (default 32)
+  SPINECAST_MAX_LATENCY_MS         batching latency bound (default 100)
+  SPINECAST_EXPLAIN_MAX_SENTENCES  sentences occluded by /explain (default 64)
+"""
+
+from __future__ import annotations
+
+import base64
+import hmac
+import json
+import os
+from pathlib import Path
+
+import bentoml
+import pandas as pd
+from bentoml.exceptions import InvalidArgument, ServiceUnavailable
+from spinecast.datasets import CohortError, validate_frame
+from starlette.applications import Starlette
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from .predictor import Predictor
+from .schemas import (
+    EXAMPLE_PATIENT,
+    BatchRequest,
+    ExplainedPrediction,
+    Patient,
+    Prediction,
+    PredictionBatch,
+    PredictRequest,
+)
+
+MODEL_TAG = os.environ.get("SPINECAST_MODEL", "spinecast:latest")
+MAX_BODY_BYTES = int(os.environ.get("SPINECAST_MAX_BODY_BYTES", "1048576"))
+WORKERS = int(os.environ.get("SPINECAST_WORKERS", "1"))
+ORT_THREADS = int(os.environ.get("SPINECAST_ORT_THREADS", "0")) or max(1, (os.cpu_count() or 1) // WORKERS)
+BATCHING = os.environ.get("SPINECAST_BATCHING", "1") != "0"
+MAX_BATCH_SIZE = int(os.environ.get("SPINECAST_MAX_BATCH_SIZE", "32"))
+MAX_LATENCY_MS = int(os.environ.get("SPINECAST_MAX_LATENCY_MS", "100"))
+EXPLAIN_MAX_SENTENCES = int(os.environ.get("SPINECAST_EXPLAIN_MAX_SENTENCES", "64"))
+OPEN_PATHS = ("/livez", "/readyz", "/healthz", "/metrics")  # probes and scraping need no key
+
+
+def _records(patients: list[dict]) -> list[dict]:
+    """Validated API patients -> predictor records: the base64 image becomes its bytes."""
+    out = []
+    for p in patients:
+        image = p.get("mri_image")
+        out.append({**p, "mri_image": base64.b64decode(image) if image else None})
+    return out
+
+
+def _checked(patients: list[Patient]) -> list[dict]:
+    """Schema-valid patients, checked once more by the cohort loader's rules (patient_id unique in
+    a batch, among others); a violation is a 400 that names the field and the rule, never a value."""
+    records = [p.model_dump() for p in patients]
+    try:
+        validate_frame(pd.DataFrame.from_records([{**r, "mri_image": None} for r in records]), source="request")
+    except CohortError as err:
+        raise InvalidArgument("; ".join(f"patients[{v.row - 1}].{v.column}: {v.rule}" if isinstance(v.row, int)
+                                        else f"{v.column}: {v.rule}" for v in err.violations)) from None
+    return records
+
+
+@bentoml.service(name="spinecast_model", workers=WORKERS, traffic={"timeout": 60})
+class SpineCastModel:
+    """The model: one verified bundle in one ONNX Runtime session per worker."""
+
+    bundle = bentoml.models.BentoModel(MODEL_TAG)
+
+    def __init__(self) -> None:
+        self.predictor = Predictor(self.bundle.path, threads=ORT_THREADS)
+        self.predictor.predict([EXAMPLE_PATIENT])  # warm-up: /readyz turns true only after this
+
+    @bentoml.api(batchable=BATCHING, max_batch_size=MAX_BATCH_SIZE, max_latency_ms=MAX_LATENCY_MS)
+    def score(self, patients: list[dict]) -> list[dict]:
+        """Adaptive batching merges concurrent /predict calls into one list here."""
+        return self.predictor.predict(_records(patients))
+
+    @bentoml.api
+    def score_many(self, patients: list[dict]) -> list[dict]:
+        return self.predictor.predict(_records(patients))
+
+    @bentoml.api
+    def explain(self, patient: dict) -> dict:
+        [record] = _records([patient])
+        return self.predictor.explain(record, max_sentences=EXPLAIN_MAX_SENTENCES)
+
+
+class Guard:
+    """ASGI middleware: the bearer token (when configured) and the request body limit."""
+
+    def __init__(self, app, max_body: int = MAX_BODY_BYTES):
+        self.app, self.max_body = app, max_body
+        key = os.environ.get("SPINECAST_API_KEY")
+        self.key = f"Bearer {key}".encode() if key else None
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = dict(scope["headers"])
+        if self.key and scope["path"] not in OPEN_PATHS \
+                and not hmac.compare_digest(headers.get(b"authorization", b""), self.key):
+            return await JSONResponse({"error": "a valid `Authorization: Bearer <key>` header is required"},
+                                      status_code=401, headers={"WWW-Authenticate": "Bearer"})(scope, receive, send)
+        too_large = JSONResponse({"error": f"request body must be at most {self.max_body:,} bytes"}, status_code=413)
+        length = headers.get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.max_body):
+            return await too_large(scope, receive, send)
+        body, more = b"", True
+        while more:  # chunked bodies are counted as they arrive
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+            if len(body) > self.max_body:
+                return await too_large(scope, receive, send)
+        sent = False
+
+        async def replay():
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        return await self.app(scope, replay, send)
+
+
+_card: dict = {}
+
+
+async def _model_card(request):
+    return JSONResponse(_card)
+
+
+@bentoml.asgi_app(Starlette(routes=[Route("/model", _model_card, methods=["GET"])]), path="/")
+@bentoml.service(name="spinecast", traffic={"timeout": 60})
+class SpineCast:
+    """SpineCast: predicted 12-month outcomes of every spine treatment for one patient or many."""
+
+    model = bentoml.depends(SpineCastModel)
+    bundle = bentoml.models.BentoModel(MODEL_TAG)
+
+    def __init__(self) -> None:
+        card = json.loads(Path(self.bundle.path, "card.json").read_text())
+        _card.update(card, input_schema=Patient.model_json_schema())
+
+    async def _call(self, api, payload):
+        try:
+            return await api(payload)
+        except Exception as err:  # noqa: BLE001 - a failed model run: 503 for this request, the next ones go on
+            raise ServiceUnavailable(f"the model could not answer this request ({type(err).__name__})") from None
+
+    @bentoml.api(route="/predict", input_spec=PredictRequest)
+    async def predict(self, patient: Patient) -> Prediction:
+        """Predicted outcomes under all four treatments for one patient."""
+        [out] = await self._call(self.model.to_async.score, _checked([patient]))
+        return Prediction(**out)
+
+    @bentoml.api(route="/predict_batch", input_spec=BatchRequest)
+    async def predict_batch(self, patients: list[Patient]) -> PredictionBatch:
+        """Predictions for 1 to 256 patients, in their order."""
+        out = await self._call(self.model.to_async.score_many, _checked(patients))
+        return PredictionBatch(predictions=out)
+
+    @bentoml.api(route="/explain", input_spec=PredictRequest)
+    async def explain(self, patient: Patient) -> ExplainedPrediction:
+        """A prediction with the effect of each modality, structured field and sentence on p_satisfied."""
+        out = await self._call(self.model.to_async.explain, _checked([patient])[0])
+        return ExplainedPrediction(**out)
+
+
+SpineCast.add_asgi_middleware(Guard)
