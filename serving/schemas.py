@@ -41,8 +41,8 @@ def _patient_field(col: Column) -> tuple[Any, Any]:
     else:
         typ = {"integer": int, "float": float, "bool": bool, "string": str}[col.dtype]
     limits: dict[str, Any] = {}
-    if col.is_number:
-        limits = {"ge": col.low, "le": col.high}
+    if col.is_number:  # JSON has one number type: 2.0 is a valid integer (lax), 2.5 is not
+        limits = {"ge": col.low, "le": col.high, **({"strict": False} if col.dtype == "integer" else {})}
     elif col.kind == "text":
         limits = {"max_length": col.max_chars}
     elif col.kind == "id":
@@ -69,7 +69,7 @@ def _check_image(value: str | None) -> str | None:
 
 
 Patient = create_model(
-    "Patient", __config__=ConfigDict(**STRICT, json_schema_extra={"examples": [EXAMPLE_PATIENT]}),
+    "Patient", __config__=STRICT,
     __validators__={"image": field_validator("mri_image")(_check_image)},
     __doc__="One patient episode: a cohort row without the labels (CONTRACT.md). Only patient_id, age and sex "
             "are required; every other field may be null or left out.",

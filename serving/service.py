@@ -14,7 +14,8 @@ Configuration (environment variables):
   SPINECAST_ORT_THREADS            ONNX Runtime intra-op threads per worker (overrides the above)
   SPINECAST_BATCHING               1 (default) or 0: adaptive batching of /predict on or off
   SPINECAST_MAX_BATCH_SIZE         largest merged batch (default 32)
-  SPINECAST_MAX_LATENCY_MS         batching latency bound (default 100)
+  SPINECAST_MAX_LATENCY_MS         queueing bound of a batched call; BentoML sheds a call (503) it predicts
+                                   would exceed it (default 5000)
   SPINECAST_EXPLAIN_MAX_SENTENCES  sentences occluded by /explain (default 64)
 """
 
@@ -51,7 +52,7 @@ WORKERS = int(os.environ.get("SPINECAST_WORKERS", "1"))
 ORT_THREADS = int(os.environ.get("SPINECAST_ORT_THREADS", "0")) or max(1, (os.cpu_count() or 1) // WORKERS)
 BATCHING = os.environ.get("SPINECAST_BATCHING", "1") != "0"
 MAX_BATCH_SIZE = int(os.environ.get("SPINECAST_MAX_BATCH_SIZE", "32"))
-MAX_LATENCY_MS = int(os.environ.get("SPINECAST_MAX_LATENCY_MS", "100"))
+MAX_LATENCY_MS = int(os.environ.get("SPINECAST_MAX_LATENCY_MS", "5000"))
 EXPLAIN_MAX_SENTENCES = int(os.environ.get("SPINECAST_EXPLAIN_MAX_SENTENCES", "64"))
 OPEN_PATHS = ("/livez", "/readyz", "/healthz", "/metrics")  # probes and scraping need no key
 

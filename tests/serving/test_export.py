@@ -18,28 +18,6 @@ from spinecast.training.export import ExportError, export
 
 from spinecast.cli import main
 
-CONFIGS = Path(__file__).parents[2] / "configs"
-
-
-@pytest.fixture(scope="module")
-def checkpoint(small_cohort, tmp_path_factory, tiny_bert) -> Path:
-    """Two epochs of the default architecture (FT-Transformer, attention fusion), tiny sizes."""
-    root = tmp_path_factory.mktemp("export_run")
-    args = ["train", "--config", str(CONFIGS / "default.yaml"), "--data.train_path", str(small_cohort / "cohort.parquet"),
-            "--trainer.default_root_dir", str(root), "--trainer.logger.init_args.save_dir", str(root),
-            "--trainer.accelerator", "cpu", "--trainer.max_epochs", "2", "--trainer.enable_progress_bar", "false",
-            "--model.config.text.pretrained", tiny_bert, "--model.config.dim", "32",
-            "--model.config.image.backbone", "small_cnn"]
-    assert main(args) == 0
-    return next(root.rglob("last.ckpt"))
-
-
-@pytest.fixture(scope="module")
-def bundle(checkpoint, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("bundle")
-    assert main(["export", "--ckpt", str(checkpoint), "--out", str(out), "--eval-rows", "120"]) == 0
-    return out
-
 
 @pytest.fixture(scope="module")
 def records(small_cohort) -> pd.DataFrame:

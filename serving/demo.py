@@ -1,0 +1,80 @@
+"""The end of `make demo`: serve the model, show one `curl` call to /predict and its answer, stop.
+
+    .venv/bin/python -m spinecast.serving.demo --cohort artifacts/demo/test/cohort.parquet [--port 3000]
+
+`running_server` starts `bentoml serve` as a subprocess and waits for `/readyz`; the integration
+tests use it too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+
+SERVICE = "spinecast.serving.service:SpineCast"
+
+
+@contextlib.contextmanager
+def running_server(port: int, env: dict[str, str] | None = None, log: Path | None = None,
+                   timeout: float = 120) -> Iterator[subprocess.Popen]:
+    """`bentoml serve` on localhost:`port`, ready; output to `log` (default: discarded)."""
+    out = log.open("wb") if log else subprocess.DEVNULL
+    bentoml = Path(sys.executable).with_name("bentoml")
+    proc = subprocess.Popen([str(bentoml), "serve", SERVICE, "--host", "127.0.0.1", "--port", str(port)],
+                            env={**os.environ, **(env or {})}, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"bentoml serve exited with {proc.returncode} before it was ready")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
+                    break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"bentoml serve was not ready within {timeout:.0f} s")
+            time.sleep(0.5)
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        if log:
+            out.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--cohort", type=Path, required=True, help="a cohort to take the example patient from")
+    parser.add_argument("--port", type=int, default=3000)
+    args = parser.parse_args()
+    import pandas as pd
+
+    frame = pd.read_parquet(args.cohort)
+    row = frame[frame["clinical_note"].notna() & frame["imaging_report"].notna()].iloc[0]
+    patient = {k: (v.item() if hasattr(v, "item") else v) for k, v in row.drop(["satisfied", "odi_12m", "mri_image"]).items()
+               if not pd.isna(v)}
+    body = json.dumps({"patient": patient})
+    url = f"http://127.0.0.1:{args.port}/predict"
+    with running_server(args.port):
+        print(f"SpineCast is serving on http://127.0.0.1:{args.port} (stopped again after this call). A call:\n")
+        print(f"curl -s -X POST {url} -H 'Content-Type: application/json' -d {shlex.quote(body)}\n")
+        answer = httpx.post(url, json={"patient": patient}, timeout=60)
+        print(f"HTTP {answer.status_code}:\n{json.dumps(answer.json(), indent=2)}")
+    print("\nServe it yourself: make serve (port 3000); build the Bento: make bento.")
+
+
+if __name__ == "__main__":
+    main()

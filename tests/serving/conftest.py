@@ -1,0 +1,44 @@
+"""Shared by the serving tests: a tiny trained checkpoint, its exported bundle, a BentoML store."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from spinecast.cli import main
+
+CONFIGS = Path(__file__).parents[2] / "configs"
+
+
+@pytest.fixture(scope="session")
+def checkpoint(small_cohort, tmp_path_factory, tiny_bert) -> Path:
+    """Two epochs of the default architecture (FT-Transformer, attention fusion), tiny sizes."""
+    root = tmp_path_factory.mktemp("export_run")
+    args = ["train", "--config", str(CONFIGS / "default.yaml"), "--data.train_path", str(small_cohort / "cohort.parquet"),
+            "--trainer.default_root_dir", str(root), "--trainer.logger.init_args.save_dir", str(root),
+            "--trainer.accelerator", "cpu", "--trainer.max_epochs", "2", "--trainer.enable_progress_bar", "false",
+            "--model.config.text.pretrained", tiny_bert, "--model.config.dim", "32",
+            "--model.config.image.backbone", "small_cnn"]
+    assert main(args) == 0
+    return next(root.rglob("last.ckpt"))
+
+
+@pytest.fixture(scope="session")
+def bundle(checkpoint, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("bundle")
+    assert main(["export", "--ckpt", str(checkpoint), "--out", str(out), "--eval-rows", "120"]) == 0
+    return out
+
+
+@pytest.fixture(scope="session")
+def bentoml_home(checkpoint, tmp_path_factory) -> Path:
+    """A BentoML home holding the exported model as `spinecast:<version>`, by `export --bentoml`."""
+    home = tmp_path_factory.mktemp("bentoml_home")
+    out = tmp_path_factory.mktemp("bento_bundle")
+    spinecast = Path(sys.executable).with_name("spinecast")
+    subprocess.run([str(spinecast), "export", "--ckpt", str(checkpoint), "--out", str(out), "--eval-rows", "80",
+                    "--bentoml"], env={**os.environ, "BENTOML_HOME": str(home)}, check=True, capture_output=True)
+    assert (home / "models" / "spinecast" / "latest").is_file()
+    return home

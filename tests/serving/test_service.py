@@ -1,0 +1,185 @@
+"""The HTTP service, for real: `bentoml serve` in a subprocess on a tiny exported model."""
+
+import base64
+import itertools
+import json
+import socket
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import bentoml
+import httpx
+import pandas as pd
+import pytest
+from spinecast.serving.demo import running_server
+
+KEY = "test-key-123"
+AUTH = {"Authorization": f"Bearer {KEY}"}
+SENTINEL = "SENTINEL-PHI-7f3a9"
+OPTIONAL = ("clinical_note", "imaging_report", "mri_image")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(bentoml_home, tmp_path_factory):
+    log = tmp_path_factory.mktemp("server") / "server.log"
+    port = _free_port()
+    env = {"BENTOML_HOME": str(bentoml_home), "SPINECAST_API_KEY": KEY,
+           "SPINECAST_EXPLAIN_MAX_SENTENCES": "12"}
+    with running_server(port, env, log=log):
+        yield f"http://127.0.0.1:{port}", log
+
+
+@pytest.fixture(scope="module")
+def patients(small_cohort) -> list[dict]:
+    """API patients from the cohort: labels dropped, the image inlined as base64."""
+    frame = pd.read_parquet(small_cohort / "cohort.parquet").head(40)
+    out = []
+    for row in frame.drop(columns=["satisfied", "odi_12m"]).to_dict("records"):
+        patient = {k: (v.item() if hasattr(v, "item") else v) for k, v in row.items() if not pd.isna(v)}
+        if "mri_image" in patient:
+            patient["mri_image"] = base64.b64encode((small_cohort / patient["mri_image"]).read_bytes()).decode()
+        out.append(patient)
+    return out
+
+
+def _full(patients) -> dict:
+    return next(p for p in patients if all(k in p for k in OPTIONAL))
+
+
+def post(server, path, body, headers=AUTH, **kw) -> httpx.Response:
+    return httpx.post(server[0] + path, json=body, headers=headers, timeout=60, **kw)
+
+
+def test_sync_client_calls_every_endpoint(server, patients):
+    patient = _full(patients)
+    with bentoml.SyncHTTPClient(server[0], token=KEY) as client:
+        prediction = client.predict(patient=patient)
+        batch = client.predict_batch(patients=patients[:5])
+        explained = client.explain(patient=patient)
+    assert prediction["patient_id"] == patient["patient_id"]
+    assert [o["treatment"] for o in prediction["outcomes"]] != [] and len(prediction["outcomes"]) == 4
+    assert prediction["modalities_used"] == ["tabular", "clinical_note", "imaging_report", "mri_image"]
+    assert prediction["planned_treatment"] == patient["treatment"]
+    assert [p["patient_id"] for p in batch["predictions"]] == [p["patient_id"] for p in patients[:5]]
+    e = explained["explanation"]
+    assert set(e["modalities"]) == {"tabular", "clinical_note", "imaging_report", "mri_image"}
+    assert e["treatment"] == patient["treatment"] and 0 < len(e["fields"]) <= 5
+    assert e["sentences_scored"] == 12 and len(e["sentences"]) == 5
+    assert all(s["text"] for s in e["sentences"])
+    card = httpx.get(server[0] + "/model", headers=AUTH).json()
+    assert card["version"] == prediction["model_version"] and "age" in card["input_schema"]["properties"]
+    for probe in ("/readyz", "/livez", "/metrics"):
+        assert httpx.get(server[0] + probe).status_code == 200  # no key needed for probes and metrics
+
+
+@pytest.mark.parametrize("absent", [c for r in range(4) for c in itertools.combinations(OPTIONAL, r)])
+def test_every_subset_of_modalities_predicts(server, patients, absent):
+    patient = {k: v for k, v in _full(patients).items() if k not in absent}
+    r = post(server, "/predict", {"patient": patient})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["modalities_used"] == ["tabular"] + [m for m in OPTIONAL if m not in absent]
+    assert all(any(w.startswith(f"{m} missing") for w in body["warnings"]) for m in absent)
+
+
+def _bad(patient: dict, **changes) -> dict:
+    return {"patient": {**patient, **changes}}
+
+
+BAD = {  # name -> (body builder, field the message must name)
+    "age out of range": (lambda p: _bad(p, age=7), "age"),
+    "unknown category": (lambda p: _bad(p, sex="unknown"), "sex"),
+    "unknown diagnosis": (lambda p: _bad(p, diagnosis="sciatica"), "diagnosis"),
+    "wrong type": (lambda p: _bad(p, bmi="heavy"), "bmi"),
+    "bool as string": (lambda p: _bad(p, smoking=True), "smoking"),
+    "unknown field": (lambda p: _bad(p, favourite_colour="blue"), "favourite_colour"),
+    "missing required": (lambda p: {"patient": {k: v for k, v in p.items() if k != "age"}}, "age"),
+    "empty patient id": (lambda p: _bad(p, patient_id=""), "patient_id"),
+    "note too long": (lambda p: _bad(p, clinical_note=SENTINEL + "x" * 20_001), "clinical_note"),
+    "image not base64": (lambda p: _bad(p, mri_image="%%%not-base64%%%"), "mri_image"),
+    "image not an image": (lambda p: _bad(p, mri_image=base64.b64encode(SENTINEL.encode() * 10).decode()), "mri_image"),
+    "unknown top-level field": (lambda p: {"patient": p, "extra": 1}, "extra"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_contract_violations_get_400_naming_the_field(server, patients, case):
+    build, field = BAD[case]
+    patient = {**_full(patients), "clinical_note": f"History. {SENTINEL} reported."}
+    r = post(server, "/predict", build(patient))
+    assert r.status_code == 400, r.text
+    assert field in r.text and SENTINEL not in r.text
+
+
+def test_batch_limits_and_duplicate_ids_get_400(server, patients):
+    p = {k: v for k, v in _full(patients).items() if k != "mri_image"}
+    assert post(server, "/predict_batch", {"patients": []}).status_code == 400
+    too_many = [{**p, "patient_id": f"B-{i}"} for i in range(257)]
+    r = post(server, "/predict_batch", {"patients": too_many})
+    assert r.status_code == 400 and "patients" in r.text
+    r = post(server, "/predict_batch", {"patients": [p, p]})
+    assert r.status_code == 400 and "patient_id" in r.text and "unique" in r.text
+
+
+def test_nan_is_rejected(server, patients):
+    body = json.dumps({"patient": {"patient_id": "N-1", "age": 50, "sex": "male"}}).replace("50", "NaN")
+    r = httpx.post(server[0] + "/predict", content=body, headers={**AUTH, "Content-Type": "application/json"})
+    assert r.status_code == 400
+
+
+def test_oversized_body_gets_413(server):
+    body = {"patient": {"patient_id": "L-1", "age": 50, "sex": "male", "clinical_note": "x" * 1_100_000}}
+    assert post(server, "/predict", body).status_code == 413
+
+
+def test_bearer_token_is_required_when_configured(server, patients):
+    body = {"patient": {"patient_id": "K-1", "age": 50, "sex": "male"}}
+    assert post(server, "/predict", body, headers={}).status_code == 401
+    assert post(server, "/predict", body, headers={"Authorization": "Bearer wrong"}).status_code == 401
+    assert httpx.get(server[0] + "/model").status_code == 401
+    assert post(server, "/predict", body).status_code == 200
+
+
+def test_concurrent_requests_are_answered_correctly_and_batched(server, patients):
+    expected = {p["patient_id"]: post(server, "/predict", {"patient": p}).json() for p in patients[:24]}
+    with ThreadPoolExecutor(24) as pool:
+        answers = list(pool.map(lambda p: post(server, "/predict", {"patient": p}).json(), patients[:24]))
+    for patient, answer in zip(patients[:24], answers):
+        assert answer["patient_id"] == patient["patient_id"]
+        for got, want in zip(answer["outcomes"], expected[patient["patient_id"]]["outcomes"]):
+            assert got["treatment"] == want["treatment"] and abs(got["p_satisfied"] - want["p_satisfied"]) < 1e-4
+    with ThreadPoolExecutor(4) as pool:
+        batches = list(pool.map(lambda i: post(server, "/predict_batch", {"patients": patients[i:i + 10]}).json(),
+                                range(0, 40, 10)))
+    for i, batch in zip(range(0, 40, 10), batches):
+        assert [p["patient_id"] for p in batch["predictions"]] == [p["patient_id"] for p in patients[i:i + 10]]
+    metrics = httpx.get(server[0] + "/metrics").text
+    sizes = [line for line in metrics.splitlines() if "adaptive_batch_size_count" in line and "score" in line]
+    assert sizes, "the batchable score API reports its batch sizes"
+    buckets = [line for line in metrics.splitlines()
+               if "adaptive_batch_size_bucket" in line and 'le="1.0"' in line and "score" in line]
+    count = sum(float(line.rsplit(" ", 1)[1]) for line in sizes)
+    ones = sum(float(line.rsplit(" ", 1)[1]) for line in buckets)
+    assert ones < count, "some concurrent /predict calls were merged into one model run"
+
+
+def test_patient_text_never_reaches_the_logs(server, patients):
+    """Valid and invalid requests carrying a sentinel in the note: it must appear nowhere in the output."""
+    patient = {**_full(patients), "clinical_note": f"Pain. {SENTINEL}. Worse at night."}
+    assert post(server, "/predict", {"patient": patient}).status_code == 200
+    assert post(server, "/explain", {"patient": patient}).status_code == 200
+    for build, _ in BAD.values():
+        post(server, "/predict", build(patient))
+    post(server, "/predict_batch", {"patients": [patient, patient]})
+    post(server, "/predict", {"patient": patient}, headers={})
+    log: Path = server[1]
+    text = log.read_text(errors="replace")
+    assert "POST" in text or "/predict" in text  # the access log is there
+    assert SENTINEL not in text
+    assert "Pain." not in text and "input_value" not in text
