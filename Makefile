@@ -7,8 +7,9 @@ STAMP := $(VENV)/.installed
 DEMO := artifacts/demo
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
+export BENTOML_HOME ?= $(CURDIR)/artifacts/bentoml
 
-.PHONY: venv test demo bench bento clean
+.PHONY: venv test demo bench bento serve clean
 
 $(STAMP): pyproject.toml
 	@$(BIN)/python -c "import sys; assert sys.version_info[:2] == (3, 11)" 2>/dev/null || { rm -rf $(VENV); $(PY) -m venv $(VENV); }
@@ -32,18 +33,24 @@ demo: $(STAMP)
 		--data $(DEMO)/test/cohort.parquet --baselines-train $(DEMO)/data/cohort.parquet --out $(DEMO)/eval
 	@sed -n '1,/^Plots/p' $(DEMO)/eval/report.md
 	$(BIN)/spinecast export --ckpt $$(ls -d $(DEMO)/run/lightning_logs/version_*/checkpoints/best.ckpt | tail -1) \
-		--out $(DEMO)/bundle --optimize
+		--out $(DEMO)/bundle --optimize --bentoml
 	$(BIN)/spinecast predict --model $(DEMO)/bundle --in $(DEMO)/test/cohort.parquet --out $(DEMO)/predictions.parquet
 	@$(BIN)/python -c "import pandas as pd; print(pd.read_parquet('$(DEMO)/predictions.parquet').iloc[:3, :8].to_string())"
+	$(BIN)/python -m spinecast.serving.demo --cohort $(DEMO)/test/cohort.parquet
 
 # About an hour on 2 CPU cores, most of it the accuracy benchmark (training the default model).
 bench: $(STAMP)
 	$(BIN)/python benchmarks/synth_speed.py --repeats 2
 	$(BIN)/python benchmarks/accuracy.py
 	$(BIN)/python benchmarks/latency.py
+	$(BIN)/python benchmarks/http.py
 
-bento:
-	@echo "The Bento arrives with the serving issue."
+# The Bento from the serving code and `spinecast:latest` in $(BENTOML_HOME) (`spinecast export --bentoml`).
+bento: $(STAMP)
+	$(BIN)/python -m spinecast.serving.bento
+
+serve: $(STAMP)
+	$(BIN)/bentoml serve spinecast.serving.service:SpineCast --port 3000
 
 clean:
 	rm -rf artifacts .pytest_cache

@@ -8,7 +8,8 @@ model is trained, the INT8 accuracy check does, so pass a real checkpoint for th
 All variants run side by side in one process on the same encoded records and the same threads:
 per-patient latency (p50, p95) at batch 1 and batch 32, the ratios to PyTorch, and the test AUROC
 of each variant. PyTorch runs in eval mode with its sentence cache emptied before every call (a new
-patient's sentences are new). Writes benchmarks/results/latency.json.
+patient's sentences are new). Writes benchmarks/results/latency.json and keeps the bundle (fp32
+fused and INT8) in artifacts/bench/bundle for benchmarks/http.py.
 Targets (issue 4): fp32 ONNX <= 0.7x PyTorch; INT8 <= 0.5x PyTorch with AUROC drop <= 0.005.
 """
 
@@ -33,6 +34,7 @@ from spinecast.training.export import auroc, export
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "latency.json"
+BUNDLE = ROOT / "artifacts" / "bench" / "bundle"  # kept for benchmarks/http.py
 
 
 def _train(work: Path) -> tuple[Path, Path]:
@@ -82,13 +84,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         ckpt, test = (args.ckpt, args.test) if args.ckpt else _train(work)
-        export(ckpt, work / "bundle", data=test, optimize_graph=True, quantize_int8=True, max_auroc_drop=1.0)
+        export(ckpt, BUNDLE, data=test, optimize_graph=True, quantize_int8=True, max_auroc_drop=1.0)
         frame = load_cohort(test, training=True)
         module = load_module(ckpt)
         arrays = encode_for(module, frame)
         runners = {"pytorch": _torch_runner(ckpt)}
         for variant in ("fp32", "int8"):
-            predictor = Predictor(work / "bundle", variant, threads=args.threads, batch_size=32)
+            predictor = Predictor(BUNDLE, variant, threads=args.threads, batch_size=32)
             runners[f"onnx_{variant}"] = lambda a, p=predictor: p.run(a)["p_satisfied"]
         result = {"benchmark": "latency", "checkpoint": str(ckpt) if args.ckpt else "default.yaml, 3 epochs on 2,000",
                   "test_patients": len(frame), "threads": args.threads, "machine": platform.machine(),
