@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 from .predictor import OUTPUTS, Predictor, predictions
 
+PROGRESS_ROWS = 256
 SCHEMA = pa.schema(
     [("patient_id", pa.string()), ("model_version", pa.string()), ("recommended_treatment", pa.string()),
      ("planned_treatment", pa.string())]
@@ -50,10 +51,13 @@ def score_file(predictor: Predictor, src: Path, dst: Path, chunk_rows: int = 10_
             frame = validate_frame(raw, source=src.name, base_dir=src.parent, first_row=done + 1)
             _check_unique(frame["patient_id"], seen, src.name, done)
             arrays = predictor.encode(frame)
-            outcomes = predictor.run(arrays)
+            parts = []
+            for start in range(0, len(frame), PROGRESS_ROWS):  # the bar moves within a chunk too
+                parts.append(predictor.run({k: v[start:start + PROGRESS_ROWS] for k, v in arrays.items()}))
+                bar.update(min(PROGRESS_ROWS, len(frame) - start))
+            outcomes = {k: np.concatenate([part[k] for part in parts]) for k in OUTPUTS}
             writer.write_table(_table(predictions(frame, arrays, outcomes, predictor.version), outcomes))
             done += len(frame)
-            bar.update(len(frame))
     bar.close()
     partial.replace(dst)
     seconds = time.perf_counter() - start

@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import logging
 import subprocess
 import warnings
 from datetime import UTC, datetime
@@ -85,6 +86,9 @@ def optimize(path: Path, net: nn.Module) -> dict:
     from onnxruntime.transformers.optimizer import optimize_model
 
     config = net.note.sentences.backbone.config
+    # Symbolic shape inference cannot compare the dynamic axes with the sentence dedup's output
+    # sizes and warns for each; the fused graph is checked against PyTorch afterwards.
+    logging.getLogger("onnxruntime.tools.symbolic_shape_infer").setLevel(logging.ERROR)
     model = optimize_model(str(path), model_type="bert", num_heads=config.num_attention_heads,
                            hidden_size=config.hidden_size, opt_level=1)
     model.save_model_to_file(str(path))
