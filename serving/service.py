@@ -103,8 +103,32 @@ class SpineCastModel:
         return self.predictor.explain(record, max_sentences=EXPLAIN_MAX_SENTENCES)
 
 
+def contract_error(body: bytes) -> dict:
+    """BentoML's 400 bodies (pydantic's error list, or its own `[{"error": ...}]`) -> one shape, the
+    declared one: {"error", "detail"} strings plus `errors`, a list of {"field", "rule"}."""
+    try:
+        data = json.loads(body)
+    except ValueError:
+        data = {}
+    errors = []
+    if isinstance(data, dict) and isinstance(data.get("detail"), list):  # pydantic
+        for e in data["detail"]:
+            field = ".".join(str(part) for part in e.get("loc", ())) or "body"
+            errors.append({"field": field, "rule": e.get("msg", "invalid")})
+    else:  # ours: "field: rule; field: rule"
+        message = data[0].get("error", "") if isinstance(data, list) and data else str(data.get("error", ""))
+        for part in filter(None, (p.strip() for p in message.split("; "))):
+            field, _, rule = part.partition(": ")
+            errors.append({"field": field, "rule": rule} if rule else {"field": "body", "rule": part})
+    if not errors:
+        errors.append({"field": "body", "rule": "must be a JSON object that follows CONTRACT.md"})
+    return {"error": f"the request breaks the API contract ({len(errors)} problem(s))",
+            "detail": "; ".join(f"{e['field']}: {e['rule']}" for e in errors), "errors": errors}
+
+
 class Guard:
-    """ASGI middleware: the bearer token (when configured) and the request body limit."""
+    """ASGI middleware: the bearer token (when configured), the request body limit, and one shape for
+    every 400 body (see `contract_error`)."""
 
     def __init__(self, app, max_body: int = MAX_BODY_BYTES):
         self.app, self.max_body = app, max_body
@@ -141,7 +165,31 @@ class Guard:
                 return {"type": "http.request", "body": body, "more_body": False}
             return await receive()
 
-        return await self.app(scope, replay, send)
+        return await self.app(scope, replay, _uniform_400(send))
+
+
+def _uniform_400(send):
+    """Wrap `send`: a 400 response's body is buffered and rewritten by `contract_error`."""
+    start: dict | None = None
+    chunks: list[bytes] = []
+
+    async def wrapped(message):
+        nonlocal start
+        if message["type"] == "http.response.start" and message["status"] == 400:
+            start = message
+            return None
+        if start is None:
+            return await send(message)
+        chunks.append(message.get("body", b""))
+        if message.get("more_body", False):
+            return None
+        body = json.dumps(contract_error(b"".join(chunks))).encode()
+        headers = [(k, v) for k, v in start["headers"] if k.lower() not in (b"content-length", b"content-type")]
+        headers += [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+        await send({**start, "headers": headers})
+        return await send({"type": "http.response.body", "body": body})
+
+    return wrapped
 
 
 _card: dict = {}

@@ -114,7 +114,10 @@ def test_contract_violations_get_400_naming_the_field(server, patients, case):
     patient = {**_full(patients), "clinical_note": f"History. {SENTINEL} reported."}
     r = post(server, "/predict", build(patient))
     assert r.status_code == 400, r.text
-    assert field in r.text and SENTINEL not in r.text
+    body = r.json()  # one shape for every 400: error and detail strings, errors as {field, rule}
+    assert isinstance(body["error"], str) and isinstance(body["detail"], str)
+    assert any(field in e["field"] and e["rule"] for e in body["errors"]), body
+    assert SENTINEL not in r.text
 
 
 def test_batch_limits_and_duplicate_ids_get_400(server, patients):
@@ -124,7 +127,8 @@ def test_batch_limits_and_duplicate_ids_get_400(server, patients):
     r = post(server, "/predict_batch", {"patients": too_many})
     assert r.status_code == 400 and "patients" in r.text
     r = post(server, "/predict_batch", {"patients": [p, p]})
-    assert r.status_code == 400 and "patient_id" in r.text and "unique" in r.text
+    assert r.status_code == 400
+    assert {"field": "patients[1].patient_id", "rule": "must be unique in the file"} in r.json()["errors"]
 
 
 def test_nan_is_rejected(server, patients):
