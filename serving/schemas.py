@@ -19,7 +19,22 @@ from spinecast.datasets.schema import COLUMNS, PATIENT_COLUMNS, TREATMENTS, Colu
 
 MAX_BATCH = 256
 MAX_IMAGE_BASE64 = 4_000_000  # characters; the body limit (default 1 MB) usually binds first
-STRICT = ConfigDict(extra="forbid", hide_input_in_errors=True, allow_inf_nan=False, strict=True)
+
+
+def _openapi_nullable(schema: dict, _model=None) -> None:
+    """OpenAPI 3.0 (what BentoML publishes) has no `type: null`: `anyOf [X, null]` -> X + nullable."""
+    for prop in schema.get("properties", {}).values():
+        options = prop.get("anyOf", [])
+        if len(options) == 2 and {"type": "null"} in options:
+            prop.pop("anyOf")
+            prop.update(next(o for o in options if o != {"type": "null"}), nullable=True)
+            if "enum" in prop:
+                prop["enum"] = [*prop["enum"], None]
+
+
+STRICT = ConfigDict(extra="forbid", hide_input_in_errors=True, allow_inf_nan=False, strict=True,
+                    json_schema_extra=_openapi_nullable)
+RESPONSE = ConfigDict(json_schema_extra=_openapi_nullable)
 
 EXAMPLE_PATIENT: dict[str, Any] = {
     "patient_id": "A-000123", "age": 47, "sex": "male", "bmi": 27.4, "smoking": "never", "diabetes": False,
@@ -99,6 +114,7 @@ class Outcome(BaseModel):
 
 
 class Prediction(BaseModel):
+    model_config = RESPONSE
     patient_id: str = Field(description="Echoed from the request.", examples=["A-000123"])
     model_version: str = Field(description="The model bundle's version.", examples=["spinecast-20261201-ab12cd"])
     outcomes: list[Outcome] = Field(description="One entry per treatment, highest p_satisfied first.")

@@ -127,8 +127,9 @@ def contract_error(body: bytes) -> dict:
 
 
 class Guard:
-    """ASGI middleware: the bearer token (when configured), the request body limit, and one shape for
-    every 400 body (see `contract_error`)."""
+    """ASGI middleware: the bearer token (when configured), JSON bodies only (415 otherwise; BentoML
+    would try multipart and pickle parsers), the request body limit, and one shape for every 400 body
+    (see `contract_error`)."""
 
     def __init__(self, app, max_body: int = MAX_BODY_BYTES):
         self.app, self.max_body = app, max_body
@@ -143,6 +144,10 @@ class Guard:
                 and not hmac.compare_digest(headers.get(b"authorization", b""), self.key):
             return await JSONResponse({"error": "a valid `Authorization: Bearer <key>` header is required"},
                                       status_code=401, headers={"WWW-Authenticate": "Bearer"})(scope, receive, send)
+        content_type = headers.get(b"content-type", b"application/json").split(b";")[0].strip().lower()
+        if scope["method"] == "POST" and content_type != b"application/json":
+            return await JSONResponse({"error": "Content-Type must be application/json"},
+                                      status_code=415)(scope, receive, send)
         too_large = JSONResponse({"error": f"request body must be at most {self.max_body:,} bytes"}, status_code=413)
         length = headers.get(b"content-length")
         if length is not None and (not length.isdigit() or int(length) > self.max_body):

@@ -1,6 +1,7 @@
 """Shared by the serving tests: a tiny trained checkpoint, its exported bundle, a BentoML store."""
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -42,3 +43,22 @@ def bentoml_home(checkpoint, tmp_path_factory) -> Path:
                     "--bentoml"], env={**os.environ, "BENTOML_HOME": str(home)}, check=True, capture_output=True)
     assert (home / "models" / "spinecast" / "latest").is_file()
     return home
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def server(bentoml_home, tmp_path_factory):
+    """`bentoml serve` of the tiny model with an API key: (base URL, log file of all its output, key)."""
+    from spinecast.serving.demo import running_server
+
+    log = tmp_path_factory.mktemp("server") / "server.log"
+    port = free_port()
+    key = "test-key-123"
+    env = {"BENTOML_HOME": str(bentoml_home), "SPINECAST_API_KEY": key, "SPINECAST_EXPLAIN_MAX_SENTENCES": "12"}
+    with running_server(port, env, log=log):
+        yield f"http://127.0.0.1:{port}", log, key

@@ -3,7 +3,6 @@
 import base64
 import itertools
 import json
-import socket
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -11,28 +10,9 @@ import bentoml
 import httpx
 import pandas as pd
 import pytest
-from spinecast.serving.demo import running_server
 
-KEY = "test-key-123"
-AUTH = {"Authorization": f"Bearer {KEY}"}
 SENTINEL = "SENTINEL-PHI-7f3a9"
 OPTIONAL = ("clinical_note", "imaging_report", "mri_image")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def server(bentoml_home, tmp_path_factory):
-    log = tmp_path_factory.mktemp("server") / "server.log"
-    port = _free_port()
-    env = {"BENTOML_HOME": str(bentoml_home), "SPINECAST_API_KEY": KEY,
-           "SPINECAST_EXPLAIN_MAX_SENTENCES": "12"}
-    with running_server(port, env, log=log):
-        yield f"http://127.0.0.1:{port}", log
 
 
 @pytest.fixture(scope="module")
@@ -52,13 +32,19 @@ def _full(patients) -> dict:
     return next(p for p in patients if all(k in p for k in OPTIONAL))
 
 
-def post(server, path, body, headers=AUTH, **kw) -> httpx.Response:
-    return httpx.post(server[0] + path, json=body, headers=headers, timeout=60, **kw)
+def auth(server) -> dict:
+    return {"Authorization": f"Bearer {server[2]}"}
+
+
+def post(server, path, body, headers=None, **kw) -> httpx.Response:
+    """POST with the server's key unless `headers` says otherwise."""
+    return httpx.post(server[0] + path, json=body, headers=auth(server) if headers is None else headers,
+                      timeout=60, **kw)
 
 
 def test_sync_client_calls_every_endpoint(server, patients):
     patient = _full(patients)
-    with bentoml.SyncHTTPClient(server[0], token=KEY) as client:
+    with bentoml.SyncHTTPClient(server[0], token=server[2]) as client:
         prediction = client.predict(patient=patient)
         batch = client.predict_batch(patients=patients[:5])
         explained = client.explain(patient=patient)
@@ -72,7 +58,7 @@ def test_sync_client_calls_every_endpoint(server, patients):
     assert e["treatment"] == patient["treatment"] and 0 < len(e["fields"]) <= 5
     assert e["sentences_scored"] == 12 and len(e["sentences"]) == 5
     assert all(s["text"] for s in e["sentences"])
-    card = httpx.get(server[0] + "/model", headers=AUTH).json()
+    card = httpx.get(server[0] + "/model", headers=auth(server)).json()
     assert card["version"] == prediction["model_version"] and "age" in card["input_schema"]["properties"]
     for probe in ("/readyz", "/livez", "/metrics"):
         assert httpx.get(server[0] + probe).status_code == 200  # no key needed for probes and metrics
@@ -133,7 +119,7 @@ def test_batch_limits_and_duplicate_ids_get_400(server, patients):
 
 def test_nan_is_rejected(server, patients):
     body = json.dumps({"patient": {"patient_id": "N-1", "age": 50, "sex": "male"}}).replace("50", "NaN")
-    r = httpx.post(server[0] + "/predict", content=body, headers={**AUTH, "Content-Type": "application/json"})
+    r = httpx.post(server[0] + "/predict", content=body, headers={**auth(server), "Content-Type": "application/json"})
     assert r.status_code == 400
 
 
