@@ -173,3 +173,46 @@ def test_patient_text_never_reaches_the_logs(server, patients):
     assert "POST" in text or "/predict" in text  # the access log is there
     assert SENTINEL not in text
     assert "Pain." not in text and "input_value" not in text
+
+
+def _bomb() -> str:
+    """A PNG whose header claims 5,000 x 5,000 pixels (over the limit) in a few kilobytes."""
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("L", (5000, 5000)).save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+RAW = {  # name -> (raw body bytes, expected status)
+    "empty body": (b"", 400),
+    "invalid JSON": (b'{"patient": {"patient_id": "R-1", "age": 50,', 400),
+    "JSON array": (b"[1, 2, 3]", 400),
+    "Infinity": (b'{"patient": {"patient_id": "R-1", "age": Infinity, "sex": "male"}}', 400),
+    "non-UTF-8 bytes": (b'{"patient": {"patient_id": "R-1", "age": 50, "sex": "male", "clinical_note": "\xff\xfe"}}', 400),
+}
+
+
+@pytest.mark.parametrize("case", list(RAW))
+def test_malformed_bodies_get_400(server, case):
+    body, status = RAW[case]
+    r = httpx.post(server[0] + "/predict", content=body, headers={**auth(server), "Content-Type": "application/json"})
+    assert r.status_code == status, r.text
+    assert r.json()["errors"]
+
+
+def test_hostile_values_are_refused_or_handled_never_500(server, patients):
+    base = {k: v for k, v in _full(patients).items() if k != "mri_image"}
+    bomb = post(server, "/predict", {"patient": {**base, "mri_image": _bomb()}})
+    assert bomb.status_code == 400 and "pixels" in bomb.text
+    control = post(server, "/predict", {"patient": {**base, "clinical_note": "Pain\u0000\u0007\u001b[31m at night.\r\n"}})
+    assert control.status_code == 200  # control characters are text; they are encoded, not interpreted
+    empty = post(server, "/predict", {"patient": {**base, "clinical_note": "", "imaging_report": "   "}})
+    assert empty.status_code == 200
+    assert {"clinical_note", "imaging_report"}.isdisjoint(empty.json()["modalities_used"])
+    assert post(server, "/predict", {"patient": {**base, "sex": ""}}).status_code == 400
+    assert post(server, "/predict", {"patient": {**base, "clinical_note": "x" * 1_048_576}}).status_code == 413
+    assert post(server, "/predict", {"patient": {**base}}, headers={**auth(server), "Content-Type": "text/plain"}
+                ).status_code == 415
