@@ -21,7 +21,6 @@ import asyncio
 import base64
 import json
 import os
-import socket
 import subprocess
 import tempfile
 import time
@@ -32,7 +31,7 @@ import numpy as np
 import pandas as pd
 import psutil
 from spinecast.datasets.synth import generate
-from spinecast.serving.demo import running_server
+from spinecast.serving.demo import free_port, running_server
 from spinecast.serving.predictor import Predictor
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,12 +47,6 @@ def _patients(folder: Path, n: int) -> list[dict]:
             p["mri_image"] = base64.b64encode((folder / p["mri_image"]).read_bytes()).decode()
         out.append(p)
     return out
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 async def _load(url: str, patients: list[dict], concurrency: int, total: int) -> dict:
@@ -117,7 +110,7 @@ def main() -> None:
                   "patients": len(patients), "cores": os.cpu_count(),
                   "predictor_p50_ms": float(np.percentile(own, 50))}
         for batching in ("1", "0"):
-            port = _free_port()
+            port = free_port()
             url = f"http://127.0.0.1:{port}"
             with running_server(port, {**env, "SPINECAST_BATCHING": batching}) as proc:
                 if batching == "1":

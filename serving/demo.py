@@ -13,6 +13,7 @@ import contextlib
 import json
 import os
 import shlex
+import socket
 import subprocess
 import sys
 import time
@@ -22,6 +23,12 @@ from pathlib import Path
 import httpx
 
 SERVICE = "spinecast.serving.service:SpineCast"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 @contextlib.contextmanager

@@ -21,6 +21,7 @@ Configuration (environment variables):
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hmac
 import json
@@ -35,7 +36,7 @@ from starlette.applications import Starlette
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from .predictor import Predictor
+from .predictor import BundleError, Predictor, verify_bundle
 from .schemas import (
     EXAMPLE_PATIENT,
     BatchRequest,
@@ -57,6 +58,21 @@ EXPLAIN_MAX_SENTENCES = int(os.environ.get("SPINECAST_EXPLAIN_MAX_SENTENCES", "6
 OPEN_PATHS = ("/livez", "/readyz", "/healthz", "/metrics")  # probes and scraping need no key
 
 
+def _verified_bundle() -> Path:
+    """The model's folder in the store, its SHA256SUMS checked. This runs when `bentoml serve` (or
+    `bentoml build`) imports this module, before any worker starts: a missing or damaged bundle stops
+    the command with the reason and a non-zero exit (a failing worker would be restarted forever)."""
+    try:
+        path = Path(bentoml.models.get(MODEL_TAG).path)
+    except bentoml.exceptions.NotFound:
+        raise BundleError(f"model {MODEL_TAG} is not in the BentoML model store; save one with "
+                          "`spinecast export --bentoml` (or set SPINECAST_MODEL)") from None
+    return verify_bundle(path)
+
+
+BUNDLE = _verified_bundle()
+
+
 def _records(patients: list[dict]) -> list[dict]:
     """Validated API patients -> predictor records: the base64 image becomes its bytes."""
     out = []
@@ -68,7 +84,8 @@ def _records(patients: list[dict]) -> list[dict]:
 
 def _checked(patients: list[Patient]) -> list[dict]:
     """Schema-valid patients, checked once more by the cohort loader's rules (patient_id unique in
-    a batch, among others); a violation is a 400 that names the field and the rule, never a value."""
+    a batch, among others); a violation is a 400 that names the field and the rule, never a value.
+    Runs in a thread: a batch of 256 must not hold up the event loop (and the requests behind it)."""
     records = [p.model_dump() for p in patients]
     try:
         validate_frame(pd.DataFrame.from_records([{**r, "mri_image": None} for r in records]), source="request")
@@ -85,7 +102,7 @@ class SpineCastModel:
     bundle = bentoml.models.BentoModel(MODEL_TAG)
 
     def __init__(self) -> None:
-        self.predictor = Predictor(self.bundle.path, threads=ORT_THREADS)
+        self.predictor = Predictor(self.bundle.path, threads=ORT_THREADS)  # verified again: it may have changed
         self.predictor.predict([EXAMPLE_PATIENT])  # warm-up: /readyz turns true only after this
 
     @bentoml.api(batchable=BATCHING, max_batch_size=MAX_BATCH_SIZE, max_latency_ms=MAX_LATENCY_MS)
@@ -225,19 +242,20 @@ class SpineCast:
     @bentoml.api(route="/predict", input_spec=PredictRequest)
     async def predict(self, patient: Patient) -> Prediction:
         """Predicted outcomes under all four treatments for one patient."""
-        [out] = await self._call(self.model.to_async.score, _checked([patient]))
+        [out] = await self._call(self.model.to_async.score, await asyncio.to_thread(_checked, [patient]))
         return Prediction(**out)
 
     @bentoml.api(route="/predict_batch", input_spec=BatchRequest)
     async def predict_batch(self, patients: list[Patient]) -> PredictionBatch:
         """Predictions for 1 to 256 patients, in their order."""
-        out = await self._call(self.model.to_async.score_many, _checked(patients))
+        out = await self._call(self.model.to_async.score_many, await asyncio.to_thread(_checked, patients))
         return PredictionBatch(predictions=out)
 
     @bentoml.api(route="/explain", input_spec=PredictRequest)
     async def explain(self, patient: Patient) -> ExplainedPrediction:
         """A prediction with the effect of each modality, structured field and sentence on p_satisfied."""
-        out = await self._call(self.model.to_async.explain, _checked([patient])[0])
+        [record] = await asyncio.to_thread(_checked, [patient])
+        out = await self._call(self.model.to_async.explain, record)
         return ExplainedPrediction(**out)
 
 

@@ -1,7 +1,6 @@
 """Shared by the serving tests: a tiny trained checkpoint, its exported bundle, a BentoML store."""
 
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -45,16 +44,10 @@ def bentoml_home(checkpoint, tmp_path_factory) -> Path:
     return home
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
 def server(bentoml_home, tmp_path_factory):
     """`bentoml serve` of the tiny model with an API key: (base URL, log file of all its output, key)."""
-    from spinecast.serving.demo import running_server
+    from spinecast.serving.demo import free_port, running_server
 
     log = tmp_path_factory.mktemp("server") / "server.log"
     port = free_port()
