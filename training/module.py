@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import random
 from dataclasses import asdict
 
 import lightning as L
+import numpy as np
 import torch
 import torch.nn.functional as F
 from spinecast.datasets.features import FeatureEncoding
@@ -164,3 +166,21 @@ class SpineCastModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         if self.feature_encoding is not None:
             checkpoint["hyper_parameters"]["feature_encoding"] = self.feature_encoding.to_dict()
+        # The random state too, so that a resumed run (`--ckpt_path last`) shuffles and drops out
+        # exactly as the uninterrupted run would have.
+        _, keys, pos, has_gauss, cached = np.random.get_state()  # plain types: weights-only loading
+        checkpoint["rng_states"] = {"torch": torch.get_rng_state(), "python": random.getstate(),
+                                    "numpy": (torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached)}
+        if torch.cuda.is_available():
+            checkpoint["rng_states"]["cuda"] = torch.cuda.get_rng_state_all()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        states = checkpoint.get("rng_states")
+        if states is None:
+            return
+        torch.set_rng_state(states["torch"])
+        keys, pos, has_gauss, cached = states["numpy"]
+        np.random.set_state(("MT19937", keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+        random.setstate(states["python"])
+        if "cuda" in states and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(states["cuda"])

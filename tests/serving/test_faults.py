@@ -52,7 +52,7 @@ def test_sigterm_drains_in_flight_requests(bentoml_home):
     arrives: all six are answered."""
     port = free_port()
     url = f"http://127.0.0.1:{port}/predict_batch"
-    note = lambda b, i: " ".join(f"Pain {b}-{i}-{j} since visit {j}." for j in range(40))  # noqa: E731
+    note = lambda b, i: " ".join(f"Pain {b}-{i}-{j} since visit {j}." for j in range(40))
     batches = [[{**PATIENT, "patient_id": f"F-{b}-{i}", "clinical_note": note(b, i)} for i in range(256)]
                for b in range(6)]
     with running_server(port, {"BENTOML_HOME": str(bentoml_home)}) as proc:

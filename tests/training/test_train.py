@@ -1,5 +1,9 @@
 """Real Lightning runs on a small cohort: every config, learning, checkpoints, calibration, bad input."""
 
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -146,3 +150,40 @@ def test_evaluate_writes_report_with_ablation_baselines_and_ceiling(trained, sma
     assert {"test/gradient_boosting/auroc", "test/tfidf_logistic/auroc", "test/policy_capture"} <= set(metrics)
     report = (out / "report.md").read_text()
     assert "roc.png" in report and (out / "roc.png").stat().st_size > 1000
+
+
+def _last_epoch_metrics(root: Path) -> pd.Series:
+    frames = [pd.read_csv(p) for p in root.rglob("metrics.csv")]
+    metrics = pd.concat(frames).dropna(subset=["val/auroc"])
+    return metrics.sort_values("epoch").iloc[-1]
+
+
+def test_a_killed_run_resumes_from_its_last_checkpoint_to_the_same_metrics(small_cohort, tmp_path, tiny_bert):
+    """SIGKILL a training process once its first epoch is checkpointed, resume with `--ckpt_path last`:
+    the final metrics equal those of the same run left alone (random state is in the checkpoint)."""
+    cohort = small_cohort / "cohort.parquet"
+    extra = ("--trainer.max_epochs", "4", "--model.config.dim", "32", "--data.test_fraction", "0")
+    whole = tmp_path / "whole"
+    assert main(train_args("quickstart.yaml", cohort, whole, tiny_bert, *extra)) == 0
+
+    killed = tmp_path / "killed"
+    spinecast = Path(sys.executable).with_name("spinecast")
+    proc = subprocess.Popen([str(spinecast), *train_args("quickstart.yaml", cohort, killed, tiny_bert, *extra)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while not list(killed.rglob("last.ckpt")) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert list(killed.rglob("last.ckpt")), "the run was killed before its first checkpoint"
+    assert main(train_args("quickstart.yaml", cohort, killed, tiny_bert, *extra, "--ckpt_path", "last")) == 0
+
+    resumed, reference = _last_epoch_metrics(killed), _last_epoch_metrics(whole)
+    assert resumed["epoch"] == reference["epoch"] == 3
+    for name in ("val/auroc", "val/loss", "val/brier"):
+        assert resumed[name] == pytest.approx(reference[name], abs=1e-5), name
+
+
+def test_resume_without_a_checkpoint_says_so(small_cohort, tmp_path, tiny_bert):
+    with pytest.raises(FileNotFoundError, match="no last.ckpt"):
+        main(train_args("quickstart.yaml", small_cohort / "cohort.parquet", tmp_path, tiny_bert, "--ckpt_path", "last"))
