@@ -44,6 +44,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/accuracy.py
 	$(BIN)/python benchmarks/latency.py
 	$(BIN)/python benchmarks/http.py
+	$(BIN)/python benchmarks/load.py
 
 # The Bento from the serving code and `spinecast:latest` in $(BENTOML_HOME) (`spinecast export --bentoml`).
 bento: $(STAMP)

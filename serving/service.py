@@ -23,11 +23,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hmac
 import json
 import os
 from pathlib import Path
 
+import aiohttp
 import bentoml
 import pandas as pd
 from bentoml.exceptions import InvalidArgument, ServiceUnavailable
@@ -107,17 +109,33 @@ class SpineCastModel:
 
     @bentoml.api(batchable=BATCHING, max_batch_size=MAX_BATCH_SIZE, max_latency_ms=MAX_LATENCY_MS)
     def score(self, patients: list[dict]) -> list[dict]:
-        """Adaptive batching merges concurrent /predict calls into one list here."""
-        return self.predictor.predict(_records(patients))
+        """Adaptive batching merges concurrent /predict calls into one list here; two of them may
+        be for the same patient, so the rows are scored under their position, not their id."""
+        records = _records(patients)
+        with _phi_free():
+            out = self.predictor.predict([{**r, "patient_id": str(i)} for i, r in enumerate(records)])
+        return [{**o, "patient_id": r["patient_id"]} for o, r in zip(out, records)]
 
     @bentoml.api
     def score_many(self, patients: list[dict]) -> list[dict]:
-        return self.predictor.predict(_records(patients))
+        with _phi_free():
+            return self.predictor.predict(_records(patients))
 
     @bentoml.api
     def explain(self, patient: dict) -> dict:
         [record] = _records([patient])
-        return self.predictor.explain(record, max_sentences=EXPLAIN_MAX_SENTENCES)
+        with _phi_free():
+            return self.predictor.explain(record, max_sentences=EXPLAIN_MAX_SENTENCES)
+
+
+@contextlib.contextmanager
+def _phi_free():
+    """BentoML logs a failing call's exception text; ours may quote a value (a patient id in a
+    contract error). Re-raise as its type name only, without the chain."""
+    try:
+        yield
+    except Exception as err:  # noqa: BLE001 - every failure, reworded; the caller answers 503
+        raise RuntimeError(f"model call failed: {type(err).__name__}") from None
 
 
 def contract_error(body: bytes) -> dict:
@@ -234,10 +252,17 @@ class SpineCast:
         _card.update(card, input_schema=Patient.model_json_schema())
 
     async def _call(self, api, payload):
-        try:
-            return await api(payload)
-        except Exception as err:  # noqa: BLE001 - a failed model run: 503 for this request, the next ones go on
-            raise ServiceUnavailable(f"the model could not answer this request ({type(err).__name__})") from None
+        for attempt in range(3):
+            try:
+                return await api(payload)
+            except aiohttp.ClientConnectionError as err:
+                # A keep-alive connection to the model service closed under us (seen under load):
+                # the call never ran, and scoring is idempotent, so it is sent again.
+                if attempt == 2:
+                    raise ServiceUnavailable(f"the model service is unreachable ({type(err).__name__})") from None
+            except Exception as err:  # noqa: BLE001 - a failed model run: 503 for this request, the next ones go on
+                raise ServiceUnavailable(f"the model could not answer this request ({type(err).__name__})") from None
+        return None
 
     @bentoml.api(route="/predict", input_spec=PredictRequest)
     async def predict(self, patient: Patient) -> Prediction:

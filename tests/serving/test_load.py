@@ -1,0 +1,20 @@
+"""Load: 30 s at concurrency 64 with 10 % invalid requests, against a real server."""
+
+import asyncio
+
+import pytest
+from spinecast.serving.demo import free_port, running_server
+from spinecast.serving.loadtest import cohort_patients, run
+
+
+@pytest.mark.slow
+def test_load_with_invalid_requests_mixed_in(bentoml_home, small_cohort):
+    port = free_port()
+    with running_server(port, {"BENTOML_HOME": str(bentoml_home)}) as proc:
+        patients = cohort_patients(small_cohort / "cohort.parquet", 100)
+        result = asyncio.run(run(f"http://127.0.0.1:{port}", patients, seconds=30, concurrency=64, invalid=0.1,
+                                 pid=proc.pid))
+    assert result["5xx"] == 0 and result["other"] == 0
+    assert result["valid"] > 0 and result["valid_correct"] == result["valid"]  # every valid request, right answer
+    assert result["invalid"] > 0 and result["invalid_400"] == result["invalid"]
+    assert result["rss_growth"] < 0.10, result
