@@ -9,7 +9,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export BENTOML_HOME ?= $(CURDIR)/artifacts/bentoml
 
-.PHONY: venv test demo bench bento serve clean
+.PHONY: venv test demo bench bento serve container container-test clean
 
 $(STAMP): pyproject.toml
 	@$(BIN)/python -c "import sys; assert sys.version_info[:2] == (3, 11)" 2>/dev/null || { rm -rf $(VENV); $(PY) -m venv $(VENV); }
@@ -49,6 +49,14 @@ bench: $(STAMP)
 # The Bento from the serving code and `spinecast:latest` in $(BENTOML_HOME) (`spinecast export --bentoml`).
 bento: $(STAMP)
 	$(BIN)/python -m spinecast.serving.bento
+
+# The OCI image, built with buildah (no Docker engine), from the Bento of `make bento`.
+container: $(STAMP)
+	$(BIN)/python -m spinecast.serving.container build --out benchmarks/results/container.json
+
+# Builds the Bento and the image of a tiny model and calls /predict inside it (not in `make test`: minutes, root).
+container-test: $(STAMP)
+	$(BIN)/pytest -m container
 
 serve: $(STAMP)
 	$(BIN)/bentoml serve spinecast.serving.service:SpineCast --port 3000
