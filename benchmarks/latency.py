@@ -9,7 +9,7 @@ All variants run side by side in one process on the same encoded records and the
 per-patient latency (p50, p95) at batch 1 and batch 32, the ratios to PyTorch, and the test AUROC
 of each variant. PyTorch runs in eval mode with its sentence cache emptied before every call (a new
 patient's sentences are new). Writes benchmarks/results/latency.json and keeps the bundle (fp32
-fused and INT8) in artifacts/bench/bundle for benchmarks/http.py.
+fused and INT8) in artifacts/bench/bundle for benchmarks/http_service.py.
 Targets (issue 4): fp32 ONNX <= 0.7x PyTorch; INT8 <= 0.5x PyTorch with AUROC drop <= 0.005.
 """
 
@@ -34,7 +34,7 @@ from spinecast.training.export import auroc, export
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "latency.json"
-BUNDLE = ROOT / "artifacts" / "bench" / "bundle"  # kept for benchmarks/http.py
+BUNDLE = ROOT / "artifacts" / "bench" / "bundle"  # kept for benchmarks/http_service.py
 
 
 def _train(work: Path) -> tuple[Path, Path]:

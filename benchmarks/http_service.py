@@ -1,6 +1,9 @@
 """HTTP benchmark: the BentoML service against the predictor it wraps, and adaptive batching on/off.
 
-    .venv/bin/python benchmarks/http.py [--bundle artifacts/bench/bundle] [--requests 320]
+    .venv/bin/python benchmarks/http_service.py [--bundle artifacts/bench/bundle] [--requests 320]
+
+(Not `benchmarks/http.py`: a script of that name beside the others would shadow the standard
+library's `http` package for every benchmark script.)
 
 Uses the bundle `benchmarks/latency.py` leaves in artifacts/bench/bundle (the default configuration
 with the real MiniLM encoder). In one run, on the same 2 cores and the same synthetic patients
