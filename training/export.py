@@ -88,7 +88,8 @@ def optimize(path: Path, net: nn.Module) -> dict:
     config = net.note.sentences.backbone.config
     # Symbolic shape inference cannot compare the dynamic axes with the sentence dedup's output
     # sizes and warns for each; the fused graph is checked against PyTorch afterwards.
-    logging.getLogger("onnxruntime.tools.symbolic_shape_infer").setLevel(logging.ERROR)
+    for name in ("onnxruntime.tools.symbolic_shape_infer", "symbolic_shape_infer"):
+        logging.getLogger(name).setLevel(logging.ERROR)
     model = optimize_model(str(path), model_type="bert", num_heads=config.num_attention_heads,
                            hidden_size=config.hidden_size, opt_level=1)
     model.save_model_to_file(str(path))
