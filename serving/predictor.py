@@ -30,7 +30,7 @@ from spinecast.datasets.inputs import (
     presence,
     remove_modality,
 )
-from spinecast.datasets.schema import TABULAR_COLUMNS
+from spinecast.datasets.schema import PATIENT_COLUMNS, TABULAR_COLUMNS
 from spinecast.datasets.sentences import SentenceWindow, load_tokenizer
 
 OUTPUTS = ("p_satisfied", "p_mcid", "odi_12m")  # model.onnx outputs, each (B, 4) in TREATMENTS order
@@ -150,19 +150,25 @@ class Predictor:
             typed["mri_image"] = typed["mri_image"].astype(object).where(~inline.to_numpy(), images.to_numpy())
         return typed
 
-    def predict(self, records: Iterable[dict]) -> list[dict]:
-        """Contract records -> one CONTRACT.md `Prediction` per record, in order."""
-        return self.predict_frame(self.validate(records))
+    def predict(self, records: Iterable[dict], validated: bool = False) -> list[dict]:
+        """Contract records -> one CONTRACT.md `Prediction` per record, in order. `validated=True`
+        skips the contract checks for records that already passed them (the service's schema)."""
+        return self.predict_frame(self._frame(records, validated))
+
+    def _frame(self, records: Iterable[dict], validated: bool) -> pd.DataFrame:
+        if validated:
+            return pd.DataFrame.from_records(list(records), columns=list(PATIENT_COLUMNS))
+        return self.validate(records)
 
     def predict_frame(self, frame: pd.DataFrame) -> list[dict]:
         arrays = self.encode(frame)
         return predictions(frame, arrays, self.run(arrays), self.version)
 
-    def explain(self, record: dict, max_sentences: int = 64, top: int = 5) -> dict:
+    def explain(self, record: dict, max_sentences: int = 64, top: int = 5, validated: bool = False) -> dict:
         """A `Prediction` plus its `explanation`, by occlusion in one batched model run: the change in
         p_satisfied of the planned (else recommended) treatment when each present modality, each
         recorded structured field and each sentence (at most `max_sentences`) is left out."""
-        frame = self.validate([record])
+        frame = self._frame([record], validated)
         arrays = self.encode(frame)
         variants: list[tuple[str, object, dict[str, np.ndarray]]] = [("base", None, arrays)]
         present = presence(arrays)[0]

@@ -61,7 +61,7 @@ def _patient_field(col: Column) -> tuple[Any, Any]:
     elif col.kind == "text":
         limits = {"max_length": col.max_chars}
     elif col.kind == "id":
-        limits = {"min_length": 1, "max_length": 256}
+        limits = {"min_length": 1, "max_length": 256, "pattern": r"\S"}  # blank is "not recorded"
     description = col.description
     if col.kind == "image":
         limits = {"max_length": MAX_IMAGE_BASE64}

@@ -182,3 +182,13 @@ def test_export_without_the_training_cohort_asks_for_data(checkpoint, tmp_path, 
         export(moved, tmp_path / "b")
     card = export(moved, tmp_path / "b", data=small_cohort / "cohort.parquet", eval_rows=80)
     assert card["parity"]["passed"] and card["variants"]["fp32"]["val_rows"] == 80
+
+
+def test_records_already_checked_by_the_api_schema_predict_the_same(bundle, records):
+    """The service's model worker skips the second contract check: same answers either way."""
+    from spinecast.serving.schemas import Patient
+
+    rows = records.drop(columns=["satisfied", "odi_12m", "mri_image"]).to_dict("records")
+    api = [Patient.model_validate({k: v for k, v in r.items() if not pd.isna(v)}).model_dump() for r in rows]
+    predictor = Predictor(bundle)
+    assert predictor.predict(api, validated=True) == predictor.predict(api)

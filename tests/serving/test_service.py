@@ -87,6 +87,7 @@ BAD = {  # name -> (body builder, field the message must name)
     "unknown field": (lambda p: _bad(p, favourite_colour="blue"), "favourite_colour"),
     "missing required": (lambda p: {"patient": {k: v for k, v in p.items() if k != "age"}}, "age"),
     "empty patient id": (lambda p: _bad(p, patient_id=""), "patient_id"),
+    "blank patient id": (lambda p: _bad(p, patient_id="   "), "patient_id"),
     "note too long": (lambda p: _bad(p, clinical_note=SENTINEL + "x" * 20_001), "clinical_note"),
     "image not base64": (lambda p: _bad(p, mri_image="%%%not-base64%%%"), "mri_image"),
     "image not an image": (lambda p: _bad(p, mri_image=base64.b64encode(SENTINEL.encode() * 10).decode()), "mri_image"),
@@ -114,7 +115,7 @@ def test_batch_limits_and_duplicate_ids_get_400(server, patients):
     assert r.status_code == 400 and "patients" in r.text
     r = post(server, "/predict_batch", {"patients": [p, p]})
     assert r.status_code == 400
-    assert {"field": "patients[1].patient_id", "rule": "must be unique in the file"} in r.json()["errors"]
+    assert {"field": "patients[1].patient_id", "rule": "must be unique in the batch"} in r.json()["errors"]
 
 
 def test_nan_is_rejected(server, patients):
