@@ -13,6 +13,8 @@ with the real MiniLM encoder). In one run, on the same 2 cores and the same synt
 - `/predict` at concurrency 32 with adaptive batching on, then with it off (SPINECAST_BATCHING=0):
   requests per second, p50 and p99, and the throughput ratio;
 - the service's resident memory (all its processes) after the load.
+The fp32 variant is served: dynamic INT8 scales activations per batch, so a patient's probabilities
+would depend slightly on the requests merged with it.
 Writes benchmarks/results/http.json.
 Targets (issue 5): concurrency-1 p50 <= 1.2x the predictor's p50; batching >= 1.5x the throughput.
 """
@@ -95,12 +97,12 @@ def main() -> None:
         work = Path(tmp)
         generate(200, seed=202, out=work / "cohort")
         patients = _patients(work / "cohort", 200)
-        env = {"BENTOML_HOME": str(work / "bentoml"), "SPINECAST_ORT_THREADS": "2"}
+        env = {"BENTOML_HOME": str(work / "bentoml"), "SPINECAST_ORT_THREADS": "2", "SPINECAST_VARIANT": "fp32"}
         os.environ.update(env)  # before bentoml is first imported: its store lives there
         from spinecast.training.export import save_to_bentoml
 
         save_to_bentoml(args.bundle)
-        predictor = Predictor(args.bundle, threads=2)
+        predictor = Predictor(args.bundle, "fp32", threads=2)
         records = [{**p, "mri_image": base64.b64decode(p["mri_image"]) if "mri_image" in p else None} for p in patients]
         predictor.predict(records[:1])
         own = []

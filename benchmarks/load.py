@@ -5,7 +5,8 @@
 Serves the bundle `benchmarks/latency.py` leaves in artifacts/bench/bundle (the default configuration,
 real MiniLM) on loopback and runs `spinecast.serving.loadtest` against it: requests per second,
 p50/p99, errors by kind, resident memory of the service in the first and the last 10 s.
-Writes benchmarks/results/load.json. Targets (issue 6): every valid request answered correctly,
+The fp32 variant is served (dynamic INT8 scales activations per merged batch, so answers would
+differ slightly from the reference). Writes benchmarks/results/load.json. Targets (issue 6): every valid request answered correctly,
 no 5xx, memory growth under 10 %.
 """
 
@@ -40,7 +41,7 @@ def main() -> None:
 
         save_to_bentoml(args.bundle)
         port = free_port()
-        with running_server(port, {"SPINECAST_ORT_THREADS": "2"}) as proc:
+        with running_server(port, {"SPINECAST_ORT_THREADS": "2", "SPINECAST_VARIANT": "fp32"}) as proc:
             result = asyncio.run(run(f"http://127.0.0.1:{port}", cohort_patients(work / "cohort" / "cohort.parquet"),
                                      args.seconds, args.concurrency, 0.1, pid=proc.pid))
     result = {"benchmark": "load", "bundle": json.loads((args.bundle / "card.json").read_text())["version"],

@@ -17,6 +17,9 @@ Configuration (environment variables):
   SPINECAST_MAX_LATENCY_MS         queueing bound of a batched call; BentoML sheds a call (503) it predicts
                                    would exceed it (default 20000: under a burst, waiting beats failing)
   SPINECAST_EXPLAIN_MAX_SENTENCES  sentences occluded by /explain (default 64)
+  SPINECAST_VARIANT                model variant of the bundle to serve (fp32, int8; default: the card's choice)
+  SPINECAST_ORT_ARENA              1: keep ONNX Runtime's memory arena (faster reuse, memory stays at its peak);
+                                   default 0, so the resident memory of a long-running server stays flat
 """
 
 from __future__ import annotations
@@ -54,6 +57,8 @@ BATCHING = os.environ.get("SPINECAST_BATCHING", "1") != "0"
 MAX_BATCH_SIZE = int(os.environ.get("SPINECAST_MAX_BATCH_SIZE", "32"))
 MAX_LATENCY_MS = int(os.environ.get("SPINECAST_MAX_LATENCY_MS", "20000"))
 EXPLAIN_MAX_SENTENCES = int(os.environ.get("SPINECAST_EXPLAIN_MAX_SENTENCES", "64"))
+VARIANT = os.environ.get("SPINECAST_VARIANT") or None
+ORT_ARENA = os.environ.get("SPINECAST_ORT_ARENA", "0") == "1"
 OPEN_PATHS = ("/livez", "/readyz", "/healthz", "/metrics")  # probes and scraping need no key
 
 
@@ -99,7 +104,8 @@ class SpineCastModel:
     bundle = bentoml.models.BentoModel(MODEL_TAG)
 
     def __init__(self) -> None:
-        self.predictor = Predictor(self.bundle.path, threads=ORT_THREADS)  # verified again: it may have changed
+        # Verified again (it may have changed since the import-time check).
+        self.predictor = Predictor(self.bundle.path, VARIANT, threads=ORT_THREADS, memory_arena=ORT_ARENA)
         self.predictor.predict([EXAMPLE_PATIENT])  # warm-up: /readyz turns true only after this
 
     @bentoml.api(batchable=BATCHING, max_batch_size=MAX_BATCH_SIZE, max_latency_ms=MAX_LATENCY_MS)
