@@ -43,7 +43,8 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/synth_speed.py --repeats 2
 	$(BIN)/python benchmarks/accuracy.py
 	$(BIN)/python benchmarks/latency.py
-	$(BIN)/python benchmarks/http_service.py
+	$(BIN)/python benchmarks/http_service.py --variant fp32
+	$(BIN)/python benchmarks/http_service.py --variant int8
 	$(BIN)/python benchmarks/load.py
 
 # The Bento from the serving code and `spinecast:latest` in $(BENTOML_HOME) (`spinecast export --bentoml`).

@@ -13,9 +13,9 @@ with the real MiniLM encoder). In one run, on the same 2 cores and the same synt
 - `/predict` at concurrency 32 with adaptive batching on, then with it off (SPINECAST_BATCHING=0):
   requests per second, p50 and p99, and the throughput ratio;
 - the service's resident memory (all its processes) after the load.
-The fp32 variant is served: dynamic INT8 scales activations per batch, so a patient's probabilities
-would depend slightly on the requests merged with it.
-Writes benchmarks/results/http.json.
+`--variant` picks the bundle's model (fp32 by default; INT8 scales activations per batch, so a
+patient's probabilities depend slightly on the requests merged with it).
+Writes benchmarks/results/http_<variant>.json.
 Targets (issue 5): concurrency-1 p50 <= 1.2x the predictor's p50; batching >= 1.5x the throughput.
 """
 
@@ -40,7 +40,7 @@ from spinecast.serving.demo import free_port, running_server
 from spinecast.serving.predictor import Predictor
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results" / "http.json"
+RESULTS = ROOT / "benchmarks" / "results"
 
 
 def _patients(folder: Path, n: int) -> list[dict]:
@@ -92,17 +92,18 @@ def main() -> None:
     parser.add_argument("--bundle", type=Path, default=ROOT / "artifacts" / "bench" / "bundle")
     parser.add_argument("--requests", type=int, default=320, help="requests per concurrency-32 run")
     parser.add_argument("--sequential", type=int, default=100, help="requests at concurrency 1")
+    parser.add_argument("--variant", default="fp32", help="bundle variant to serve (fp32, int8)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         generate(200, seed=202, out=work / "cohort")
         patients = _patients(work / "cohort", 200)
-        env = {"BENTOML_HOME": str(work / "bentoml"), "SPINECAST_ORT_THREADS": "2", "SPINECAST_VARIANT": "fp32"}
+        env = {"BENTOML_HOME": str(work / "bentoml"), "SPINECAST_ORT_THREADS": "2", "SPINECAST_VARIANT": args.variant}
         os.environ.update(env)  # before bentoml is first imported: its store lives there
         from spinecast.training.export import save_to_bentoml
 
         save_to_bentoml(args.bundle)
-        predictor = Predictor(args.bundle, "fp32", threads=2)
+        predictor = Predictor(args.bundle, args.variant, threads=2, memory_arena=False)  # as the service
         records = [{**p, "mri_image": base64.b64decode(p["mri_image"]) if "mri_image" in p else None} for p in patients]
         predictor.predict(records[:1])
         own = []
@@ -112,6 +113,7 @@ def main() -> None:
             own.append((time.perf_counter() - t) * 1000)
         del predictor
         result = {"benchmark": "http", "bundle": json.loads((args.bundle / "card.json").read_text())["version"],
+                  "variant": args.variant,
                   "patients": len(patients), "cores": os.cpu_count(),
                   "predictor_p50_ms": float(np.percentile(own, 50))}
         for batching in ("1", "0"):
@@ -130,8 +132,9 @@ def main() -> None:
     result["targets_met"] = {"http_p50_at_most_1.2x_predictor": result["http_p50_over_predictor_p50"] <= 1.2,
                              "batching_at_least_1.5x_throughput": result["batching_throughput_ratio"] >= 1.5,
                              "no_errors": on["errors"] == off["errors"] == result["concurrency_1"]["errors"] == 0}
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    out = RESULTS / f"http_{args.variant}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
 
 
