@@ -3,7 +3,8 @@
     .venv/bin/python -m spinecast.serving.loadtest --url http://127.0.0.1:3000 --cohort cohort.parquet \\
         [--seconds 60] [--concurrency 64] [--invalid 0.1] [--pid SERVER_PID] [--token KEY]
 
-Every client loops until the time is up, sending `/predict` for patients of the cohort; a share of
+After a warm-up (default 10 s, not counted), every client loops until the time is up, sending
+`/predict` for patients of the cohort; a share of
 the requests is invalid on purpose (an out-of-range age) and must get 400. Each valid answer is
 checked against the answer the service gave the same patient before the load (same outcomes to 1e-4).
 With `--pid`, the resident memory of the server's process tree is sampled every second. Stops by
@@ -53,7 +54,8 @@ def _same(answer: dict, reference: dict) -> bool:
 
 
 async def run(url: str, patients: list[dict], seconds: float = 60, concurrency: int = 64, invalid: float = 0.1,
-              pid: int | None = None, headers: dict | None = None, seed: int = 0) -> dict:
+              pid: int | None = None, headers: dict | None = None, seed: int = 0, warmup: float = 10) -> dict:
+    """`warmup` seconds of the same traffic run first and are not counted (caches and pools fill up)."""
     headers = headers or {}
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits, headers=headers) as client:
@@ -64,8 +66,13 @@ async def run(url: str, patients: list[dict], seconds: float = 60, concurrency: 
             reference.update({p["patient_id"]: p for p in r.json()["predictions"]})
         counts = {"valid": 0, "valid_correct": 0, "invalid": 0, "invalid_400": 0, "5xx": 0, "other": 0}
         latencies: list[float] = []
+        unexpected: dict[str, int] = {}  # status and the start of the body: errors carry no patient data
         rss: list[tuple[float, float]] = []
         rng = random.Random(seed)
+        end = time.monotonic() + warmup
+        while time.monotonic() < end:
+            await asyncio.gather(*(client.post("/predict", json={"patient": rng.choice(patients)})
+                                   for _ in range(concurrency)))
         begin = time.monotonic()
         end = begin + seconds
 
@@ -77,10 +84,9 @@ async def run(url: str, patients: list[dict], seconds: float = 60, concurrency: 
                 t = time.perf_counter()
                 r = await client.post("/predict", json=body)
                 latencies.append((time.perf_counter() - t) * 1000)
-                if r.status_code >= 500:
-                    counts["5xx"] += 1
-                elif r.status_code != (400 if bad else 200):
-                    counts["other"] += 1  # e.g. 401, 413, or a 200 for an invalid request
+                if r.status_code != (400 if bad else 200):
+                    counts["5xx" if r.status_code >= 500 else "other"] += 1  # other: e.g. 401, 413
+                    unexpected[f"{r.status_code} {r.text[:120]}"] = unexpected.get(f"{r.status_code} {r.text[:120]}", 0) + 1
                 if bad:
                     counts["invalid"] += 1
                     counts["invalid_400"] += r.status_code == 400
@@ -98,7 +104,7 @@ async def run(url: str, patients: list[dict], seconds: float = 60, concurrency: 
     result = {"seconds": round(elapsed, 1), "concurrency": concurrency, "invalid_share": invalid,
               "requests": len(latencies), "requests_per_second": round(len(latencies) / elapsed, 1),
               "p50_ms": round(float(np.percentile(latencies, 50)), 1),
-              "p99_ms": round(float(np.percentile(latencies, 99)), 1), **counts}
+              "p99_ms": round(float(np.percentile(latencies, 99)), 1), **counts, "unexpected": unexpected}
     if rss:
         first = [m for t, m in rss if t <= 10]
         last = [m for t, m in rss if t >= rss[-1][0] - 10]
@@ -116,10 +122,11 @@ def main() -> None:
     parser.add_argument("--invalid", type=float, default=0.1, help="share of deliberately invalid requests")
     parser.add_argument("--pid", type=int, default=None, help="server process id, to sample its memory")
     parser.add_argument("--token", default=None, help="API key, when the service has one")
+    parser.add_argument("--warmup", type=float, default=10, help="seconds of traffic before measuring")
     args = parser.parse_args()
     headers = {"Authorization": f"Bearer {args.token}"} if args.token else None
     result = asyncio.run(run(args.url, cohort_patients(args.cohort), args.seconds, args.concurrency, args.invalid,
-                             args.pid, headers))
+                             args.pid, headers, warmup=args.warmup))
     print(json.dumps(result, indent=2))
 
 

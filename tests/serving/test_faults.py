@@ -70,23 +70,23 @@ def test_sigterm_drains_in_flight_requests(bentoml_home):
 
 def test_a_failing_model_run_is_a_503_and_the_next_request_is_served(bentoml_home, tmp_path):
     """Fault injection without touching the service: a sitecustomize module, loaded by every server
-    process, makes the predictor raise for one patient id."""
+    process, makes the predictor raise for patients aged 109."""
     (tmp_path / "sitecustomize.py").write_text(
         "from spinecast.serving.predictor import Predictor\n"
         "original = Predictor.predict\n"
-        "def predict(self, records):\n"
+        "def predict(self, records, **options):\n"
         "    records = list(records)\n"
-        "    if any(r.get('patient_id') == 'BOOM' for r in records):\n"
+        "    if any(r.get('age') == 109 for r in records):\n"
         "        raise RuntimeError('injected fault')\n"
-        "    return original(self, records)\n"
+        "    return original(self, records, **options)\n"
         "Predictor.predict = predict\n")
     port = free_port()
     env = {"BENTOML_HOME": str(bentoml_home), "PYTHONPATH": str(tmp_path), "SPINECAST_BATCHING": "0"}
     with running_server(port, env):
         url = f"http://127.0.0.1:{port}"
-        failed = httpx.post(url + "/predict", json={"patient": {**PATIENT, "patient_id": "BOOM"}}, timeout=60)
+        failed = httpx.post(url + "/predict", json={"patient": {**PATIENT, "age": 109}}, timeout=60)
         assert failed.status_code == 503 and "injected" not in failed.text
         assert httpx.post(url + "/predict", json={"patient": PATIENT}, timeout=60).status_code == 200
-        assert httpx.post(url + "/predict_batch", json={"patients": [{**PATIENT, "patient_id": "BOOM"}]},
+        assert httpx.post(url + "/predict_batch", json={"patients": [{**PATIENT, "age": 109}]},
                           timeout=60).status_code == 503
         assert httpx.get(url + "/readyz").status_code == 200
