@@ -25,6 +25,8 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from .demo import stop
+
 BASE = "localhost/spinecast-base:bookworm"
 DEBIAN = ("bookworm", "http://deb.debian.org/debian")
 PACKAGES = "python3.11,python3-pip,python3.11-venv,ca-certificates"
@@ -111,12 +113,7 @@ def running(tag: str, port: int, env: dict[str, str] | None = None, log: Path | 
     try:
         yield proc
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc)
         _run("buildah", "rm", ctr, capture=True)
         if log:
             out.close()
