@@ -256,7 +256,7 @@ class SpineCast:
         _card.update(card, input_schema=Patient.model_json_schema())
 
     async def _call(self, api, payload):
-        for attempt in range(3):
+        for attempt in range(3):  # returns or raises
             try:
                 return await asyncio.wait_for(api(payload), CALL_TIMEOUT_S)
             except (aiohttp.ClientConnectionError, TimeoutError) as err:
@@ -267,7 +267,6 @@ class SpineCast:
                     raise ServiceUnavailable(f"the model service did not answer ({type(err).__name__})") from None
             except Exception as err:  # noqa: BLE001 - a failed model run: 503 for this request, the next ones go on
                 raise ServiceUnavailable(f"the model could not answer this request ({type(err).__name__})") from None
-        return None
 
     @bentoml.api(route="/predict", input_spec=PredictRequest)
     async def predict(self, patient: Patient) -> Prediction:
