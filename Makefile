@@ -38,7 +38,8 @@ demo: $(STAMP)
 	@$(BIN)/python -c "import pandas as pd; print(pd.read_parquet('$(DEMO)/predictions.parquet').iloc[:3, :8].to_string())"
 	$(BIN)/python -m spinecast.serving.demo --cohort $(DEMO)/test/cohort.parquet
 
-# About an hour on 2 CPU cores, most of it the accuracy benchmark (training the default model).
+# Hours on 2 CPU cores: the accuracy and distillation benchmarks train the default model, and the
+# 1,000,000-patient scoring run takes its time.
 bench: $(STAMP)
 	$(BIN)/python benchmarks/synth_speed.py --repeats 2
 	$(BIN)/python benchmarks/accuracy.py
@@ -46,6 +47,9 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/http_service.py --variant fp32
 	$(BIN)/python benchmarks/http_service.py --variant int8
 	$(BIN)/python benchmarks/load.py
+	$(BIN)/python benchmarks/distill.py
+	$(BIN)/python benchmarks/http_service.py --bundle artifacts/bench/student --name distilled
+	$(BIN)/python benchmarks/scale.py
 
 # The Bento from the serving code and `spinecast:latest` in $(BENTOML_HOME) (`spinecast export --bentoml`).
 bento: $(STAMP)

@@ -15,7 +15,8 @@ with the real MiniLM encoder). In one run, on the same 2 cores and the same synt
 - the service's resident memory (all its processes) after the load.
 `--variant` picks the bundle's model (fp32 by default; INT8 scales activations per batch, so a
 patient's probabilities depend slightly on the requests merged with it).
-Writes benchmarks/results/http_<variant>.json.
+Writes benchmarks/results/http_<variant>.json (`--name` to change; `--bundle artifacts/bench/student
+--name distilled` serves the distilled model of benchmarks/distill.py).
 Targets (issue 5): concurrency-1 p50 <= 1.2x the predictor's p50; batching >= 1.5x the throughput.
 """
 
@@ -93,6 +94,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=320, help="requests per concurrency-32 run")
     parser.add_argument("--sequential", type=int, default=100, help="requests at concurrency 1")
     parser.add_argument("--variant", default="fp32", help="bundle variant to serve (fp32, int8)")
+    parser.add_argument("--name", default=None, help="results file http_<name>.json (default: the variant)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -132,7 +134,7 @@ def main() -> None:
     result["targets_met"] = {"http_p50_at_most_1.2x_predictor": result["http_p50_over_predictor_p50"] <= 1.2,
                              "batching_at_least_1.5x_throughput": result["batching_throughput_ratio"] >= 1.5,
                              "no_errors": on["errors"] == off["errors"] == result["concurrency_1"]["errors"] == 0}
-    out = RESULTS / f"http_{args.variant}.json"
+    out = RESULTS / f"http_{args.name or args.variant}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))

@@ -4,6 +4,7 @@
     spinecast validate data/synth/cohort.parquet [--training]
     spinecast train --config configs/quickstart.yaml [--trainer.max_epochs 3 ...]
     spinecast evaluate --ckpt best.ckpt --data cohort.parquet --out artifacts/eval
+    spinecast distill --teacher best.ckpt --config configs/distill.yaml
     spinecast export --ckpt best.ckpt --out artifacts/bundle [--optimize] [--quantize int8]
     spinecast predict --model artifacts/bundle --in cohort.parquet --out predictions.parquet
 
@@ -54,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     synth.set_defaults(run=_synth)
 
     sub.add_parser("train", help="train a model (Lightning CLI; `spinecast train --help`)", add_help=False)
+    sub.add_parser("distill", help="train a smaller student on a teacher's outcomes (Lightning CLI)", add_help=False)
     sub.add_parser("evaluate", help="score a cohort with a checkpoint, write the report", add_help=False)
     sub.add_parser("export", help="checkpoint -> ONNX model bundle, parity-checked", add_help=False)
     sub.add_parser("predict", help="score a cohort file with a model bundle (no torch)", add_help=False)
@@ -71,6 +73,10 @@ def main(argv: list[str] | None = None) -> int:
         from spinecast.training.cli import train
 
         return train(argv[1:])
+    if argv[:1] == ["distill"]:
+        from spinecast.training.cli import distill
+
+        return distill(argv[1:])
     if argv[:1] == ["evaluate"]:
         from spinecast.training.evaluate import main as evaluate
 

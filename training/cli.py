@@ -3,15 +3,20 @@
     spinecast train --config configs/quickstart.yaml --data.train_path data/synth/cohort.parquet
     spinecast train --config configs/default.yaml --trainer.max_epochs 20 --model.lr 5e-4
     spinecast train --config configs/default.yaml --ckpt_path last     # resume a killed run
+    spinecast distill --teacher best.ckpt --config configs/distill.yaml  # a smaller, faster student
 
-Fits, then scores the test split with the best checkpoint (metrics `test/...`).
+Fits, then scores the test split with the best checkpoint (metrics `test/...`). `distill` trains
+on the labels and on the teacher's outcomes for all four treatments, on the teacher's own cohort
+and splits unless `--data.*` says otherwise.
 """
 
 from __future__ import annotations
 
+import argparse
 import warnings
 from pathlib import Path
 
+import torch
 from lightning.pytorch.cli import LightningCLI
 
 from .data import CohortDataModule
@@ -25,6 +30,7 @@ class SpineCastCLI(LightningCLI):
         parser.link_arguments("model.config.text.max_sentences", "data.max_sentences")
         parser.link_arguments("model.config.text.max_tokens", "data.max_tokens")
         parser.link_arguments("model.config.image.size", "data.image_size")
+        parser.link_arguments("data.teacher", "model.teacher")  # the checkpoint records its teacher
         parser.add_argument("--ckpt_path", type=str | None, default=None,
                             help="resume from this checkpoint; `last`: the newest last.ckpt under default_root_dir")
 
@@ -43,6 +49,8 @@ def fit(argv: list[str]) -> SpineCastCLI:
     """Fit, then test the best checkpoint when there is a test split; return the CLI (trainer, model)."""
     # A frozen text encoder is kept in eval mode on purpose (no dropout: its sentence cache stays exact).
     warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
+    # DDP relaunches `spinecast train ...`, so the arguments arrive both ways; they are the same.
+    warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
     cli = SpineCastCLI(SpineCastModule, CohortDataModule, args=argv, run=False,
                        save_config_kwargs={"overwrite": True}, seed_everything_default=0)
     trainer = cli.trainer
@@ -56,4 +64,24 @@ def fit(argv: list[str]) -> SpineCastCLI:
 
 def train(argv: list[str]) -> int:
     fit(argv)
+    return 0
+
+
+DATA_FROM_TEACHER = ("train_path", "test_path", "val_fraction", "test_fraction", "seed")
+
+
+def distill(argv: list[str]) -> int:
+    """`spinecast distill --teacher CKPT [train options]`: train on the teacher's soft outcomes too.
+    The teacher's cohort and split are the defaults, so the student never trains on a patient the
+    teacher was validated or tested on."""
+    parser = argparse.ArgumentParser(prog="spinecast distill", add_help=False)
+    parser.add_argument("--teacher", required=True, help="the teacher's checkpoint (spinecast train)")
+    args, rest = parser.parse_known_args(argv)
+    if not Path(args.teacher).is_file():
+        raise SystemExit(f"spinecast distill: --teacher {args.teacher}: no such checkpoint")
+    saved = torch.load(args.teacher, map_location="cpu", weights_only=False).get("datamodule_hyper_parameters") or {}
+    given = {a.split("=")[0] for a in rest}
+    defaults = [x for k in DATA_FROM_TEACHER if k in saved and f"--data.{k}" not in given
+                for x in (f"--data.{k}", "null" if saved[k] is None else str(saved[k]))]
+    fit([*rest, *defaults, "--data.teacher", args.teacher])
     return 0

@@ -75,7 +75,7 @@ class CohortDataModule(L.LightningDataModule):
     def __init__(self, train_path: str, test_path: str | None = None, val_fraction: float = 0.15,
                  test_fraction: float = 0.15, seed: int = 0, batch_size: int = 64, num_workers: int = 0,
                  tokenizer: str = "minilm", max_sentences: int = 48, max_tokens: int = 40,
-                 image_size: int = 128):
+                 image_size: int = 128, teacher: str | None = None):
         super().__init__()
         self.save_hyperparameters()
         self.window = SentenceWindow(max_sentences, max_tokens)
@@ -94,6 +94,8 @@ class CohortDataModule(L.LightningDataModule):
         for split, frame in self.frames.items():
             if len(frame):
                 self.splits[split] = ArrayDataset(encode_frame(frame, self.feature_encoding, tokenizer, self.window, hp.image_size))
+        if hp.teacher:  # distillation: the teacher's outcomes for every training patient, computed once
+            self.splits["train"].arrays |= soft_targets(hp.teacher, self.frames["train"])
         log.info("cohort %s: %s", Path(hp.train_path).name, {k: len(v) for k, v in self.frames.items()})
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
@@ -109,6 +111,18 @@ class CohortDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self._loader("test", shuffle=False)
+
+
+def soft_targets(teacher: str | Path, frame: pd.DataFrame) -> dict[str, np.ndarray]:
+    """A trained model's calibrated outcomes (N, 4) for `frame`, encoded the teacher's way
+    (its own tokenizer window and feature encoding): `teacher_p_satisfied`, `teacher_p_mcid`,
+    `teacher_odi_12m`."""
+    from .evaluate import encode_for, load_module, predict
+
+    module = load_module(teacher)
+    if torch.cuda.is_available():
+        module.cuda()
+    return {f"teacher_{k}": v for k, v in predict(module, encode_for(module, frame)).items()}
 
 
 def _check_trainable(train: pd.DataFrame) -> None:

@@ -43,8 +43,8 @@ def predict(module: SpineCastModule, arrays: dict[str, np.ndarray], batch_size: 
     """-> {"p_satisfied", "p_mcid", "odi_12m"}: (N, 4) each, calibrated, TREATMENTS order."""
     parts: list[tuple[torch.Tensor, ...]] = []
     for batch in DataLoader(ArrayDataset(arrays), batch_size=batch_size):
-        parts.append(module.net.probabilities(*(batch[k] for k in INPUTS)))
-    return {k: torch.cat(v).float().numpy() for k, v in zip(("p_satisfied", "p_mcid", "odi_12m"), zip(*parts))}
+        parts.append(module.net.probabilities(*(batch[k].to(module.device) for k in INPUTS)))
+    return {k: torch.cat(v).float().cpu().numpy() for k, v in zip(("p_satisfied", "p_mcid", "odi_12m"), zip(*parts))}
 
 
 def evaluate(ckpt: Path, data: Path, out: Path, truth: Path | None = None,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import asdict
 
@@ -33,24 +34,20 @@ def observed(values: torch.Tensor, treatment: torch.Tensor) -> torch.Tensor:
 
 
 def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
-    """Temperature T minimising the NLL of sigmoid(logits / T) (Guo et al. 2017)."""
-    log_t = torch.zeros(1, requires_grad=True)
-    opt = torch.optim.LBFGS([log_t], lr=0.1, max_iter=100)
-
-    def closure():
-        opt.zero_grad()
-        loss = F.binary_cross_entropy_with_logits(logits / log_t.exp(), labels)
-        loss.backward()
-        return loss
-
-    opt.step(closure)
-    return float(log_t.exp().clamp(0.05, 20.0))
+    """Temperature T in [0.05, 20] minimising the NLL of sigmoid(logits / T) (Guo et al. 2017).
+    A grid over log T (1.5 % steps): unlike a gradient method it cannot diverge to NaN on a
+    small, separable validation split."""
+    grid = torch.logspace(math.log10(0.05), math.log10(20.0), 401)
+    logits, labels = logits.double(), labels.double()
+    nll = torch.stack([F.binary_cross_entropy_with_logits(logits / t, labels) for t in grid])
+    return float(grid[nll.nan_to_num(nan=math.inf).argmin()])
 
 
 class SpineCastModule(L.LightningModule):
     def __init__(self, config: ModelConfig = DEFAULT_CONFIG, lr: float = 1e-3, backbone_lr: float = 2e-5,
                  weight_decay: float = 0.05, loss_weights: dict[str, float] | None = None,
-                 backbone_config: dict | None = None, feature_encoding: dict | None = None):
+                 backbone_config: dict | None = None, feature_encoding: dict | None = None,
+                 teacher: str | None = None, distill_weight: float = 0.5):
         super().__init__()
         config = ModelConfig.from_dict(config) if isinstance(config, dict) else config
         self.net = SpineCastNet(config, backbone_config)
@@ -85,6 +82,15 @@ class SpineCastModule(L.LightningModule):
             target = batch[name] / (100 if name == "odi_12m" else 1)
             parts[name] = fn(observed(pred, t)[mask], target[mask]) if mask.any() else pred.sum() * 0
         loss = sum(self.loss_weights[k] * v for k, v in parts.items())
+        if "teacher_p_satisfied" in batch and self.hparams.distill_weight > 0:
+            # Distillation: the teacher's calibrated outcomes for all four treatments, the
+            # treatments the patient did not get included (Hinton et al. 2015, soft targets).
+            soft = {"satisfied": F.binary_cross_entropy_with_logits(satisfied, batch["teacher_p_satisfied"]),
+                    "mcid": F.binary_cross_entropy_with_logits(mcid, batch["teacher_p_mcid"]),
+                    "odi_12m": F.mse_loss(odi / 100, batch["teacher_odi_12m"] / 100)}
+            w = self.hparams.distill_weight
+            loss = (1 - w) * loss + w * sum(self.loss_weights[k] * v for k, v in soft.items())
+            parts |= {f"teacher_{k}": v for k, v in soft.items()}
         if not torch.isfinite(loss):
             raise FloatingPointError(f"non-finite loss ({loss.item()}) in batch {batch_idx} of epoch "
                                      f"{self.current_epoch}: {({k: v.item() for k, v in parts.items()})}")
@@ -92,7 +98,7 @@ class SpineCastModule(L.LightningModule):
 
     def training_step(self, batch, batch_idx):
         loss = self._loss(batch, self(batch), batch_idx)
-        self.log("train/loss", loss, prog_bar=True, on_epoch=True, batch_size=len(batch["treatment"]))
+        self.log("train/loss", loss, prog_bar=True, on_epoch=True, sync_dist=True, batch_size=len(batch["treatment"]))
         return loss
 
     def _eval_step(self, batch, batch_idx, metrics: MetricCollection, stage: str):
@@ -129,7 +135,7 @@ class SpineCastModule(L.LightningModule):
             for k, (logits, labels) in enumerate(((gathered[0], gathered[1]), (gathered[2], gathered[3]))):
                 if labels.numel() and 0 < labels.mean() < 1:
                     self.net.temperature[k] = fit_temperature(logits.cpu(), labels.cpu())
-            self.log("val/temperature", self.net.temperature[0].item())
+            self.log("val/temperature", self.net.temperature[0].item(), sync_dist=True)
         self._val_logits.clear()
         self._log_metrics(self.val_metrics)
 

@@ -104,6 +104,15 @@ def test_fit_temperature_undoes_overconfidence():
     assert abs(fit_temperature(3 * true_logits, labels) - 3.0) < 0.3
 
 
+def test_fit_temperature_stays_finite_on_a_separable_split():
+    """A tiny validation split that the model separates perfectly pushes T toward 0: the fit
+    stops at the bound instead of returning NaN (which made every probability NaN)."""
+    labels = torch.tensor([0.0, 1.0] * 20)
+    t = fit_temperature((labels * 2 - 1) * 8, labels)
+    assert t == pytest.approx(0.05)
+    assert fit_temperature(torch.full((10,), 1e4), torch.ones(10)) == pytest.approx(0.05)
+
+
 def _cohort_variant(small_cohort: Path, tmp_path: Path, **changes) -> Path:
     frame = pd.read_parquet(small_cohort / "cohort.parquet")
     for col, value in changes.items():
