@@ -65,8 +65,12 @@ class SentenceWindow:
         ids = np.zeros((len(texts), self.max_sentences, self.max_tokens), dtype=np.int64)
         slot = np.zeros(len(texts), dtype=np.int64)
         sep = tokenizer.token_to_id("[SEP]")
-        for i, enc in zip(owner, tokenizer.encode_batch(kept)):
-            row = enc.ids
+        # Templated clinical text repeats itself: each distinct sentence is tokenized once.
+        distinct = dict.fromkeys(kept)
+        for sentence, enc in zip(distinct, tokenizer.encode_batch(list(distinct))):
+            distinct[sentence] = enc.ids
+        for i, sentence in zip(owner, kept):
+            row = distinct[sentence]
             if len(row) > self.max_tokens:
                 row = row[: self.max_tokens - 1] + [sep]
                 truncated[i] = True

@@ -45,14 +45,16 @@ def resolve_checkpoint(ckpt_path: str | None, root: str | Path) -> str | None:
     return str(found[-1])
 
 
-def fit(argv: list[str]) -> SpineCastCLI:
-    """Fit, then test the best checkpoint when there is a test split; return the CLI (trainer, model)."""
+def fit(argv: list[str], callbacks: list | None = None) -> SpineCastCLI:
+    """Fit, then test the best checkpoint when there is a test split; return the CLI (trainer, model).
+    `callbacks` are added to the config's (benchmarks measure through them)."""
     # A frozen text encoder is kept in eval mode on purpose (no dropout: its sentence cache stays exact).
     warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
     # DDP relaunches `spinecast train ...`, so the arguments arrive both ways; they are the same.
     warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
     cli = SpineCastCLI(SpineCastModule, CohortDataModule, args=argv, run=False,
-                       save_config_kwargs={"overwrite": True}, seed_everything_default=0)
+                       save_config_kwargs={"overwrite": True}, seed_everything_default=0,
+                       trainer_defaults={"callbacks": callbacks} if callbacks else None)
     trainer = cli.trainer
     resume = resolve_checkpoint(cli.config.get("ckpt_path"), trainer.default_root_dir)
     trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=resume)

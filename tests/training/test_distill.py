@@ -25,14 +25,14 @@ def _common(root: Path, tiny_bert: str, epochs: int) -> list[str]:
 def teacher(small_cohort, tmp_path_factory, tiny_bert) -> Path:
     root = tmp_path_factory.mktemp("teacher")
     args = ["train", "--config", str(CONFIGS / "quickstart.yaml"), "--data.train_path",
-            str(small_cohort / "cohort.parquet"), "--data.seed", "3", *_common(root, tiny_bert, 5)]
+            str(small_cohort / "cohort.parquet"), "--data.seed", "3", *_common(root, tiny_bert, 4)]
     assert main(args) == 0
     return next(root.rglob("best.ckpt"))
 
 
 def _distill(teacher: Path, root: Path, tiny_bert: str, weight: float) -> Path:
     args = ["distill", "--teacher", str(teacher), "--config", str(CONFIGS / "distill.yaml"),
-            *_common(root, tiny_bert, 4), "--model.config.text.num_layers", "1", "--model.distill_weight", str(weight)]
+            *_common(root, tiny_bert, 3), "--model.config.text.num_layers", "1", "--model.distill_weight", str(weight)]
     assert main(args) == 0
     return next(root.rglob("last.ckpt"))
 
