@@ -5,7 +5,6 @@ import os
 import re
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -382,13 +381,3 @@ def test_typos_are_rare_keep_word_count_and_spare_numbers():
                 changed += x != y
                 total += 1
     assert 0.002 < changed / total < 0.01
-
-
-def test_speed_thousand_pairs():
-    sts = states(1000, seed=17)
-    rng = np.random.default_rng(0)
-    start = time.perf_counter()
-    for s in sts:
-        write_note(s, rng)
-        write_report(s, rng)
-    assert time.perf_counter() - start < 3.0  # 10,000 pairs take about 3 s on one core
