@@ -2,12 +2,17 @@
 
     spinecast predict --model artifacts/bundle --in cohort.parquet --out predictions.parquet \\
         [--chunk-rows 10000] [--threads 2]
+    spinecast predict --model artifacts/bundle --in cohort.parquet --out predictions/ --engine ray \\
+        [--ray-address auto] [--concurrency 8] [--threads 1]
 
 Reads the cohort in chunks (Parquet row batches, CSV and JSON Lines in slices), validates and
 scores each, and appends it to one Parquet file, so memory stays bounded by the chunk, not the
 cohort. One row per patient, in input order: the probabilities per treatment as columns
 (`p_satisfied_<treatment>`, `p_mcid_<treatment>`, `odi_12m_<treatment>`), the recommended and
 planned treatment, the modalities used and the warnings.
+
+`--engine ray` runs the same scoring on a Ray cluster (`spinecast.serving.distributed`, the `ray`
+extra) and writes a folder of Parquet files with the same columns, not in input order.
 """
 
 from __future__ import annotations
@@ -17,9 +22,11 @@ import json
 import resource
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 from spinecast.datasets import TREATMENTS, CohortError, Violation, iter_table, validate_frame
@@ -50,13 +57,7 @@ def score_file(predictor: Predictor, src: Path, dst: Path, chunk_rows: int = 10_
         for raw in iter_table(src, chunk_rows):
             frame = validate_frame(raw, source=src.name, base_dir=src.parent, first_row=done + 1)
             _check_unique(frame["patient_id"], seen, src.name, done)
-            arrays = predictor.encode(frame)
-            parts = []
-            for start in range(0, len(frame), PROGRESS_ROWS):  # the bar moves within a chunk too
-                parts.append(predictor.run({k: v[start:start + PROGRESS_ROWS] for k, v in arrays.items()}))
-                bar.update(min(PROGRESS_ROWS, len(frame) - start))
-            outcomes = {k: np.concatenate([part[k] for part in parts]) for k in OUTPUTS}
-            writer.write_table(_table(predictions(frame, arrays, outcomes, predictor.version), outcomes))
+            writer.write_table(score_frame(predictor, frame, bar.update))
             done += len(frame)
     bar.close()
     partial.replace(dst)
@@ -64,6 +65,20 @@ def score_file(predictor: Predictor, src: Path, dst: Path, chunk_rows: int = 10_
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
     return {"rows": done, "seconds": round(seconds, 2), "rows_per_second": round(done / seconds, 1),
             "peak_rss_mib": round(peak_mib, 1), "out": str(dst)}
+
+
+def score_frame(predictor: Predictor, frame: pd.DataFrame,
+                progress: Callable[[int], object] | None = None) -> pa.Table:
+    """Validated cohort rows -> their predictions as a table of SCHEMA, one row per patient, in order.
+    Both engines call this (`score_file` here, the Ray actors of `spinecast.serving.distributed`)."""
+    arrays = predictor.encode(frame)
+    parts = []
+    for first in range(0, len(frame), PROGRESS_ROWS):  # a progress bar moves within a chunk too
+        parts.append(predictor.run({k: v[first:first + PROGRESS_ROWS] for k, v in arrays.items()}))
+        if progress is not None:
+            progress(min(PROGRESS_ROWS, len(frame) - first))
+    outcomes = {k: np.concatenate([part[k] for part in parts]) for k in OUTPUTS}
+    return _table(predictions(frame, arrays, outcomes, predictor.version), outcomes)
 
 
 def _check_unique(ids, seen: set[int], source: str, offset: int) -> None:
@@ -94,17 +109,35 @@ def _table(rows: list[dict], outcomes: dict[str, np.ndarray]) -> pa.Table:
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="spinecast predict", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", type=Path, required=True, help="model bundle folder (spinecast export)")
-    parser.add_argument("--in", dest="src", type=Path, required=True, help="cohort file: .parquet, .csv or .jsonl")
-    parser.add_argument("--out", type=Path, required=True, help="predictions .parquet")
-    parser.add_argument("--chunk-rows", type=int, default=10_000, help="rows read, validated and scored at a time")
+    parser.add_argument("--in", dest="src", type=Path, required=True,
+                        help="cohort file: .parquet, .csv or .jsonl (--engine ray: or a folder of .parquet files)")
+    parser.add_argument("--out", type=Path, required=True,
+                        help="predictions .parquet (--engine ray: a folder for its Parquet files)")
+    parser.add_argument("--chunk-rows", type=int, default=None,
+                        help="rows read, validated and scored at a time (default: 10000; --engine ray: 1000)")
     parser.add_argument("--batch-size", type=int, default=32, help="rows per ONNX Runtime run")
-    parser.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: all cores)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="ONNX Runtime intra-op threads (default: all cores; --engine ray: 1 per actor)")
     parser.add_argument("--variant", default=None, help="model variant from the card (default: the served one)")
+    parser.add_argument("--engine", choices=("local", "ray"), default="local",
+                        help="local: this process; ray: Ray Data actors on a Ray cluster (the `ray` extra)")
+    parser.add_argument("--ray-address", default=None,
+                        help="--engine ray: the cluster (default: $RAY_ADDRESS, else the latest `ray start` here, "
+                             "else a new Ray on this machine; `auto` refuses to start one)")
+    parser.add_argument("--concurrency", type=int, default=None,
+                        help="--engine ray: most predictor actors (default: the cluster's CPUs / threads, less one)")
     args = parser.parse_args(argv)
-    predictor = Predictor(args.model, args.variant, threads=args.threads, batch_size=args.batch_size)
     try:
-        stats = score_file(predictor, args.src, args.out, args.chunk_rows)
-    except CohortError as err:
+        if args.engine == "ray":
+            from .distributed import score_with_ray  # imports ray, an optional extra
+
+            stats = score_with_ray(args.model, args.src, args.out, chunk_rows=args.chunk_rows or 1_000,
+                                   concurrency=args.concurrency, threads=args.threads or 1,
+                                   batch_size=args.batch_size, variant=args.variant, address=args.ray_address)
+        else:
+            predictor = Predictor(args.model, args.variant, threads=args.threads, batch_size=args.batch_size)
+            stats = score_file(predictor, args.src, args.out, args.chunk_rows or 10_000)
+    except (CohortError, FileExistsError) as err:
         print(err, file=sys.stderr)
         return 1
     print(json.dumps(stats, indent=1))
