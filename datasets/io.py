@@ -44,7 +44,7 @@ class CohortError(ValueError):
     """A cohort file or table breaks the contract. `violations` holds them all."""
 
     def __init__(self, source: str, violations: list[Violation]):
-        self.violations = violations
+        self.source, self.violations = source, violations
         shown = "\n".join(f"  {v}" for v in violations[:MAX_LISTED])
         more = len(violations) - MAX_LISTED
         tail = f"\n  ... and {more} more" if more > 0 else ""
@@ -53,6 +53,9 @@ class CohortError(ValueError):
             f"{source} breaks the cohort contract ({len(violations)} violation(s) in {rows} row(s); "
             f"see CONTRACT.md):\n{shown}{tail}"
         )
+
+    def __reduce__(self):  # survives pickling (Ray's process boundary) with its violations
+        return type(self), (self.source, self.violations)
 
 
 def load_cohort(path: str | Path, *, training: bool = False) -> pd.DataFrame:

@@ -54,18 +54,6 @@ LINE = "text"  # the column `read_text` gives: one JSON Lines line
 SHOWN = 20  # duplicate ids named at most
 
 
-class PortableCohortError(CohortError):
-    """A CohortError that survives Ray's pickling (CohortError's args are its message only), so the
-    driver gets the violations back, not a traceback."""
-
-    def __init__(self, source: str, violations: list[Violation]):
-        super().__init__(source, violations)
-        self.source = source
-
-    def __reduce__(self):
-        return type(self), (self.source, self.violations)
-
-
 class CohortScorer:
     """A Ray Data actor: one Predictor, built once, scoring every batch Ray hands it."""
 
@@ -175,7 +163,7 @@ def _records(lines: pd.Series, source: str) -> pd.DataFrame:
         else:
             records.append(record)
     if bad:
-        raise PortableCohortError(source, bad)
+        raise CohortError(source, bad)
     return pd.DataFrame.from_records(records)
 
 
@@ -186,7 +174,7 @@ def _validate(raw: pd.DataFrame, path: Path) -> pd.DataFrame:
     except CohortError as err:
         ids = raw["patient_id"].tolist() if "patient_id" in raw.columns else []
         named = [Violation(v.file, _row_name(v.row, ids), v.column, v.rule, v.got) for v in err.violations]
-        raise PortableCohortError(path.name, named) from None
+        raise CohortError(path.name, named) from None
 
 
 def _row_name(row: int | str, ids: list) -> str:
@@ -199,10 +187,10 @@ def _row_name(row: int | str, ids: list) -> str:
     return "a row with no patient_id"
 
 
-def _cohort_error(err: BaseException) -> PortableCohortError | None:
-    """The PortableCohortError an actor raised, from inside Ray's wrapping."""
+def _cohort_error(err: BaseException) -> CohortError | None:
+    """The CohortError an actor raised, from inside Ray's wrapping."""
     seen = err
-    while seen is not None and not isinstance(seen, PortableCohortError):
+    while seen is not None and not isinstance(seen, CohortError):
         seen = getattr(seen, "cause", None) or seen.__cause__
     return seen
 
