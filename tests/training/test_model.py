@@ -145,3 +145,20 @@ def test_document_encoder_without_context_layers(tiny_bert, batch):
     assert net.note.context is None
     satisfied = run(net, batch)[0]
     assert torch.isfinite(satisfied).all() and not torch.allclose(satisfied, run(net, drop(batch, OPTIONAL))[0])
+
+
+def test_exported_sentence_encoding_buckets_by_length_and_matches_eager(tiny_bert, batch):
+    """The graph's path (distinct rows, length buckets) gives the eager embeddings, also with fewer
+    rows than buckets, empty rows, and two texts of different widths in one run."""
+    sentences = SpineCastNet(tiny_config(tiny_bert)).eval().note.sentences
+    ids, mask = batch["note_ids"].flatten(0, 1), batch["note_mask"].flatten(0, 1)
+    with torch.no_grad():
+        for rows in (slice(None), slice(0, 2), slice(-1, None)):
+            sentences.cache.clear()
+            assert torch.allclose(sentences._bucketed(ids[rows], mask[rows]), sentences(ids[rows], mask[rows]), atol=1e-5)
+        note = batch["note_ids"][:2, :5, :10], batch["note_mask"][:2, :5, :10]
+        report = batch["report_ids"][:2, :3], batch["report_mask"][:2, :3]  # wider than the note
+        joint = sentences.encode_texts(note, report)
+        alone = [sentences(i.flatten(0, 1), m.flatten(0, 1)) for i, m in (note, report)]
+    assert [e.shape for e in joint] == [a.shape for a in alone]
+    assert all(torch.allclose(j, a, atol=1e-5) for j, a in zip(joint, alone))
