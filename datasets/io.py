@@ -11,7 +11,7 @@ Note and report text never appears in an error: only its length does.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -89,28 +89,33 @@ def _read_jsonl(path: Path) -> pd.DataFrame:
 
 
 def _jsonl_chunks(path: Path, rows: int | None) -> Iterator[pd.DataFrame]:
-    """JSON Lines -> frames of at most `rows` records (None: one frame); a bad line fails its chunk."""
-    records, bad = [], []
     with path.open("rb") as f:
-        for line_no, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except (json.JSONDecodeError, UnicodeDecodeError) as err:
-                bad.append(Violation(path.name, line_no, "-", "each line must be one JSON object", type(err).__name__))
-                continue
-            if not isinstance(record, dict):
-                bad.append(Violation(path.name, line_no, "-", "each line must be one JSON object", type(record).__name__))
-                continue
-            records.append(record)
-            if rows and len(records) == rows:
-                if bad:
-                    raise CohortError(path.name, bad)
-                yield pd.DataFrame.from_records(records)
-                records = []
+        yield from jsonl_frames(enumerate(f, start=1), path.name, rows)
+
+
+def jsonl_frames(lines: Iterable[tuple[int | str, str | bytes]], source: str,
+                 rows: int | None = None) -> Iterator[pd.DataFrame]:
+    """Numbered JSON Lines -> untyped frames of at most `rows` records (None: one frame); a line
+    that is not one JSON object fails its chunk, named by `source` and its number."""
+    records, bad = [], []
+    for line_no, line in lines:
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            record = err
+        if not isinstance(record, dict):
+            bad.append(Violation(source, line_no, "-", "each line must be one JSON object", type(record).__name__))
+            continue
+        records.append(record)
+        if rows and len(records) == rows:
+            if bad:
+                raise CohortError(source, bad)
+            yield pd.DataFrame.from_records(records)
+            records = []
     if bad:
-        raise CohortError(path.name, bad)
+        raise CohortError(source, bad)
     if records or rows is None:
         yield pd.DataFrame.from_records(records)
 

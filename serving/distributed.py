@@ -25,7 +25,6 @@ What differs from the local engine:
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 from collections import Counter
@@ -36,7 +35,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 from spinecast.datasets import CohortError, Violation, validate_frame
-from spinecast.datasets.io import SUFFIXES
+from spinecast.datasets.io import SUFFIXES, jsonl_frames
 from spinecast.datasets.schema import COLUMNS
 
 from .batch import SCHEMA, score_frame
@@ -66,7 +65,7 @@ class CohortScorer:
             raw = rows.drop(columns=PATH).reset_index(drop=True)
             path = Path(path)
             if LINE in raw.columns and path.suffix.lower() == ".jsonl":
-                raw = _records(raw[LINE], path.name)
+                raw = next(jsonl_frames((("-", line) for line in raw[LINE]), path.name))
             tables.append(score_frame(self.predictor, _validate(raw, path)))
         return pa.concat_tables(tables) if tables else SCHEMA.empty_table()
 
@@ -148,23 +147,6 @@ def _read(src: Path) -> ray.data.Dataset:
         raise CohortError(name, [Violation(name, "-", "-", "file must exist", "no such file")])
     rule = f"file extension must be one of {', '.join(SUFFIXES)} (or a folder of .parquet files)"
     raise CohortError(name, [Violation(name, "-", "-", rule, repr(suffix))])
-
-
-def _records(lines: pd.Series, source: str) -> pd.DataFrame:
-    """JSON Lines text -> untyped records, as the local reader parses them."""
-    records, bad = [], []
-    for line in lines.tolist():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as err:
-            record = err
-        if not isinstance(record, dict):
-            bad.append(Violation(source, "-", "-", "each line must be one JSON object", type(record).__name__))
-        else:
-            records.append(record)
-    if bad:
-        raise CohortError(source, bad)
-    return pd.DataFrame.from_records(records)
 
 
 def _validate(raw: pd.DataFrame, path: Path) -> pd.DataFrame:

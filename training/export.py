@@ -29,9 +29,9 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
 import pandas as pd
 import torch
+from onnx import numpy_helper
 from sklearn.metrics import roc_auc_score
 from spinecast.datasets import TREATMENTS, load_cohort
 from spinecast.datasets.inputs import INPUTS, MODALITIES, model_inputs
