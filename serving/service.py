@@ -62,6 +62,7 @@ VARIANT = os.environ.get("SPINECAST_VARIANT") or None
 ORT_ARENA = os.environ.get("SPINECAST_ORT_ARENA", "0") == "1"
 # A model call that has not answered after the batching bound plus 10 s is sent again (see `_call`).
 CALL_TIMEOUT_S = MAX_LATENCY_MS / 1000 + 10
+CALL_ATTEMPTS = 6
 OPEN_PATHS = ("/livez", "/readyz", "/healthz", "/metrics")  # probes and scraping need no key
 
 
@@ -256,15 +257,22 @@ class SpineCast:
         _card.update(card, input_schema=Patient.model_json_schema())
 
     async def _call(self, api, payload):
-        for attempt in range(3):  # returns or raises
+        timeouts = 0
+        for attempt in range(CALL_ATTEMPTS):  # returns or raises
             try:
                 return await asyncio.wait_for(api(payload), CALL_TIMEOUT_S)
             except (aiohttp.ClientConnectionError, TimeoutError) as err:
-                # Seen under load, both rare: a keep-alive connection to the model service closes under
-                # us, or BentoML 1.4.40's batch dispatcher never answers one call (about 1 in 1,000 at
-                # concurrency 32; never with batching off). Scoring is idempotent: send it again.
-                if attempt == 2:
+                # Seen under load, both rare. (1) BentoML's client keeps idle connections to the model
+                # service for 15 s, the model service's server closes them after 5 s: a call can take
+                # a connection that is being closed (ServerDisconnectedError; bentoml/BentoML#4971),
+                # and after a pause several in a row. (2) BentoML 1.4.40's batch dispatcher never
+                # answers one call (about 1 in 1,000 at concurrency 32; never with batching off).
+                # Scoring is idempotent: send it again (a lost call once, a closed connection up to
+                # CALL_ATTEMPTS times, after a short pause).
+                timeouts += isinstance(err, TimeoutError)
+                if attempt == CALL_ATTEMPTS - 1 or timeouts == 2:
                     raise ServiceUnavailable(f"the model service did not answer ({type(err).__name__})") from None
+                await asyncio.sleep(0.05 * (attempt + 1))
             except Exception as err:  # noqa: BLE001 - a failed model run: 503 for this request, the next ones go on
                 raise ServiceUnavailable(f"the model could not answer this request ({type(err).__name__})") from None
 
