@@ -103,13 +103,16 @@ def _share_initializers(graph: onnx.GraphProto) -> None:
     encoder (one per sentence-length bucket): identical tensors are stored once."""
     first: dict[tuple, str] = {}
     same: dict[str, str] = {}
-    for init in list(graph.initializer):
+    kept = []
+    for init in graph.initializer:
         key = (init.data_type, tuple(init.dims), numpy_helper.to_array(init).tobytes())
         if key in first:
             same[init.name] = first[key]
-            graph.initializer.remove(init)
         else:
             first[key] = init.name
+            kept.append(init)
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
     for node in graph.node:
         node.input[:] = [same.get(name, name) for name in node.input]
 
