@@ -84,13 +84,16 @@ def verify_bundle(bundle: str | Path) -> Path:
 
 def session_options(threads: int | None = None, memory_arena: bool = True) -> ort.SessionOptions:
     """Graph optimisations on; `threads` intra-op threads (None: ONNX Runtime's default, all cores).
-    Without the memory arena, memory goes back after each run instead of staying at the high-water
-    mark of the largest batch seen (a long-running server's resident memory stays flat)."""
+    Denormal floats are flushed to zero: the text encoder's masked softmax underflows into them and
+    runs about 5x slower otherwise (measured on this x86 machine). Without the memory arena, memory
+    goes back after each run instead of staying at the high-water mark of the largest batch seen (a
+    long-running server's resident memory stays flat)."""
     options = ort.SessionOptions()
     options.enable_cpu_mem_arena = memory_arena
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.inter_op_num_threads = 1
+    options.add_session_config_entry("session.set_denormal_as_zero", "1")
     if threads:
         options.intra_op_num_threads = threads
     return options

@@ -31,7 +31,6 @@ import numpy as np
 import onnx
 import pandas as pd
 import torch
-from onnx import numpy_helper
 from sklearn.metrics import roc_auc_score
 from spinecast.datasets import TREATMENTS, load_cohort
 from spinecast.datasets.inputs import INPUTS, MODALITIES, model_inputs
@@ -93,28 +92,8 @@ def optimize(path: Path, net: nn.Module) -> dict:
         logging.getLogger(name).setLevel(logging.ERROR)
     model = optimize_model(str(path), model_type="bert", num_heads=config.num_attention_heads,
                            hidden_size=config.hidden_size, opt_level=1)
-    _share_initializers(model.model.graph)
     model.save_model_to_file(str(path))
     return {k: v for k, v in model.get_fused_operator_statistics().items() if v}
-
-
-def _share_initializers(graph: onnx.GraphProto) -> None:
-    """Fusion packs each attention's weights into new tensors, one per traced copy of the text
-    encoder (one per sentence-length bucket): identical tensors are stored once."""
-    first: dict[tuple, str] = {}
-    same: dict[str, str] = {}
-    kept = []
-    for init in graph.initializer:
-        key = (init.data_type, tuple(init.dims), numpy_helper.to_array(init).tobytes())
-        if key in first:
-            same[init.name] = first[key]
-        else:
-            first[key] = init.name
-            kept.append(init)
-    del graph.initializer[:]
-    graph.initializer.extend(kept)
-    for node in graph.node:
-        node.input[:] = [same.get(name, name) for name in node.input]
 
 
 def quantize(src: Path, dst: Path) -> None:

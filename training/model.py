@@ -75,9 +75,6 @@ def resolve_pretrained(name: str) -> str:
     return name
 
 
-BUCKETS = 6  # sentence length groups in the exported graph (SentenceEncoder._bucketed)
-
-
 def _exporting() -> bool:
     return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
 
@@ -166,7 +163,7 @@ class SentenceEncoder(nn.Module):
     def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """(N, L) ids and mask -> (N, H); rows with an empty mask give zeros."""
         if _exporting():
-            return self._bucketed(ids, mask)
+            return self._exported(ids, mask)
         out = torch.zeros(ids.shape[0], self.width, device=ids.device)
         rows = mask.any(dim=1).nonzero().squeeze(1)
         if len(rows) == 0:
@@ -179,37 +176,56 @@ class SentenceEncoder(nn.Module):
 
     def encode_texts(self, *texts: tuple[torch.Tensor, torch.Tensor]) -> list[torch.Tensor]:
         """Several (B, S, L) ids and masks (their L may differ) -> their (B * S, H) sentence
-        embeddings, from one encoder run (distinct sentences shared, larger length buckets)."""
+        embeddings, from one encoder run (distinct sentences shared, larger matrix products)."""
         widths = [ids.shape[2] for ids, _ in texts]
         # Traced, max() would freeze which text is wider; a sum is as dynamic as the widths, and
-        # the graph's length buckets cut the extra padding away again.
+        # the graph trims the distinct rows to the longest again.
         width = sum(widths) if _exporting() else max(widths)
         ids, mask = (torch.cat([F.pad(pair[i], (0, width - pair[i].shape[2])).reshape(-1, width) for pair in texts])
                      for i in (0, 1))
         return list(self(ids, mask).split([ids.shape[0] * ids.shape[1] for ids, _ in texts]))
 
-    def _bucketed(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """The exported graph's sentence encoding: each distinct row is encoded once, in BUCKETS
-        groups of similar length, each group padded only to its own longest row. A patient's
-        sentences are padded to the longest otherwise, which doubles the transformer's work on
-        clinical text (mean 12 tokens, longest near 40). All sizes stay dynamic in the graph."""
+    def _exported(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The exported graph's sentence encoding: each distinct row once, trimmed to the longest.
+        A BERT encoder then runs on the real tokens only (`_unpadded`): a patient's sentences padded
+        to the longest are twice their tokens on clinical text (mean 12 tokens, longest near 40)."""
         length = ids.shape[1]
         rows, inverse = torch.unique(torch.cat([ids, mask], dim=1), dim=0, return_inverse=True)
-        # BUCKETS empty rows in front keep every bucket non-empty (their results are never used).
-        rows = torch.cat([torch.zeros_like(rows[:1]).expand(BUCKETS, -1), rows])
-        lengths = rows[:, length:].sum(dim=1)
-        order = torch.argsort(lengths)
-        rows, lengths = rows[order], lengths[order]
-        n = torch.ones_like(lengths).sum()
-        parts = []
-        for k in range(BUCKETS):
-            start, stop = n * k // BUCKETS, n * (k + 1) // BUCKETS
-            bucket = rows.index_select(0, torch.arange(start, stop))
-            width = torch.arange(lengths[stop - 1].clamp(min=1))
-            parts.append(self._encode(bucket[:, :length].index_select(1, width),
-                                      bucket[:, length:].index_select(1, width)))
-        position = torch.argsort(order)  # row i of the distinct rows sits at position[i] of the order
-        return torch.cat(parts)[position[inverse + BUCKETS]]
+        cols = torch.arange(rows[:, length:].sum(dim=1).max().clamp(min=1))
+        ids, mask = rows[:, :length].index_select(1, cols), rows[:, length:].index_select(1, cols)
+        config = self.backbone.config
+        bert = config.model_type == "bert" and getattr(config, "position_embedding_type", "absolute") == "absolute"
+        return (self._unpadded(ids, mask) if bert else self._encode(ids, mask))[inverse]
+
+    def _unpadded(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """BERT's forward on (N, W) sentences with the padding removed: the dense layers run on one
+        (tokens, H) matrix; only attention sees the padded (N, W) layout, gathered per layer.
+        Equals the padded forward and `_encode`'s mean pooling (masks are a prefix of each row)."""
+        n, width = ids.shape
+        flat = mask.reshape(-1)
+        real = flat.nonzero().squeeze(1)  # (T,) where the real tokens sit in the padded layout
+        # where each padded slot reads from the token matrix; padding reads a zero row appended at T
+        slot = torch.where(flat.bool(), flat.cumsum(0) - 1, real.shape[0]).reshape(n, width)
+        hide = (1.0 - mask[:, None, None, :].float()) * torch.finfo(torch.float32).min  # (N, 1, 1, W)
+
+        def padded(x: torch.Tensor) -> torch.Tensor:  # (T, F) -> (N, W, F)
+            return torch.cat([x, x.new_zeros(1, x.shape[1])])[slot]
+
+        emb = self.backbone.embeddings
+        x = emb.word_embeddings(ids.reshape(-1)[real]) + emb.token_type_embeddings.weight[0]
+        x = emb.LayerNorm(x + emb.position_embeddings(real % width))
+        for layer in self.backbone.encoder.layer:
+            att = layer.attention.self
+            scale = att.attention_head_size ** -0.5  # folded into the query weights
+            weight = torch.cat([att.query.weight * scale, att.key.weight, att.value.weight])
+            bias = torch.cat([att.query.bias * scale, att.key.bias, att.value.bias])
+            q, k, v = padded(F.linear(x, weight, bias)).unflatten(-1, (3, att.num_attention_heads, -1)) \
+                .permute(2, 0, 3, 1, 4).unbind(0)  # (N, heads, W, d) each
+            probs = (q @ k.transpose(-1, -2) + hide).softmax(dim=-1)
+            a = (probs @ v).transpose(1, 2).reshape(n * width, -1)[real]
+            x = layer.attention.output.LayerNorm(layer.attention.output.dense(a) + x)
+            x = layer.output.LayerNorm(layer.output.dense(layer.intermediate(x)) + x)
+        return padded(x).sum(dim=1) / mask.sum(dim=1, keepdim=True).clamp(min=1).to(x.dtype)
 
     @torch.no_grad()
     def _cached(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

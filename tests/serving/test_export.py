@@ -1,5 +1,6 @@
 """Export to ONNX, the torch-free predictor and batch scoring, on a tiny trained model."""
 
+import collections
 import json
 import shutil
 import subprocess
@@ -133,11 +134,11 @@ def test_optimized_and_quantized_variants_run_and_are_gated(checkpoint, tmp_path
     card = export(checkpoint, out, optimize_graph=True, quantize_int8=True, eval_rows=120, max_auroc_drop=1.0)
     assert card["serve"] == "int8" and card["onnx"]["graph_fusion"]
     assert card["parity"]["passed"]  # the fused fp32 graph still matches PyTorch
-    # Fusion packs each copy of the text encoder's attention weights (one per length bucket) anew;
-    # the bundle stores each distinct tensor once.
-    tensors = [(t.data_type, tuple(t.dims), onnx.numpy_helper.to_array(t).tobytes())
-               for t in onnx.load(out / "model.onnx").graph.initializer]
-    assert len(tensors) == len(set(tensors))
+    # One copy of the text encoder in the graph (note and report run through it together): no
+    # weight is stored twice (small constants may be).
+    tensors = collections.Counter(onnx.numpy_helper.to_array(t).tobytes()
+                                  for t in onnx.load(out / "model.onnx").graph.initializer)
+    assert not [t for t, copies in tensors.items() if copies > 1 and len(t) > 1024]
     int8 = Predictor(out).predict(records.drop(columns=["satisfied", "odi_12m"]).to_dict("records"))
     assert Predictor(out).variant == "int8" and all(0 <= o["p_satisfied"] <= 1 for p in int8 for o in p["outcomes"])
     assert abs(card["variants"]["int8"]["auroc_drop"]) < 0.1

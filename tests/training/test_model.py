@@ -14,11 +14,13 @@ from spinecast.training.model import (
     MODALITIES,
     ImageConfig,
     ModelConfig,
+    SentenceEncoder,
     SpineCastNet,
     TabularConfig,
     TextConfig,
 )
 from spinecast.training.module import SpineCastModule
+from transformers import RobertaConfig, RobertaModel
 
 B = 6
 
@@ -147,15 +149,26 @@ def test_document_encoder_without_context_layers(tiny_bert, batch):
     assert torch.isfinite(satisfied).all() and not torch.allclose(satisfied, run(net, drop(batch, OPTIONAL))[0])
 
 
-def test_exported_sentence_encoding_buckets_by_length_and_matches_eager(tiny_bert, batch):
-    """The graph's path (distinct rows, length buckets) gives the eager embeddings, also with fewer
-    rows than buckets, empty rows, and two texts of different widths in one run."""
-    sentences = SpineCastNet(tiny_config(tiny_bert)).eval().note.sentences
+@pytest.mark.parametrize("kind", ["bert", "roberta"])
+def test_exported_sentence_encoding_matches_eager(tiny_bert, batch, kind):
+    """The graph's path (distinct rows trimmed to the longest; a BERT encoder on its real tokens
+    only, any other encoder padded) gives the eager embeddings, also for one row, only empty rows,
+    and two texts of different widths in one run."""
+    if kind == "bert":
+        sentences = SpineCastNet(tiny_config(tiny_bert)).eval().note.sentences
+    else:
+        config = RobertaConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                               intermediate_size=64, max_position_embeddings=66)
+        sentences = SentenceEncoder(RobertaModel(config, add_pooling_layer=False), trainable_layers=0).eval()
     ids, mask = batch["note_ids"].flatten(0, 1), batch["note_mask"].flatten(0, 1)
     with torch.no_grad():
-        for rows in (slice(None), slice(0, 2), slice(-1, None)):
+        if kind == "bert":
+            assert torch.allclose(sentences._unpadded(ids, mask), sentences._encode(ids, mask), atol=1e-5)
+        zeros = torch.zeros_like(ids[:3])
+        cases = [(ids, mask), (ids[:1], mask[:1]), (zeros, zeros), (torch.cat([zeros, ids]), torch.cat([zeros, mask]))]
+        for i, m in cases:
             sentences.cache.clear()
-            assert torch.allclose(sentences._bucketed(ids[rows], mask[rows]), sentences(ids[rows], mask[rows]), atol=1e-5)
+            assert torch.allclose(sentences._exported(i, m), sentences(i, m), atol=1e-5)
         note = batch["note_ids"][:2, :5, :10], batch["note_mask"][:2, :5, :10]
         report = batch["report_ids"][:2, :3], batch["report_mask"][:2, :3]  # wider than the note
         joint = sentences.encode_texts(note, report)
