@@ -99,9 +99,17 @@ def optimize(path: Path, net: nn.Module) -> dict:
 def quantize(src: Path, dst: Path) -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    # Fused ops (com.microsoft domain) defeat ONNX shape inference; their tensors are float.
-    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8,
-                     extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+    # Fused ops (com.microsoft domain) defeat ONNX shape inference; their tensors are float. The
+    # quantizer warns on the root logger for each such tensor; that is expected, so it is hushed.
+    def typed(record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Failed to infer data type")
+
+    logging.getLogger().addFilter(typed)
+    try:
+        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8,
+                         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+    finally:
+        logging.getLogger().removeFilter(typed)
 
 
 def held_out(ckpt: Path, data: Path | None) -> tuple[pd.DataFrame, dict]:

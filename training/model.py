@@ -206,23 +206,24 @@ class SentenceEncoder(nn.Module):
         real = flat.nonzero().squeeze(1)  # (T,) where the real tokens sit in the padded layout
         # where each padded slot reads from the token matrix; padding reads a zero row appended at T
         slot = torch.where(flat.bool(), flat.cumsum(0) - 1, real.shape[0]).reshape(n, width)
-        hide = (1.0 - mask[:, None, None, :].float()) * torch.finfo(torch.float32).min  # (N, 1, 1, W)
+        hide = (1.0 - mask[:, None, :].float()) * torch.finfo(torch.float32).min  # (N, 1, W)
 
-        def padded(x: torch.Tensor) -> torch.Tensor:  # (T, F) -> (N, W, F)
-            return torch.cat([x, x.new_zeros(1, x.shape[1])])[slot]
+        def padded(x: torch.Tensor) -> torch.Tensor:  # (..., T, F) -> (..., N, W, F)
+            return torch.cat([x, x.new_zeros(*x.shape[:-2], 1, x.shape[-1])], dim=-2)[..., slot, :]
 
         emb = self.backbone.embeddings
         x = emb.word_embeddings(ids.reshape(-1)[real]) + emb.token_type_embeddings.weight[0]
         x = emb.LayerNorm(x + emb.position_embeddings(real % width))
         for layer in self.backbone.encoder.layer:
             att = layer.attention.self
-            scale = att.attention_head_size ** -0.5  # folded into the query weights
+            heads, scale = att.num_attention_heads, att.attention_head_size ** -0.5  # scale: in the query weights
             weight = torch.cat([att.query.weight * scale, att.key.weight, att.value.weight])
             bias = torch.cat([att.query.bias * scale, att.key.bias, att.value.bias])
-            q, k, v = padded(F.linear(x, weight, bias)).unflatten(-1, (3, att.num_attention_heads, -1)) \
-                .permute(2, 0, 3, 1, 4).unbind(0)  # (N, heads, W, d) each
+            # heads first, on the real tokens: (3 * heads, T, d); the padded copies need no transpose
+            qkv = F.linear(x, weight, bias).unflatten(1, (3 * heads, att.attention_head_size)).transpose(0, 1)
+            q, k, v = (padded(qkv[i * heads:(i + 1) * heads]) for i in range(3))  # (heads, N, W, d)
             probs = (q @ k.transpose(-1, -2) + hide).softmax(dim=-1)
-            a = (probs @ v).transpose(1, 2).reshape(n * width, -1)[real]
+            a = (probs @ v).flatten(1, 2)[:, real].transpose(0, 1).flatten(1)  # (T, heads * d)
             x = layer.attention.output.LayerNorm(layer.attention.output.dense(a) + x)
             x = layer.output.LayerNorm(layer.output.dense(layer.intermediate(x)) + x)
         return padded(x).sum(dim=1) / mask.sum(dim=1, keepdim=True).clamp(min=1).to(x.dtype)
