@@ -82,7 +82,7 @@ def to_onnx(net: nn.Module, example: dict[str, np.ndarray], path: Path) -> None:
 
 
 def optimize(path: Path, net: nn.Module) -> dict:
-    """ONNX Runtime's transformer graph fusion (attention, layer norm, GELU), in place."""
+    """ONNX Runtime's transformer graph fusion (layer norm, skip layer norm, GELU), in place."""
     from onnxruntime.transformers.optimizer import optimize_model
 
     config = net.note.sentences.backbone.config
@@ -100,9 +100,12 @@ def quantize(src: Path, dst: Path) -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     # Fused ops (com.microsoft domain) defeat ONNX shape inference; their tensors are float. The
-    # quantizer warns on the root logger for each such tensor; that is expected, so it is hushed.
+    # quantizer warns on the root logger for each tensor it cannot type (the float ones covered
+    # above, the graph's integer index tensors it has no use for) and suggests its pre-processing
+    # (shape inference again): expected here, so hushed.
     def typed(record: logging.LogRecord) -> bool:
-        return not record.getMessage().startswith("Failed to infer data type")
+        return not record.getMessage().startswith(("Failed to infer data type", "Inference failed or unsupported type",
+                                                   "Please consider to run pre-processing"))
 
     logging.getLogger().addFilter(typed)
     try:
