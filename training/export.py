@@ -67,7 +67,8 @@ class _Calibrated(nn.Module):
 
 def to_onnx(net: nn.Module, example: dict[str, np.ndarray], path: Path) -> None:
     """Trace the calibrated network on `example` (model inputs) into `path`; dynamic batch, sentence
-    and token axes. The text backbones switch to plain (eager) attention for the trace."""
+    and token axes. A text backbone the graph runs as is (not a BERT, see
+    `SentenceEncoder._exported`) switches to plain (eager) attention for the trace."""
     net = copy.deepcopy(net).eval().float()
     for backbone in {id(m): m for m in (net.note.sentences.backbone, net.report.sentences.backbone)}.values():
         backbone.config._attn_implementation = "eager"

@@ -175,3 +175,26 @@ def test_exported_sentence_encoding_matches_eager(tiny_bert, batch, kind):
         alone = [sentences(i.flatten(0, 1), m.flatten(0, 1)) for i, m in (note, report)]
     assert [e.shape for e in joint] == [a.shape for a in alone]
     assert all(torch.allclose(j, a, atol=1e-5) for j, a in zip(joint, alone))
+
+
+def test_a_non_bert_text_encoder_exports_and_matches_eager(tiny_bert, batch, tmp_path):
+    """Encoders other than BERT run padded in the graph (no `_unpadded`); the ONNX model still
+    matches the eager one at another batch size and with a record without text."""
+    import onnxruntime as ort
+    from spinecast.training.export import to_onnx
+
+    folder = tmp_path / "tiny_roberta"
+    config = RobertaConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                           intermediate_size=64, max_position_embeddings=66)
+    torch.manual_seed(0)
+    RobertaModel(config, add_pooling_layer=False).save_pretrained(folder)
+    net = SpineCastNet(tiny_config(str(folder))).eval()
+    arrays = {k: v.numpy() for k, v in drop(batch, ["clinical_note"]).items() if k in INPUTS}
+    arrays["note_mask"][1:] = batch["note_mask"][1:].numpy()  # only the first record lacks a note
+    to_onnx(net, {k: v[:2] for k, v in arrays.items()}, tmp_path / "model.onnx")
+    session = ort.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
+    got = session.run(None, arrays)
+    with torch.no_grad():
+        expected = net.probabilities(*(torch.from_numpy(arrays[k]) for k in INPUTS))
+    for g, e in zip(got, expected):
+        assert np.abs(g - e.numpy()).max() <= 1e-4
