@@ -105,7 +105,7 @@ def main() -> None:
         from spinecast.training.export import save_to_bentoml
 
         save_to_bentoml(args.bundle)
-        predictor = Predictor(args.bundle, args.variant, threads=2, memory_arena=False)  # as the service
+        predictor = Predictor(args.bundle, args.variant, threads=2, keep_memory=False)  # as the service
         records = [{**p, "mri_image": base64.b64decode(p["mri_image"]) if "mri_image" in p else None} for p in patients]
         predictor.predict(records[:1])
         own = []

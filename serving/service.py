@@ -18,8 +18,9 @@ Configuration (environment variables):
                                    would exceed it (default 20000: under a burst, waiting beats failing)
   SPINECAST_EXPLAIN_MAX_SENTENCES  sentences occluded by /explain (default 64)
   SPINECAST_VARIANT                model variant of the bundle to serve (fp32, int8; default: the card's choice)
-  SPINECAST_ORT_ARENA              1: keep ONNX Runtime's memory arena (faster reuse, memory stays at its peak);
-                                   default 0, so the resident memory of a long-running server stays flat
+  SPINECAST_ORT_ARENA              1: ONNX Runtime's memory arena keeps its blocks between runs (memory stays
+                                   at its peak); default 0: it hands them back after each run, so the
+                                   resident memory of a long-running server stays flat
 """
 
 from __future__ import annotations
@@ -109,7 +110,7 @@ class SpineCastModel:
 
     def __init__(self) -> None:
         # Verified again (it may have changed since the import-time check).
-        self.predictor = Predictor(self.bundle.path, VARIANT, threads=ORT_THREADS, memory_arena=ORT_ARENA)
+        self.predictor = Predictor(self.bundle.path, VARIANT, threads=ORT_THREADS, keep_memory=ORT_ARENA)
         self.predictor.predict([EXAMPLE_PATIENT])  # warm-up: /readyz turns true only after this
 
     @bentoml.api(batchable=BATCHING, max_batch_size=MAX_BATCH_SIZE, max_latency_ms=MAX_LATENCY_MS)

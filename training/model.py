@@ -75,6 +75,9 @@ def resolve_pretrained(name: str) -> str:
     return name
 
 
+GROUPS = 4  # sentence length groups of the exported graph's attention (SentenceEncoder._unpadded)
+
+
 def _exporting() -> bool:
     return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
 
@@ -186,30 +189,45 @@ class SentenceEncoder(nn.Module):
         return list(self(ids, mask).split([ids.shape[0] * ids.shape[1] for ids, _ in texts]))
 
     def _exported(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """The exported graph's sentence encoding: each distinct row once, trimmed to the longest.
-        A BERT encoder then runs on the real tokens only (`_unpadded`): a patient's sentences padded
-        to the longest are twice their tokens on clinical text (mean 12 tokens, longest near 40)."""
+        """The exported graph's sentence encoding: each distinct row once, sorted by length and
+        trimmed to the longest. A BERT encoder then runs on the real tokens only (`_unpadded`): a
+        patient's sentences padded to the longest are twice their tokens on clinical text (mean 12
+        tokens, longest near 40)."""
         length = ids.shape[1]
         rows, inverse = torch.unique(torch.cat([ids, mask], dim=1), dim=0, return_inverse=True)
-        cols = torch.arange(rows[:, length:].sum(dim=1).max().clamp(min=1))
-        ids, mask = rows[:, :length].index_select(1, cols), rows[:, length:].index_select(1, cols)
+        # GROUPS empty rows in front keep every attention group non-empty (their results go unused).
+        rows = torch.cat([torch.zeros_like(rows[:1]).expand(GROUPS, -1), rows])
+        lengths = rows[:, length:].sum(dim=1)
+        order = torch.argsort(lengths)
+        cols = torch.arange(lengths.max().clamp(min=1))
+        ids, mask = rows[order, :length].index_select(1, cols), rows[order, length:].index_select(1, cols)
         config = self.backbone.config
         bert = config.model_type == "bert" and getattr(config, "position_embedding_type", "absolute") == "absolute"
-        return (self._unpadded(ids, mask) if bert else self._encode(ids, mask))[inverse]
+        encoded = self._unpadded(ids, mask) if bert else self._encode(ids, mask)
+        return encoded[torch.argsort(order)[inverse + GROUPS]]
 
     def _unpadded(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """BERT's forward on (N, W) sentences with the padding removed: the dense layers run on one
-        (tokens, H) matrix; only attention sees the padded (N, W) layout, gathered per layer.
-        Equals the padded forward and `_encode`'s mean pooling (masks are a prefix of each row)."""
+        """BERT's forward on (N, W) sentences sorted by length (N >= GROUPS), with the padding
+        removed: the dense layers run on one (tokens, H) matrix; attention runs in GROUPS groups of
+        rows, each padded only to its own longest row and gathered per layer. Equals the padded
+        forward and `_encode`'s mean pooling (masks are a prefix of each row)."""
         n, width = ids.shape
         flat = mask.reshape(-1)
         real = flat.nonzero().squeeze(1)  # (T,) where the real tokens sit in the padded layout
         # where each padded slot reads from the token matrix; padding reads a zero row appended at T
         slot = torch.where(flat.bool(), flat.cumsum(0) - 1, real.shape[0]).reshape(n, width)
-        hide = (1.0 - mask[:, None, :].float()) * torch.finfo(torch.float32).min  # (N, 1, W)
+        lengths = mask.sum(dim=1)
+        groups = []  # per group: its slots, its additive mask, its real tokens in its own layout
+        for g in range(GROUPS):
+            rows = torch.arange(n * g // GROUPS, n * (g + 1) // GROUPS)
+            cols = torch.arange(lengths[rows[-1]].clamp(min=1))
+            keep = mask.index_select(0, rows).index_select(1, cols)
+            groups.append((slot.index_select(0, rows).index_select(1, cols),
+                           (1.0 - keep[:, None, :].float()) * torch.finfo(torch.float32).min,
+                           keep.reshape(-1).nonzero().squeeze(1)))
 
-        def padded(x: torch.Tensor) -> torch.Tensor:  # (..., T, F) -> (..., N, W, F)
-            return torch.cat([x, x.new_zeros(*x.shape[:-2], 1, x.shape[-1])], dim=-2)[..., slot, :]
+        def padded(x: torch.Tensor) -> torch.Tensor:  # (..., T, F) -> (..., T + 1, F): slots index it
+            return torch.cat([x, x.new_zeros(*x.shape[:-2], 1, x.shape[-1])], dim=-2)
 
         emb = self.backbone.embeddings
         x = emb.word_embeddings(ids.reshape(-1)[real]) + emb.token_type_embeddings.weight[0]
@@ -221,12 +239,17 @@ class SentenceEncoder(nn.Module):
             bias = torch.cat([att.query.bias * scale, att.key.bias, att.value.bias])
             # heads first, on the real tokens: (3 * heads, T, d); the padded copies need no transpose
             qkv = F.linear(x, weight, bias).unflatten(1, (3 * heads, att.attention_head_size)).transpose(0, 1)
-            q, k, v = (padded(qkv[i * heads:(i + 1) * heads]) for i in range(3))  # (heads, N, W, d)
-            probs = (q @ k.transpose(-1, -2) + hide).softmax(dim=-1)
-            a = (probs @ v).flatten(1, 2)[:, real].transpose(0, 1).flatten(1)  # (T, heads * d)
+            q, k, v = (padded(qkv[i * heads:(i + 1) * heads]) for i in range(3))
+            parts = []
+            for where, hide, kept in groups:
+                probs = (q[:, where] @ k[:, where].transpose(-1, -2) + hide).softmax(dim=-1)
+                parts.append((probs @ v[:, where]).flatten(1, 2)[:, kept])  # (heads, group tokens, d)
+            a = torch.cat(parts, dim=1).transpose(0, 1).flatten(1)  # (T, heads * d): groups hold tokens in order
             x = layer.attention.output.LayerNorm(layer.attention.output.dense(a) + x)
             x = layer.output.LayerNorm(layer.output.dense(layer.intermediate(x)) + x)
-        return padded(x).sum(dim=1) / mask.sum(dim=1, keepdim=True).clamp(min=1).to(x.dtype)
+        x = padded(x)
+        pooled = torch.cat([x[where].sum(dim=1) for where, _, _ in groups])
+        return pooled / lengths[:, None].clamp(min=1).to(x.dtype)
 
     @torch.no_grad()
     def _cached(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
