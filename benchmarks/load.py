@@ -1,6 +1,6 @@
 """Load and soak benchmark: 60 s at concurrency 64 with 10 % invalid requests, on the real model.
 
-    .venv/bin/python benchmarks/load.py [--bundle artifacts/bench/bundle] [--seconds 60]
+    .venv/bin/python benchmarks/load.py [--bundle artifacts/bench/bundle] [--seconds 60] [--log server.log]
 
 Serves the bundle `benchmarks/latency.py` leaves in artifacts/bench/bundle (the default configuration,
 real MiniLM) on loopback and runs `spinecast.serving.loadtest` against it: requests per second,
@@ -32,6 +32,7 @@ def main() -> None:
     parser.add_argument("--bundle", type=Path, default=ROOT / "artifacts" / "bench" / "bundle")
     parser.add_argument("--seconds", type=float, default=60)
     parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--log", type=Path, help="keep the server's output in this file (default: discarded)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -41,7 +42,7 @@ def main() -> None:
 
         save_to_bentoml(args.bundle)
         port = free_port()
-        with running_server(port, {"SPINECAST_ORT_THREADS": "2", "SPINECAST_VARIANT": "fp32"}) as proc:
+        with running_server(port, {"SPINECAST_ORT_THREADS": "2", "SPINECAST_VARIANT": "fp32"}, log=args.log) as proc:
             result = asyncio.run(run(f"http://127.0.0.1:{port}", cohort_patients(work / "cohort" / "cohort.parquet"),
                                      args.seconds, args.concurrency, 0.1, pid=proc.pid))
     result = {"benchmark": "load", "bundle": json.loads((args.bundle / "card.json").read_text())["version"],
