@@ -149,6 +149,13 @@ def test_document_encoder_without_context_layers(tiny_bert, batch):
     assert torch.isfinite(satisfied).all() and not torch.allclose(satisfied, run(net, drop(batch, OPTIONAL))[0])
 
 
+def tiny_roberta() -> RobertaModel:
+    """A randomly initialised 2-layer RoBERTa (hidden 32): a text encoder that is not a BERT."""
+    config = RobertaConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                           intermediate_size=64, max_position_embeddings=66)
+    return RobertaModel(config, add_pooling_layer=False)
+
+
 @pytest.mark.parametrize("kind", ["bert", "roberta"])
 def test_exported_sentence_encoding_matches_eager(tiny_bert, batch, kind):
     """The graph's path (distinct rows trimmed to the longest; a BERT encoder on its real tokens
@@ -157,9 +164,7 @@ def test_exported_sentence_encoding_matches_eager(tiny_bert, batch, kind):
     if kind == "bert":
         sentences = SpineCastNet(tiny_config(tiny_bert)).eval().note.sentences
     else:
-        config = RobertaConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                               intermediate_size=64, max_position_embeddings=66)
-        sentences = SentenceEncoder(RobertaModel(config, add_pooling_layer=False), trainable_layers=0).eval()
+        sentences = SentenceEncoder(tiny_roberta(), trainable_layers=0).eval()
     ids, mask = batch["note_ids"].flatten(0, 1), batch["note_mask"].flatten(0, 1)
     with torch.no_grad():
         if kind == "bert":  # rows sorted by length, as `_exported` hands them over
@@ -186,10 +191,8 @@ def test_a_non_bert_text_encoder_exports_and_matches_eager(tiny_bert, batch, tmp
     from spinecast.training.export import to_onnx
 
     folder = tmp_path / "tiny_roberta"
-    config = RobertaConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                           intermediate_size=64, max_position_embeddings=66)
     torch.manual_seed(0)
-    RobertaModel(config, add_pooling_layer=False).save_pretrained(folder)
+    tiny_roberta().save_pretrained(folder)
     net = SpineCastNet(tiny_config(str(folder))).eval()
     arrays = {k: v.numpy() for k, v in drop(batch, ["clinical_note"]).items() if k in INPUTS}
     arrays["note_mask"][1:] = batch["note_mask"][1:].numpy()  # only the first record lacks a note
