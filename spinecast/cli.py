@@ -1,6 +1,6 @@
 """The `spinecast` command.
 
-    spinecast synth --n 10000 --seed 0 --out data/synth
+    spinecast synth --n 10000 --seed 0 --out data/synth [--indication 2.0 --positivity 0.10]
     spinecast validate data/synth/cohort.parquet [--training]
     spinecast train --config configs/quickstart.yaml [--trainer.max_epochs 3 ...]
     spinecast evaluate --ckpt best.ckpt --data cohort.parquet --out artifacts/eval
@@ -22,9 +22,19 @@ from pathlib import Path
 
 def _synth(args: argparse.Namespace) -> int:
     from spinecast.datasets.synth import generate
+    from spinecast.datasets.synth.outcomes import INDICATION, POSITIVITY, check_practice
 
+    # The practice's defaults are owned by outcomes.py; a flag left out keeps them.
+    indication = INDICATION if args.indication is None else args.indication
+    positivity = POSITIVITY if args.positivity is None else args.positivity
+    try:
+        check_practice(indication, positivity)
+    except ValueError as err:
+        print(f"spinecast synth: --{err}", file=sys.stderr)
+        return 2
     start = time.perf_counter()
-    card = generate(args.n, args.seed, args.out, workers=args.workers)
+    card = generate(args.n, args.seed, args.out, workers=args.workers,
+                    indication=indication, positivity=positivity)
     elapsed = time.perf_counter() - start
     print((Path(args.out) / "card.md").read_text())
     print(f"Wrote {card['patients']:,} patients to {args.out} in {elapsed:.1f} s.")
@@ -52,6 +62,12 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--seed", type=int, default=0)
     synth.add_argument("--out", type=Path, required=True, help="output folder")
     synth.add_argument("--workers", type=int, default=None, help="processes for the images (default: all cores)")
+    synth.add_argument("--indication", type=float, default=None,
+                       help="how strongly treatment follows indication, >= 0: multiplies the assignment "
+                            "logits (default 1.0 = today's practice; 2.0 = stronger; 0.0 = independent of the chart)")
+    synth.add_argument("--positivity", type=float, default=None,
+                       help="share of assignment mixed with a uniform choice, in [0, 1] (default 0.10; every "
+                            "treatment keeps >= positivity / 4; 0 guarantees nothing)")
     synth.set_defaults(run=_synth)
 
     sub.add_parser("train", help="train a model (Lightning CLI; `spinecast train --help`)", add_help=False)

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from ..schema import COLUMNS, MCID_ODI_POINTS, TREATMENTS
+from .outcomes import INDICATION, POSITIVITY, assignment_probabilities
 
 # Outcome-relevant facts (they move p_satisfied or the treatment effect in outcomes.py), the
 # predicate that makes each true for a patient, and the structured fields that can record it.
@@ -34,6 +35,9 @@ FACTS: dict[str, tuple] = {
     "unstable_slip": (lambda s: s["unstable_slip"], ()),
     "listhesis": (lambda s: s["listhesis_grade"] > 0, ()),
 }
+
+NO_POSITIVITY = ("**Positivity is not guaranteed**: positivity = 0, so a treatment can be practically "
+                 "impossible for some patients; estimates of its effect there are extrapolation.")
 
 
 def expected_auroc(p: np.ndarray) -> float:
@@ -95,7 +99,25 @@ def policy_values(truth: pd.DataFrame, observed: pd.DataFrame) -> dict:
     return {k: round(float(v), 4) for k, v in values.items()}
 
 
-def build_card(cohort, truth, state, observed, in_text, seed) -> dict:
+def practice(state: pd.DataFrame, observed: pd.DataFrame, indication: float, positivity: float) -> dict:
+    """How treatment was assigned: the setting, the realised mix and the support of what was given."""
+    given = observed["p_assigned"].to_numpy()
+    return {
+        "indication": float(indication), "positivity": float(positivity),
+        "positivity_guaranteed": positivity > 0,
+        "guaranteed_min_probability": round(positivity / len(TREATMENTS), 6),
+        "min_probability_any_treatment": _sig(assignment_probabilities(state, indication, positivity).min()),
+        "treatment_mix": {t: round(float((observed["treatment"] == t).mean()), 4) for t in TREATMENTS},
+        "assigned_propensity": {"min": _sig(given.min()), "p01": _sig(np.percentile(given, 1))},
+    }
+
+
+def _sig(x) -> float:
+    """Four significant digits: a probability of 3e-7 must not print as 0."""
+    return float(f"{float(x):.4g}")
+
+
+def build_card(cohort, truth, state, observed, in_text, seed, indication=INDICATION, positivity=POSITIVITY) -> dict:
     labeled = cohort["satisfied"].notna().to_numpy()
     sat = cohort["satisfied"][labeled].astype(bool).to_numpy()
     gain = cohort["baseline_odi"].astype(float) - cohort["odi_12m"].astype(float)
@@ -119,20 +141,22 @@ def build_card(cohort, truth, state, observed, in_text, seed) -> dict:
         "policy_value_p_satisfied": policy_values(truth, observed),
         "best_treatment_mix": truth["best_treatment"].value_counts(normalize=True).round(4).sort_index().to_dict(),
         "min_assignment_probability": round(float(observed["p_assigned"].min()), 4),
+        "practice": practice(state, observed, indication, positivity),
         "note_words": {"min": int(note_words.min()), "median": float(note_words.median()), "max": int(note_words.max())},
         "facts": text_only_facts(state, cohort, in_text),
     }
 
 
-def write_card(out: Path, cohort, truth, state, observed, in_text, seed: int) -> dict:
-    card = build_card(cohort, truth, state, observed, in_text, seed)
+def write_card(out: Path, cohort, truth, state, observed, in_text, seed: int,
+               indication: float = INDICATION, positivity: float = POSITIVITY) -> dict:
+    card = build_card(cohort, truth, state, observed, in_text, seed, indication, positivity)
     (out / "card.json").write_text(json.dumps(card, indent=2, sort_keys=True) + "\n")
     (out / "card.md").write_text(render_markdown(card))
     return card
 
 
 def render_markdown(card: dict) -> str:
-    pv, facts = card["policy_value_p_satisfied"], card["facts"]
+    pv, facts, pr = card["policy_value_p_satisfied"], card["facts"], card["practice"]
     lines = [
         f"# Synthetic spine cohort (seed {card['seed']}, {card['patients']:,} patients)", "",
         "| what | value |", "|---|---|",
@@ -143,11 +167,19 @@ def render_markdown(card: dict) -> str:
         f"| P(satisfied): oracle policy / clinicians' policy | {pv['oracle']:.3f} / {pv['observed']:.3f} |",
         f"| outcome-relevant facts only in text | {facts['text_only_fraction']:.1%} (structured {facts['structured_fraction']:.1%}, nowhere {facts['nowhere_fraction']:.1%}) |",
         f"| note length, words (min / median / max) | {card['note_words']['min']} / {card['note_words']['median']:.0f} / {card['note_words']['max']} |",
-        f"| smallest probability of the treatment given | {card['min_assignment_probability']:.3f} |",
-        "", "## Treatments", "", "| treatment | patients | satisfied | P(satisfied) if all got it |", "|---|---|---|---|",
+        f"| practice: indication / positivity (uniform share) | {pr['indication']:g} / {pr['positivity']:g} |",
+        "| probability of the treatment given: min / 1st percentile | "
+        + f"{pr['assigned_propensity']['min']:.3g} / {pr['assigned_propensity']['p01']:.3g} |",
+        "| smallest probability of any treatment for any patient | "
+        + f"{pr['min_probability_any_treatment']:.3g} (guaranteed: {pr['guaranteed_min_probability']:.3g}) |",
+        "",
     ]
+    if not pr["positivity_guaranteed"]:
+        lines += [NO_POSITIVITY, ""]
+    lines += ["## Treatments", "", "| treatment | patients | share | satisfied | P(satisfied) if all got it |",
+              "|---|---|---|---|---|"]
     for t in TREATMENTS:
-        lines.append(f"| {t} | {card['treatment_counts'].get(t, 0):,} | "
+        lines.append(f"| {t} | {card['treatment_counts'].get(t, 0):,} | {pr['treatment_mix'][t]:.1%} | "
                      f"{card['satisfied_rate_by_treatment'].get(t, float('nan')):.1%} | {pv[f'always_{t}']:.3f} |")
     lines += ["", "## Missing values", "", "| column | missing |", "|---|---|"]
     lines += [f"| `{k}` | {v:.1%} |" for k, v in card["missingness"].items()]

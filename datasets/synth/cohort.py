@@ -1,9 +1,10 @@
 """Assemble a synthetic cohort: hidden state -> chart views (fields, note, report, image) + truth.
 
     spinecast synth --n 10000 --seed 0 --out data/synth
+    spinecast synth --n 2000 --seed 101 --out data/strong --indication 2.0   # another practice
 
 writes `cohort.parquet` (contract columns), `truth.parquet` (potential outcomes), `images/` and the
-data card (`card.md`, `card.json`). Same seed, same bytes.
+data card (`card.md`, `card.json`). Same seed and practice, same bytes.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import pyarrow.parquet as pq
 from ..schema import COLUMNS, DIAGNOSES
 from .card import write_card
 from .image import render_mri, save_png
-from .outcomes import observe, potential_outcomes
+from .outcomes import INDICATION, POSITIVITY, check_practice, observe, potential_outcomes
 from .state import sample_state
 from .text import write_note, write_report
 
@@ -40,14 +41,20 @@ _ARROW_TYPE = {"string": pa.string(), "integer": pa.int64(), "float": pa.float64
 COHORT_SCHEMA = pa.schema([pa.field(c.name, _ARROW_TYPE[c.dtype]) for c in COLUMNS])
 
 
-def generate(n: int, seed: int, out: str | Path, workers: int | None = None) -> dict:
-    """Write a synthetic cohort of `n` patients to `out`; return the data card as a dict."""
+def generate(n: int, seed: int, out: str | Path, workers: int | None = None,
+             indication: float = INDICATION, positivity: float = POSITIVITY) -> dict:
+    """Write a synthetic cohort of `n` patients to `out`; return the data card as a dict.
+
+    `indication` and `positivity` set the clinicians' practice (`outcomes.assignment_probabilities`):
+    only the treatment given and its labels change; the patients and their truth do not.
+    """
+    check_practice(indication, positivity)
     out = Path(out)
     (out / "images").mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     state = sample_state(n, rng)
     truth = potential_outcomes(state)
-    observed = observe(state, truth, rng)
+    observed = observe(state, truth, rng, indication, positivity)
     cohort = structured_view(state, observed, rng)
     records = state.to_dict("records")
     notes = [write_note(r, _rng(seed, i, 1)) for i, r in enumerate(records)]
@@ -63,7 +70,8 @@ def generate(n: int, seed: int, out: str | Path, workers: int | None = None) -> 
     pq.write_table(pa.Table.from_pandas(truth, preserve_index=False), out / "truth.parquet",
                    compression="zstd")
     in_text = {"clinical_note": [f for _, f in notes], "imaging_report": [f for _, f in reports]}
-    return write_card(out, cohort, truth, state, observed, in_text, seed=seed)
+    return write_card(out, cohort, truth, state, observed, in_text, seed=seed,
+                      indication=indication, positivity=positivity)
 
 
 def _drop(texts: list, rate: float, rng: np.random.Generator) -> pd.Series:

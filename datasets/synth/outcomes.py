@@ -8,12 +8,16 @@ Sizes follow ../shared/CLINICAL.md ("Outcome" and "Treatment effect heterogeneit
 
 from __future__ import annotations
 
+import math
+from numbers import Real
+
 import numpy as np
 import pandas as pd
 
 from ..schema import MCID_ODI_POINTS, TREATMENTS
 
 POSITIVITY = 0.10  # share of assignment mixed with uniform: every treatment keeps >= 2.5 %
+INDICATION = 1.0  # today's practice: the assignment logits as written below
 SATISFIED_ODI_SHIFT = 8.0  # satisfied patients improve this many ODI points more than expected
 
 
@@ -93,12 +97,26 @@ def _p_satisfied(gain: np.ndarray, f: dict[str, np.ndarray], surgical: bool) -> 
     return (1.0 / (1.0 + np.exp(-logit))).round(6)
 
 
-def assignment_probabilities(s: pd.DataFrame) -> np.ndarray:
-    """P(treatment | chart), (n, 4): confounded by indication, with positivity for every arm."""
-    f = _flags(s)
+def check_practice(indication: float, positivity: float) -> None:
+    """Raise ValueError unless `indication` is a finite number >= 0 and `positivity` one in [0, 1]."""
+    if not _finite_number(indication) or indication < 0:
+        raise ValueError("indication must be a finite number >= 0 (1.0 = today's practice, 2.0 = "
+                         "treatment follows indication more strongly, 0.0 = independent of the chart); "
+                         f"got {indication!r}.")
+    if not _finite_number(positivity) or not 0 <= positivity <= 1:
+        raise ValueError("positivity must be a number in [0, 1] (the share of assignment mixed with a "
+                         f"uniform choice; today's {POSITIVITY}); got {positivity!r}.")
+
+
+def _finite_number(x) -> bool:
+    return isinstance(x, Real) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _indication_logits(f: dict[str, np.ndarray], n: int) -> np.ndarray:
+    """Today's assignment logits, (n, 4) in TREATMENTS order, physical therapy the reference."""
     no_mri = 1 - f["has_mri"]
-    logits = np.stack([
-        np.zeros(len(s)),
+    return np.stack([
+        np.zeros(n),
         -0.5 + 1.0 * f["radicular"] + 0.4 * f["tried_pt"] - 1.0 * f["nonspecific_low_back_pain"],
         (-1.2 + 1.5 * f["root_compression"] + 0.9 * f["motor_deficit"] + 0.8 * f["leg_dominant"]
          + 0.6 * f["tried_esi"] + 0.5 * f["canal"] * f["spinal_stenosis"] + 0.6 * f["claudication"]
@@ -107,15 +125,30 @@ def assignment_probabilities(s: pd.DataFrame) -> np.ndarray:
         (-2.8 + 3.5 * f["spondylolisthesis"] + 0.8 * f["unstable_slip"] + 0.03 * (f["odi"] - 45)
          + 0.3 * f["prior_spine_surgery"] - 2.0 * no_mri),
     ], axis=1)
+
+
+def assignment_probabilities(s: pd.DataFrame, indication: float = INDICATION,
+                             positivity: float = POSITIVITY) -> np.ndarray:
+    """P(treatment | chart), (n, 4): confounded by indication, with positivity for every arm.
+
+    `indication` multiplies the logits (intercepts included, so the treatment mix moves too):
+    1.0 is today's practice, 2.0 surgeons who follow indication more strongly (surgery concentrates
+    on the strong indications), 0.0 a choice independent of the chart (uniform). `positivity` is
+    the share mixed with a uniform choice: every treatment keeps at least positivity / 4 for every
+    patient; 0 guarantees nothing (a treatment can become practically impossible for some patients).
+    """
+    check_practice(indication, positivity)
+    logits = indication * _indication_logits(_flags(s), len(s))
     p = np.exp(logits - logits.max(axis=1, keepdims=True))
     p /= p.sum(axis=1, keepdims=True)
-    return (1 - POSITIVITY) * p + POSITIVITY / len(TREATMENTS)
+    return (1 - positivity) * p + positivity / len(TREATMENTS)
 
 
-def observe(s: pd.DataFrame, truth: pd.DataFrame, rng: np.random.Generator) -> pd.DataFrame:
-    """Draw the treatment given and the observed labels `satisfied` and `odi_12m`."""
+def observe(s: pd.DataFrame, truth: pd.DataFrame, rng: np.random.Generator,
+            indication: float = INDICATION, positivity: float = POSITIVITY) -> pd.DataFrame:
+    """Draw the treatment given (under the practice of `assignment_probabilities`) and the labels."""
     n = len(s)
-    probs = assignment_probabilities(s)
+    probs = assignment_probabilities(s, indication, positivity)
     t_idx = (rng.random(n)[:, None] > np.cumsum(probs, axis=1)).sum(axis=1).clip(max=3)
     rows = np.arange(n)
     p = truth[[f"p_satisfied_{t}" for t in TREATMENTS]].to_numpy()[rows, t_idx]

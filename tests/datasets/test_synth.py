@@ -9,7 +9,11 @@ import pytest
 from spinecast.datasets import load_cohort
 from spinecast.datasets.schema import TREATMENTS
 from spinecast.datasets.synth import generate
-from spinecast.datasets.synth.outcomes import assignment_probabilities, potential_outcomes
+from spinecast.datasets.synth.outcomes import (
+    POSITIVITY,
+    assignment_probabilities,
+    potential_outcomes,
+)
 from spinecast.datasets.synth.state import sample_state
 
 from spinecast.cli import main
@@ -139,13 +143,90 @@ def _digest(folder) -> dict:
             for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def test_same_seed_same_bytes_and_other_seed_differs(tmp_path):
-    generate(300, seed=11, out=tmp_path / "a", workers=1)
+@pytest.fixture(scope="module")
+def seed11(tmp_path_factory):
+    """300 patients, seed 11, today's practice (the defaults)."""
+    out = tmp_path_factory.mktemp("seed11")
+    generate(300, seed=11, out=out, workers=1)
+    return out
+
+
+def test_same_seed_same_bytes_and_other_seed_differs(seed11, tmp_path):
     main(["synth", "--n", "300", "--seed", "11", "--out", str(tmp_path / "b"), "--workers", "2"])
     generate(300, seed=12, out=tmp_path / "c", workers=1)
-    a, b, c = _digest(tmp_path / "a"), _digest(tmp_path / "b"), _digest(tmp_path / "c")
+    a, b, c = _digest(seed11), _digest(tmp_path / "b"), _digest(tmp_path / "c")
     assert a == b and len(a) > 100
     assert a["cohort.parquet"] != c["cohort.parquet"]
+
+
+# sha256 of the treatment column of `seed11`, recorded before the practice became a setting.
+TODAYS_TREATMENTS_SEED11 = "581d672c2d0b374341f26b4c930ef66291d7811e5d80aad6241aec30628d0a27"
+
+
+def test_defaults_are_todays_practice(seed11, tmp_path):
+    generate(300, seed=11, out=tmp_path / "explicit", workers=1, indication=1.0, positivity=0.10)
+    assert _digest(tmp_path / "explicit") == _digest(seed11)
+    treatments = pd.read_parquet(seed11 / "cohort.parquet")["treatment"]
+    assert hashlib.sha256("\n".join(treatments).encode()).hexdigest() == TODAYS_TREATMENTS_SEED11
+    practice = json.loads((seed11 / "card.json").read_text())["practice"]
+    assert practice["indication"] == 1.0 and practice["positivity"] == POSITIVITY == 0.10
+    assert practice["positivity_guaranteed"] and practice["guaranteed_min_probability"] == 0.025
+
+
+def test_stronger_indication_concentrates_treatment(world):
+    dx = world["diagnosis"].to_numpy()
+    lbp, spondy = dx == "nonspecific_low_back_pain", dx == "spondylolisthesis"
+    today, strong = assignment_probabilities(world), assignment_probabilities(world, indication=2.0)
+    assert strong[lbp, 2:].sum(axis=1).mean() < today[lbp, 2:].sum(axis=1).mean() - 0.02
+    assert strong[spondy, 3].mean() > today[spondy, 3].mean() + 0.05
+    weak = assignment_probabilities(world, indication=0.5)
+    assert weak[lbp, 2:].sum(axis=1).mean() > today[lbp, 2:].sum(axis=1).mean() + 0.05
+    np.testing.assert_allclose(assignment_probabilities(world, indication=0.0), 0.25)  # the chart plays no part
+
+
+@pytest.mark.parametrize("indication, positivity", [(1.0, 0.10), (3.0, 0.10), (5.0, 0.02), (2.0, 0.5), (1.0, 1.0)])
+def test_positivity_floor_is_respected(world, indication, positivity):
+    p = assignment_probabilities(world, indication, positivity)
+    assert p.min() >= positivity / len(TREATMENTS)
+    np.testing.assert_allclose(p.sum(axis=1), 1.0)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"indication": -0.5}, "indication must be a finite number >= 0"),
+    ({"indication": float("nan")}, "indication must be a finite number >= 0"),
+    ({"indication": "strong"}, "indication must be a finite number >= 0"),
+    ({"positivity": 1.5}, "positivity must be a number in [0, 1]"),
+    ({"positivity": -0.1}, "positivity must be a number in [0, 1]"),
+])
+def test_invalid_practice_names_the_argument(world, tmp_path, kwargs, message):
+    with pytest.raises(ValueError, match=message.replace("[", r"\[")):
+        assignment_probabilities(world.head(5), **kwargs)
+    with pytest.raises(ValueError, match=message.replace("[", r"\[")):
+        generate(10, seed=0, out=tmp_path / "never", **kwargs)
+    assert not (tmp_path / "never").exists()  # nothing written before the check
+
+
+def test_synth_cli_sets_the_practice(seed11, tmp_path, capsys):
+    out = tmp_path / "shifted"
+    assert main(["synth", "--n", "300", "--seed", "11", "--out", str(out), "--workers", "1",
+                 "--indication", "2.5", "--positivity", "0"]) == 0
+    card = json.loads((out / "card.json").read_text())
+    practice = card["practice"]
+    assert practice["indication"] == 2.5 and practice["positivity"] == 0.0
+    assert not practice["positivity_guaranteed"]
+    assert "Positivity is not guaranteed" in (out / "card.md").read_text()
+    assert sum(practice["treatment_mix"].values()) == pytest.approx(1.0, abs=1e-3)
+    assert 0 <= practice["assigned_propensity"]["min"] <= practice["assigned_propensity"]["p01"] <= 1
+    # A change of practice changes who got what, not the patients or their truth.
+    assert (out / "truth.parquet").read_bytes() == (seed11 / "truth.parquet").read_bytes()
+    shifted, today = (pd.read_parquet(d / "cohort.parquet") for d in (out, seed11))
+    assert (shifted["treatment"] != today["treatment"]).any()
+    pd.testing.assert_frame_equal(shifted.drop(columns=["treatment", "satisfied", "odi_12m"]),
+                                  today.drop(columns=["treatment", "satisfied", "odi_12m"]))
+    capsys.readouterr()
+    assert main(["synth", "--n", "10", "--out", str(tmp_path / "bad"), "--positivity", "1.5"]) == 2
+    assert "--positivity must be a number in [0, 1]" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
 
 
 def test_validate_command(cohort_dir, capsys, tmp_path):
