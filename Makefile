@@ -22,6 +22,8 @@ venv: $(STAMP)
 test: $(STAMP)
 	$(BIN)/pytest
 
+# `spinecast evaluate` prints the recommendation table (model rule vs T-/S-learner vs oracle: capture,
+# unnecessary surgery, surgery share, DR value); the full report is $(DEMO)/eval/report.md.
 demo: $(STAMP)
 	rm -rf $(DEMO)
 	$(BIN)/spinecast synth --n 3000 --seed 0 --out $(DEMO)/data
@@ -31,7 +33,6 @@ demo: $(STAMP)
 		--data.test_fraction 0 --trainer.default_root_dir $(DEMO)/run --trainer.logger.init_args.save_dir $(DEMO)/run
 	$(BIN)/spinecast evaluate --ckpt $$(ls -d $(DEMO)/run/lightning_logs/version_*/checkpoints/best.ckpt | tail -1) \
 		--data $(DEMO)/test/cohort.parquet --baselines-train $(DEMO)/data/cohort.parquet --out $(DEMO)/eval
-	@sed -n '1,/^Plots/p' $(DEMO)/eval/report.md
 	$(BIN)/spinecast export --ckpt $$(ls -d $(DEMO)/run/lightning_logs/version_*/checkpoints/best.ckpt | tail -1) \
 		--out $(DEMO)/bundle --optimize --bentoml
 	$(BIN)/spinecast predict --model $(DEMO)/bundle --in $(DEMO)/test/cohort.parquet --out $(DEMO)/predictions.parquet

@@ -3,13 +3,14 @@
     spinecast evaluate --ckpt artifacts/quickstart/.../best.ckpt --data data/test/cohort.parquet \\
         --out artifacts/eval [--truth data/test/truth.parquet] [--baselines-train data/train/cohort.parquet]
 
-The truth file is found beside the cohort when not given. The report holds aggregates only.
+The truth file is found beside the cohort when not given; without one, the truth-based metrics are
+skipped and the recommendations are scored by doubly robust estimates alone. Prints the short
+recommendation table (model rule, baselines, oracle); the report holds aggregates only.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
@@ -17,6 +18,7 @@ import numpy as np
 import pandas as pd
 import torch
 from spinecast.datasets import load_cohort
+from spinecast.datasets.decision import DecisionRule
 from spinecast.datasets.inputs import INPUTS, MODALITIES, remove_modality
 from spinecast.datasets.sentences import SentenceWindow, load_tokenizer
 from torch.utils.data import DataLoader
@@ -62,11 +64,14 @@ def evaluate(ckpt: Path, data: Path, out: Path, truth: Path | None = None,
     truth = truth or (data.parent / "truth.parquet")
     truth_frame = pd.read_parquet(truth) if truth.is_file() else None
     baselines = baseline_predictions(load_cohort(baselines_train, training=True), test) if baselines_train else None
-    metrics = evaluate_predictions(test, outcomes, ablations=ablations, baselines=baselines, truth=truth_frame)
+    rule = getattr(module, "decision_rule", None) or DecisionRule()  # the checkpoint's rule settings
+    rule = DecisionRule.from_dict(rule) if isinstance(rule, dict) else rule
+    metrics = evaluate_predictions(test, outcomes, ablations=ablations, baselines=baselines, truth=truth_frame,
+                                   rule=rule)
     metrics["inference_seconds_per_patient"] = seconds / len(test)
     metrics["text_truncated"] = {"clinical_note": float(arrays["note_truncated"].mean()),
                                  "imaging_report": float(arrays["report_truncated"].mean())}
-    write_report(out, metrics, test, outcomes, baselines=baselines)
+    write_report(out, metrics, test, outcomes, baselines=baselines, truth=truth_frame)
     return metrics
 
 
@@ -80,7 +85,11 @@ def main(argv: list[str]) -> int:
                         help="cohort to fit the classical baselines on (omit to skip them)")
     args = parser.parse_args(argv)
     metrics = evaluate(args.ckpt, args.data, args.out, args.truth, args.baselines_train)
-    summary = {k: v for k, v in metrics.items() if k.startswith("test/") and isinstance(v, float)}
-    print(json.dumps(summary, indent=2))
+    from .recommendation import fmt, recommendation_table
+
+    counts = metrics["counts"]
+    print(f"\nRecommendations for {counts['patients']:,} patients ({counts['labeled']:,} labeled); "
+          f"AUROC {fmt(metrics['test/auroc'])}, ECE {fmt(metrics['test/ece'])}:")
+    print(recommendation_table(metrics))
     print(f"Report: {args.out / 'report.md'}")
     return 0

@@ -1,14 +1,18 @@
-"""The evaluation report: how well the model predicts satisfaction, against ceiling and baselines.
+"""The evaluation report: how well the model predicts satisfaction and how good its recommendations
+are, against the ceiling and the counterfactual baselines.
 
     from spinecast.training.report import evaluate_predictions, write_report
-    metrics = evaluate_predictions(test_df, outcomes, ablations=abl, baselines=base, truth=truth_df)
-    write_report("runs/eval", metrics, test_df, outcomes, baselines=base)
+    metrics = evaluate_predictions(test_df, outcomes, ablations=abl, baselines=base, truth=truth_df,
+                                   rule=DecisionRule())
+    write_report("runs/eval", metrics, test_df, outcomes, baselines=base, truth=truth_df)
 
 `outcomes` holds the model's (N, 4) predictions for every test row under every treatment (columns in
-TREATMENTS order). Labels exist only for the treatment each patient got, so label metrics score the
-observed-treatment column. The synthetic cohort's `truth.parquet` knows every patient's true
-P(satisfied) under all four treatments, which gives the Bayes ceiling and the value of the model's
-recommendations as a treatment policy.
+TREATMENTS order), optionally `p_satisfied_heads` (N, K, 4) and `propensity` (N, 4) for the decision
+rule; each baseline is (N, 4) too. Labels exist only for the treatment each patient got, so label
+metrics (AUROC, ECE, ...) score the observed-treatment column. The recommendations are scored as
+treatment policies by training/recommendation.py: against the synthetic cohort's `truth.parquet`
+(every patient's true P(satisfied) under all four treatments, which also gives the Bayes ceiling)
+where it exists, and by doubly robust estimates on any labeled cohort.
 
 The report holds only aggregate numbers and contract category names: never note or report text,
 never a patient id.
@@ -26,6 +30,7 @@ from matplotlib.figure import Figure
 from sklearn.calibration import calibration_curve
 from sklearn.metrics import brier_score_loss, roc_curve
 from spinecast.datasets import mcid
+from spinecast.datasets.decision import DecisionRule
 from spinecast.datasets.schema import COLUMN_BY_NAME, DIAGNOSES, TREATMENTS
 from spinecast.datasets.synth.card import auroc as rank_auroc
 from spinecast.datasets.synth.card import expected_auroc
@@ -36,7 +41,19 @@ from torchmetrics.functional.classification import (
 )
 
 from .baselines import treatment_index
+from .counterfactual import aligned_truth
+from .counterfactual import as_float as _num
 from .model import MODALITIES
+from .recommendation import (
+    HEADS_KEYS,
+    benefit_section,
+    diagnosis_section,
+    evaluate_recommendations,
+    overlap_section,
+    summary_section,
+    write_plots,
+)
+from .recommendation import fmt as _f
 
 OUTCOME_KEYS = ("p_satisfied", "p_mcid", "odi_12m")
 ECE_BINS = 15
@@ -70,9 +87,11 @@ def _auroc(p: np.ndarray, y: np.ndarray) -> float | None:
 def evaluate_predictions(test: pd.DataFrame, outcomes: dict[str, np.ndarray], *,
                          ablations: dict[str, np.ndarray] | None = None,
                          baselines: dict[str, np.ndarray] | None = None,
-                         truth: pd.DataFrame | None = None) -> dict:
+                         truth: pd.DataFrame | None = None, rule: DecisionRule | None = None,
+                         seed: int = 0, n_boot: int = 1000) -> dict:
     """Flat `test/<name>` scalars plus the nested sections counts, ablation, subgroups, baselines,
-    policy. Rows without a `satisfied` label are left out of every label metric."""
+    recommendation. Rows without a `satisfied` label are left out of every label metric and of the
+    doubly robust estimates; truth-based metrics cover every row."""
     _check_predictions(test, outcomes, ablations, baselines)
     observed = treatment_index(test, "test")
     p = outcomes["p_satisfied"][np.arange(len(test)), observed]
@@ -92,11 +111,14 @@ def evaluate_predictions(test: pd.DataFrame, outcomes: dict[str, np.ndarray], *,
     if baselines:
         metrics["baselines"] = {"model": model}
         for name, scores in baselines.items():
-            metrics["baselines"][name] = binary_metrics(np.asarray(scores, float)[labeled], y)
+            on_observed = np.asarray(scores, float)[np.arange(len(test)), observed]
+            metrics["baselines"][name] = binary_metrics(on_observed[labeled], y)
             metrics.update({f"test/{name}/{k}": v for k, v in metrics["baselines"][name].items()})
     if truth is not None:
-        metrics.update(_against_truth(test, truth, outcomes["p_satisfied"], observed, labeled, y,
-                                      model["auroc"]))
+        metrics.update(_bayes_ceiling(test, truth, observed, labeled, y, model["auroc"]))
+    flat, metrics["recommendation"] = evaluate_recommendations(test, outcomes, baselines, truth, rule,
+                                                               seed=seed, n_boot=n_boot)
+    metrics.update(flat)
     return metrics
 
 
@@ -149,16 +171,14 @@ def _subgroups(test: pd.DataFrame, p: np.ndarray, labeled: np.ndarray) -> list[d
     return rows
 
 
-def _against_truth(test: pd.DataFrame, truth: pd.DataFrame, predicted: np.ndarray,
-                   observed: np.ndarray, labeled: np.ndarray, y: np.ndarray,
-                   model_auroc: float | None) -> dict:
-    """The Bayes ceiling on the same labeled rows, and the model's recommendations as a policy."""
-    true_p, best = _aligned_truth(test, truth)
+def _bayes_ceiling(test: pd.DataFrame, truth: pd.DataFrame, observed: np.ndarray, labeled: np.ndarray,
+                   y: np.ndarray, model_auroc: float | None) -> dict:
+    """The Bayes AUROC: the true probabilities scored on the same labeled rows."""
+    true_p, _ = aligned_truth(test, truth)
     p_given = true_p[np.arange(len(test)), observed][labeled]  # (n_labeled,)
     both = 0 < y.sum() < len(y)
     bayes = expected_auroc(p_given) if both else None
     on_labels = rank_auroc(p_given, y) if both else None
-    policy = _policy(true_p, best, observed, predicted.argmax(axis=1))
     return {
         "test/bayes_auroc": bayes,
         "test/bayes_auroc_on_labels": on_labels,
@@ -166,40 +186,7 @@ def _against_truth(test: pd.DataFrame, truth: pd.DataFrame, predicted: np.ndarra
         # On few rows the drawn labels move the ceiling; the true probabilities score exactly
         # `on_labels` on them, so this gap is 0 for a perfect model.
         "test/bayes_auroc_gap_on_labels": _minus(on_labels, model_auroc),
-        **{f"test/policy_value_{k}": policy["values"][k] for k in ("model", "oracle", "observed")},
-        "test/policy_capture": policy["capture"],
-        "test/policy_agreement": policy["agreement_with_best"],
-        "policy": policy,
     }
-
-
-def _policy(true_p: np.ndarray, best: np.ndarray, observed: np.ndarray,
-            recommended: np.ndarray) -> dict:
-    """Mean true P(satisfied) when every test patient (labeled or not) gets what a policy picks;
-    `capture` = (V_model - V_observed) / (V_oracle - V_observed)."""
-    rows = np.arange(len(true_p))
-    values = {"model": true_p[rows, recommended].mean(), "oracle": true_p[rows, best].mean(),
-              "observed": true_p[rows, observed].mean()}
-    values.update({f"always_{t}": true_p[:, k].mean() for k, t in enumerate(TREATMENTS)})
-    gain = values["oracle"] - values["observed"]
-    return {
-        "values": {k: _num(v) for k, v in values.items()},
-        "capture": _num((values["model"] - values["observed"]) / gain) if gain > 1e-12 else None,
-        "agreement_with_best": _num(np.mean(recommended == best)),
-        "recommended_mix": {t: _num(np.mean(recommended == k)) for k, t in enumerate(TREATMENTS)},
-    }
-
-
-def _aligned_truth(test: pd.DataFrame, truth: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-    """(N, 4) true P(satisfied) and (N,) best-treatment index, in the test rows' order."""
-    columns = [f"p_satisfied_{t}" for t in TREATMENTS]
-    aligned = truth.set_index("patient_id").reindex(test["patient_id"].astype(str))
-    best = aligned["best_treatment"].map({t: i for i, t in enumerate(TREATMENTS)})
-    lacking = aligned[columns].isna().any(axis=1).to_numpy() | best.isna().to_numpy()
-    if lacking.any():
-        raise ValueError(f"truth must have a row for every test patient (matched by patient_id); "
-                         f"{int(lacking.sum())} of {len(test)} are missing")
-    return aligned[columns].to_numpy(dtype=float), best.to_numpy(dtype=np.int64)
 
 
 def _check_predictions(test: pd.DataFrame, outcomes: dict, ablations: dict | None,
@@ -215,7 +202,14 @@ def _check_predictions(test: pd.DataFrame, outcomes: dict, ablations: dict | Non
     arrays = {f"outcomes[{k!r}]": (outcomes[k], shape, k != "odi_12m")
               for k in OUTCOME_KEYS if k in outcomes}
     arrays.update({f"ablations[{k!r}]": (v, shape, True) for k, v in (ablations or {}).items()})
-    arrays.update({f"baselines[{k!r}]": (v, shape[:1], True) for k, v in (baselines or {}).items()})
+    arrays.update({f"baselines[{k!r}]": (v, shape, True) for k, v in (baselines or {}).items()})
+    if outcomes.get("propensity") is not None:
+        arrays["outcomes['propensity']"] = (outcomes["propensity"], shape, True)
+    for key in HEADS_KEYS:
+        if outcomes.get(key) is not None:
+            heads = np.asarray(outcomes[key])
+            members = heads.shape[1] if heads.ndim == 3 else "K"
+            arrays[f"outcomes[{key!r}]"] = (heads, (len(test), members, len(TREATMENTS)), True)
     for label, (value, expected, probability) in arrays.items():
         value = np.asarray(value, dtype=float)
         if value.shape != expected:
@@ -245,27 +239,26 @@ def _minus(a: float | None, b: float | None) -> float | None:
     return None if a is None or b is None else a - b
 
 
-def _num(x) -> float | None:
-    """A plain float for JSON, None for NaN."""
-    x = float(x)
-    return None if np.isnan(x) else x
-
-
 # ----------------------------------------------------------------------------- files
 
 
 def write_report(out_dir, metrics: dict, test: pd.DataFrame, outcomes: dict[str, np.ndarray],
-                 baselines: dict[str, np.ndarray] | None = None) -> None:
-    """Write report.md, metrics.json, roc.png (model and baselines) and calibration.png."""
+                 baselines: dict[str, np.ndarray] | None = None, truth: pd.DataFrame | None = None) -> None:
+    """Write report.md, metrics.json, roc.png and calibration.png (model and baselines, observed
+    arm), mix_by_diagnosis.png, propensity.png (with DR estimates) and counterfactual.png (with a
+    truth file)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     observed = treatment_index(test, "test")
     labeled = test["satisfied"].notna().to_numpy()
     y = test["satisfied"][labeled].astype(bool).to_numpy()
     scores = {"model": outcomes["p_satisfied"][np.arange(len(test)), observed][labeled]}
-    scores.update({k: np.asarray(v, float)[labeled] for k, v in (baselines or {}).items()})
+    scores.update({k: np.asarray(v, float)[np.arange(len(test)), observed][labeled]
+                   for k, v in (baselines or {}).items()})
     _plot_roc(out / "roc.png", y, scores)
     _plot_reliability(out / "calibration.png", y, scores)
+    if "recommendation" in metrics:
+        write_plots(out, metrics["recommendation"], test, outcomes["p_satisfied"], truth)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     (out / "report.md").write_text(render_markdown(metrics))
 
@@ -302,17 +295,26 @@ def _plot_reliability(path: Path, y: np.ndarray, scores: dict[str, np.ndarray]) 
 
 
 def render_markdown(metrics: dict) -> str:
-    """The report from the metrics alone, so it can hold nothing that is not an aggregate."""
-    lines = ["# SpineCast evaluation report", "", *_summary(metrics), "",
-             "Plots: [ROC curves](roc.png), [reliability diagram](calibration.png)", "",
+    """The report from the metrics alone, so it can hold nothing that is not an aggregate. The
+    recommendation summary comes first: it is what the model is for."""
+    c = metrics["counts"]
+    intro = (f"{c['patients']:,} test patients, {c['labeled']:,} with a `satisfied` label "
+             f"({_f(c['satisfied_rate'], '.1%')} satisfied).")
+    plots = "Plots: [ROC curves](roc.png), [reliability diagram](calibration.png)"
+    if "test/cf_rmse" in metrics:
+        plots += ", [predicted vs true P(satisfied)](counterfactual.png)"
+    lines = ["# SpineCast evaluation report", "", intro, "", *summary_section(metrics),
+             "## Predictions", "", *_summary(metrics), "", plots, "",
              "![ROC curves](roc.png) ![Reliability diagram](calibration.png)", ""]
-    for section in (_ablation_table, _subgroup_table, _baseline_table, _policy_table):
+    if "test/cf_rmse" in metrics:
+        lines += ["![Predicted vs true P(satisfied) per treatment](counterfactual.png)", ""]
+    for section in (diagnosis_section, overlap_section, benefit_section, _ablation_table, _subgroup_table,
+                    _baseline_table):
         lines += section(metrics)
     return "\n".join(lines).rstrip() + "\n"
 
 
 def _summary(m: dict) -> list[str]:
-    c = m["counts"]
     rows = [("AUROC, `satisfied`", _f(m["test/auroc"])), ("AUPRC", _f(m["test/auprc"])),
             ("Brier score", _f(m["test/brier"])),
             (f"expected calibration error ({ECE_BINS} bins)", _f(m["test/ece"]))]
@@ -325,12 +327,12 @@ def _summary(m: dict) -> list[str]:
         rows += [("Bayes AUROC: true probabilities (on these labels)",
                   f"{_f(m['test/bayes_auroc'])} ({_f(m['test/bayes_auroc_on_labels'])})"),
                  ("gap to the Bayes AUROC (on these labels)",
-                  f"{_f(m['test/bayes_auroc_gap'])} ({_f(m['test/bayes_auroc_gap_on_labels'])})"),
-                 ("share of the oracle's gain the model's recommendations capture",
-                  _f(m["test/policy_capture"], ".1%"))]
-    intro = (f"{c['patients']:,} test patients, {c['labeled']:,} with a `satisfied` label "
-             f"({_f(c['satisfied_rate'], '.1%')} satisfied). Label metrics score the predicted "
-             "P(satisfied) of the treatment each patient got.")
+                  f"{_f(m['test/bayes_auroc_gap'])} ({_f(m['test/bayes_auroc_gap_on_labels'])})")]
+    if "test/cf_rmse" in m:
+        rows += [("RMSE of P(satisfied) vs truth, all patients x all treatments", _f(m["test/cf_rmse"]))]
+        rows += [(f"... {t}", _f(m[f"test/cf_rmse_{t}"])) for t in TREATMENTS]
+    intro = ("Label metrics score the predicted P(satisfied) of the treatment each patient got; the "
+             "RMSE against the truth scores every treatment.")
     return [intro, "", "| metric | value |", "|---|---|", *(f"| {k} | {v} |" for k, v in rows)]
 
 
@@ -355,29 +357,11 @@ def _subgroup_table(m: dict) -> list[str]:
 def _baseline_table(m: dict) -> list[str]:
     if "baselines" not in m:
         return []
-    rows = [f"| {k} | {_f(v['auroc'])} | {_f(v['auprc'])} | {_f(v['brier'])} | {_f(v['ece'])} |"
+    rmse = {k: m.get("test/cf_rmse" if k == "model" else f"test/{k}/cf_rmse") for k in m["baselines"]}
+    rows = [f"| {k} | {_f(v['auroc'])} | {_f(v['auprc'])} | {_f(v['brier'])} | {_f(v['ece'])} | {_f(rmse[k])} |"
             for k, v in m["baselines"].items()]
-    return ["## Baselines", "", "Same rows, same labels.", "",
-            "| model | AUROC | AUPRC | Brier | ECE |", "|---|---|---|---|---|", *rows, ""]
-
-
-def _policy_table(m: dict) -> list[str]:
-    if "policy" not in m:
-        return []
-    p, v = m["policy"], m["policy"]["values"]
-    rows = [("model: highest predicted P(satisfied)", v["model"]),
-            ("oracle: `best_treatment`", v["oracle"]), ("observed: the treatment given", v["observed"])]
-    rows += [(f"always {t}", v[f"always_{t}"]) for t in TREATMENTS]
-    mix = ", ".join(f"{t} {_f(s, '.0%')}" for t, s in p["recommended_mix"].items())
-    closing = (f"The model's policy captures {_f(p['capture'], '.1%')} of the oracle's gain over "
-               "the observed treatments ((V_model - V_observed) / (V_oracle - V_observed)) and "
-               f"agrees with `best_treatment` for {_f(p['agreement_with_best'], '.1%')} of "
-               f"patients. It recommends: {mix}.")
-    return ["## Treatment policy", "",
-            "Mean true P(satisfied) over all test patients when each gets the treatment a policy picks.",
-            "", "| policy | mean true P(satisfied) |", "|---|---|",
-            *(f"| {k} | {_f(x)} |" for k, x in rows), "", closing, ""]
-
-
-def _f(x: float | None, spec: str = ".3f") -> str:
-    return "n/a" if x is None else format(x, spec)
+    return ["## Baselines", "",
+            ("Same rows, same labels: label metrics on the observed treatment's column; RMSE against the "
+            "truth over every treatment (n/a without a truth file). Their recommendations (argmax) are in "
+            "the recommendations table."), "",
+            "| model | AUROC | AUPRC | Brier | ECE | RMSE vs truth |", "|---|---|---|---|---|---|", *rows, ""]

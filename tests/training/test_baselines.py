@@ -1,9 +1,11 @@
-"""The classical baselines learn real signal, condition on the treatment, and are reproducible."""
+"""The counterfactual baselines predict every treatment for every row, learn real signal, read the
+text, survive an arm nobody received, and are reproducible."""
 
 import numpy as np
 import pandas as pd
 import pytest
 from spinecast.datasets import load_cohort
+from spinecast.datasets.schema import TREATMENTS
 from spinecast.datasets.synth import generate
 from spinecast.datasets.synth.card import auroc
 from spinecast.training.baselines import BASELINES, baseline_predictions
@@ -25,19 +27,32 @@ def predictions(split):
     return baseline_predictions(train, test, seed=0)
 
 
-def test_every_baseline_predicts_a_probability_per_test_row(split, predictions):
-    assert set(predictions) == set(BASELINES) == {"gradient_boosting", "tfidf_logistic"}
+def observed_column(test, p):
+    return p[np.arange(len(test)), test["treatment"].map(TREATMENTS.index).to_numpy()]
+
+
+def test_every_baseline_predicts_every_treatment_for_every_test_row(split, predictions):
+    assert set(predictions) == set(BASELINES) == {"t_learner", "s_learner"}
     for p in predictions.values():
-        assert p.shape == (len(split[1]),)
-        assert ((p > 0) & (p < 1)).all()
+        assert p.shape == (len(split[1]), len(TREATMENTS))
+        assert ((p >= 0) & (p <= 1)).all() and np.isfinite(p).all()
 
 
-def test_baselines_beat_chance_clearly(split, predictions):
+def test_baselines_beat_chance_clearly_on_the_observed_arm(split, predictions):
     test = split[1]
     labeled = test["satisfied"].notna().to_numpy()
     y = test["satisfied"][labeled].astype(bool).to_numpy()
     for name, p in predictions.items():
-        assert auroc(p[labeled], y) > 0.6, name
+        assert auroc(observed_column(test, p)[labeled], y) > 0.6, name
+
+
+def test_predictions_are_counterfactual_not_tied_to_the_recorded_treatment(split, predictions):
+    train, test = split
+    as_pt = baseline_predictions(train, test.assign(treatment="physical_therapy"))
+    for name, p in predictions.items():
+        np.testing.assert_allclose(as_pt[name], p, rtol=0, atol=1e-12)
+        # The cohort's fusion patients are satisfied far more often than its PT patients.
+        assert p[:, TREATMENTS.index("fusion")].mean() > p[:, 0].mean() + 0.05, name
 
 
 def test_same_seed_same_predictions(split, predictions):
@@ -57,20 +72,21 @@ def test_unlabeled_train_rows_are_ignored(split, predictions):
         np.testing.assert_allclose(again[name], predictions[name], rtol=0, atol=1e-12)
 
 
-def test_predictions_depend_on_the_observed_treatment(split):
-    train, test = split
-    as_pt = baseline_predictions(train, test.assign(treatment="physical_therapy"))
-    as_fusion = baseline_predictions(train, test.assign(treatment="fusion"))
-    for name in as_pt:
-        # The cohort's fusion patients are satisfied far more often than its PT patients.
-        assert as_fusion[name].mean() > as_pt[name].mean() + 0.05, name
-
-
-def test_tfidf_baseline_reads_the_text(split, predictions):
+def test_both_baselines_read_the_text(split, predictions):
     train, test = split
     no_text = baseline_predictions(train, test.assign(clinical_note=pd.NA, imaging_report=pd.NA))
-    assert not np.allclose(no_text["tfidf_logistic"], predictions["tfidf_logistic"])
-    np.testing.assert_array_equal(no_text["gradient_boosting"], predictions["gradient_boosting"])
+    for name in predictions:
+        assert not np.allclose(no_text[name], predictions[name]), name
+
+
+def test_an_arm_nobody_received_in_training_gets_a_finite_constant(split):
+    train, test = split
+    without_fusion = train[train["treatment"] != "fusion"]
+    p = baseline_predictions(without_fusion, test)
+    fusion = TREATMENTS.index("fusion")
+    pooled = without_fusion["satisfied"].dropna().astype(bool).mean()
+    np.testing.assert_allclose(p["t_learner"][:, fusion], pooled)
+    assert np.isfinite(p["s_learner"]).all()
 
 
 def test_a_row_without_a_treatment_is_refused(split):
