@@ -35,11 +35,14 @@ from tqdm import tqdm
 from .predictor import OUTPUTS, Predictor, predictions
 
 PROGRESS_ROWS = 256
+# per treatment: the model's outputs, then the rule's interval of p_satisfied (`Outcome` fields)
+TABLE_OUTPUTS = ("p_satisfied", "p_mcid", "odi_12m", "propensity", "p_satisfied_low", "p_satisfied_high")
 SCHEMA = pa.schema(
     [("patient_id", pa.string()), ("model_version", pa.string()), ("recommended_treatment", pa.string()),
      ("planned_treatment", pa.string())]
-    + [(f"{k}_{t}", pa.float32()) for k in OUTPUTS for t in TREATMENTS]
-    + [("modalities_used", pa.list_(pa.string())), ("warnings", pa.list_(pa.string()))])
+    + [(f"{k}_{t}", pa.float32()) for k in TABLE_OUTPUTS for t in TREATMENTS]
+    + [("recommendation_reason", pa.string()), ("modalities_used", pa.list_(pa.string())),
+       ("warnings", pa.list_(pa.string()))])
 
 
 def _rows(path: Path) -> int | None:
@@ -78,7 +81,7 @@ def score_frame(predictor: Predictor, frame: pd.DataFrame,
         if progress is not None:
             progress(min(PROGRESS_ROWS, len(frame) - first))
     outcomes = {k: np.concatenate([part[k] for part in parts]) for k in OUTPUTS}
-    return _table(predictions(frame, arrays, outcomes, predictor.version), outcomes)
+    return _table(predictions(frame, arrays, outcomes, predictor.version, predictor.rule))
 
 
 def _check_unique(ids, seen: set[int], source: str, offset: int) -> None:
@@ -91,19 +94,16 @@ def _check_unique(ids, seen: set[int], source: str, offset: int) -> None:
         seen.add(key)
 
 
-def _table(rows: list[dict], outcomes: dict[str, np.ndarray]) -> pa.Table:
-    columns = {
-        "patient_id": [r["patient_id"] for r in rows],
-        "model_version": [r["model_version"] for r in rows],
-        "recommended_treatment": [r["recommended_treatment"] for r in rows],
-        "planned_treatment": [r["planned_treatment"] for r in rows],
-    }
-    for k in OUTPUTS:
-        for j, t in enumerate(TREATMENTS):
-            columns[f"{k}_{t}"] = outcomes[k][:, j]
-    columns["modalities_used"] = [r["modalities_used"] for r in rows]
-    columns["warnings"] = [r["warnings"] for r in rows]
-    return pa.table(columns, schema=SCHEMA)
+def _table(rows: list[dict]) -> pa.Table:
+    columns = {k: [r[k] for r in rows] for k in ("patient_id", "model_version", "recommended_treatment",
+                                                  "planned_treatment", "recommendation_reason",
+                                                  "modalities_used", "warnings")}
+    by_treatment = [{o["treatment"]: o for o in r["outcomes"]} for r in rows]
+    for k in TABLE_OUTPUTS:
+        for t in TREATMENTS:
+            columns[f"{k}_{t}"] = np.array([outcomes[t]["support" if k == "propensity" else k]
+                                            for outcomes in by_treatment], dtype=np.float32)
+    return pa.table({name: columns[name] for name in SCHEMA.names}, schema=SCHEMA)
 
 
 def main(argv: list[str]) -> int:

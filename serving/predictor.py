@@ -20,6 +20,7 @@ import numpy as np
 import onnxruntime as ort
 import pandas as pd
 from spinecast.datasets import TREATMENTS, validate_frame
+from spinecast.datasets.decision import Decision, DecisionRule, decide
 from spinecast.datasets.features import FeatureEncoding
 from spinecast.datasets.inputs import (
     INPUTS,
@@ -33,7 +34,8 @@ from spinecast.datasets.inputs import (
 from spinecast.datasets.schema import PATIENT_COLUMNS, TABULAR_COLUMNS
 from spinecast.datasets.sentences import SentenceWindow, load_tokenizer
 
-OUTPUTS = ("p_satisfied", "p_mcid", "odi_12m")  # model.onnx outputs, each (B, 4) in TREATMENTS order
+# model.onnx outputs: (B, 4) each in TREATMENTS order, but p_satisfied_members (B, K, 4)
+OUTPUTS = ("p_satisfied", "p_mcid", "odi_12m", "p_satisfied_members", "propensity")
 BUNDLE_FILES = ("model.onnx", "tokenizer.json", "features.json", "card.json")
 CHECKSUMS = "SHA256SUMS"
 
@@ -117,6 +119,7 @@ class Predictor:
             raise BundleError(f"model bundle {self.bundle}: variant {self.variant!r} not in card.json "
                               f"(has {', '.join(variants)})")
         self.version: str = self.card["version"]
+        self.rule = DecisionRule.from_dict(self.card.get("decision"))
         self.features = FeatureEncoding.from_dict(json.loads((self.bundle / "features.json").read_text()))
         self.tokenizer = load_tokenizer(self.bundle / "tokenizer.json")
         limits = self.card["inputs"]
@@ -143,7 +146,8 @@ class Predictor:
             chunk = {k: arrays[k][start:start + self.batch_size] for k in INPUTS}
             parts.append(self.session.run(list(OUTPUTS), model_inputs(chunk), self.run_options))
         if not parts:
-            return {k: np.zeros((0, len(TREATMENTS)), np.float32) for k in OUTPUTS}
+            return {k: np.zeros((0, len(TREATMENTS)), np.float32) for k in OUTPUTS} | {
+                "p_satisfied_members": np.zeros((0, 1, len(TREATMENTS)), np.float32)}
         return {k: np.concatenate(v) for k, v in zip(OUTPUTS, zip(*parts))}
 
     # --- records -------------------------------------------------------------------------------
@@ -173,7 +177,7 @@ class Predictor:
 
     def predict_frame(self, frame: pd.DataFrame) -> list[dict]:
         arrays = self.encode(frame)
-        return predictions(frame, arrays, self.run(arrays), self.version)
+        return predictions(frame, arrays, self.run(arrays), self.version, self.rule)
 
     def explain(self, record: dict, max_sentences: int = 64, top: int = 5, validated: bool = False) -> dict:
         """A `Prediction` plus its `explanation`, by occlusion in one batched model run: the change in
@@ -195,7 +199,7 @@ class Predictor:
                 sentences.append((column, slot, text))
         stacked = {k: np.concatenate([v[k] for _, _, v in variants]) for k in INPUTS}
         outcomes = self.run(stacked)
-        [prediction] = predictions(frame, arrays, {k: v[:1] for k, v in outcomes.items()}, self.version)
+        [prediction] = predictions(frame, arrays, {k: v[:1] for k, v in outcomes.items()}, self.version, self.rule)
         treatment = prediction["planned_treatment"] or prediction["recommended_treatment"]
         p = outcomes["p_satisfied"][:, TREATMENTS.index(treatment)]
         effects = {"modality": {}, "field": [], "sentence": []}
@@ -228,26 +232,38 @@ class Predictor:
                 yield name, {**arrays, "categorical": categorical}
 
 
+def decision(outcomes: dict[str, np.ndarray], rule: DecisionRule) -> Decision:
+    """The bundle's decision rule on model outputs (see `spinecast.datasets.decision`)."""
+    return decide(outcomes["p_satisfied_members"], outcomes["propensity"], rule)
+
+
 def predictions(frame: pd.DataFrame, arrays: dict[str, np.ndarray], outcomes: dict[str, np.ndarray],
-                version: str) -> list[dict]:
-    """Model outputs -> `Prediction` dicts: outcomes sorted by p_satisfied, modalities, warnings."""
+                version: str, rule: DecisionRule) -> list[dict]:
+    """Model outputs -> `Prediction` dicts: outcomes sorted by p_satisfied, the rule's
+    recommendation and its reason, modalities, warnings."""
     present = presence(arrays)
     missing_fields = frame.reindex(columns=list(TABULAR_COLUMNS)).isna().to_numpy()
     planned = frame["treatment"].to_numpy() if "treatment" in frame else np.full(len(frame), None)
+    d = decision(outcomes, rule)
     out = []
     for i, patient_id in enumerate(frame["patient_id"].tolist()):
         rows = [{"treatment": t, "p_satisfied": float(outcomes["p_satisfied"][i, k]),
-                 "p_mcid": float(outcomes["p_mcid"][i, k]), "odi_12m": float(outcomes["odi_12m"][i, k])}
+                 "p_mcid": float(outcomes["p_mcid"][i, k]), "odi_12m": float(outcomes["odi_12m"][i, k]),
+                 "p_satisfied_low": float(d.low[i, k]), "p_satisfied_high": float(d.high[i, k]),
+                 "benefit": float(d.benefit[i, k]), "benefit_low": float(d.benefit_low[i, k]),
+                 "support": float(outcomes["propensity"][i, k]), "supported": bool(d.supported[i, k])}
                 for k, t in enumerate(TREATMENTS)]
         rows.sort(key=lambda r: r["p_satisfied"], reverse=True)
         out.append({
             "patient_id": patient_id,
             "model_version": version,
             "outcomes": rows,
-            "recommended_treatment": rows[0]["treatment"],
+            "recommended_treatment": TREATMENTS[d.recommended[i]],
+            "recommendation_reason": d.reasons[i],
             "planned_treatment": planned[i] if isinstance(planned[i], str) else None,
             "modalities_used": [m for m, used in zip(MODALITIES, present[i]) if used],
-            "warnings": _warnings(present[i], arrays, i, [c for c, m in zip(TABULAR_COLUMNS, missing_fields[i]) if m]),
+            "warnings": _warnings(present[i], arrays, i, [c for c, m in zip(TABULAR_COLUMNS, missing_fields[i]) if m])
+            + d.warnings[i],
         })
     return out
 

@@ -111,6 +111,20 @@ class Outcome(BaseModel):
                           examples=[0.74])
     odi_12m: float = Field(ge=0, le=100, description="Expected Oswestry Disability Index at 12 months.",
                            examples=[21.5])
+    p_satisfied_low: float | None = Field(None, ge=0, le=1, examples=[0.74], description=(
+        "Lower end of the interval of p_satisfied over the model's bootstrap ensemble (coverage: the "
+        "card's `decision.interval`, default 80 %)."))
+    p_satisfied_high: float | None = Field(None, ge=0, le=1, examples=[0.86],
+                                           description="Upper end of the same interval.")
+    benefit: float | None = Field(None, ge=-1, le=1, examples=[0.26],
+                                  description="Predicted p_satisfied minus that of physical therapy.")
+    benefit_low: float | None = Field(None, ge=-1, le=1, examples=[0.17], description=(
+        "The lower bound of that benefit the decision rule reads (the card's `decision.quantile` of "
+        "the ensemble)."))
+    support: float | None = Field(None, ge=0, le=1, examples=[0.41], description=(
+        "Estimated share of patients like this one who received this treatment in training (propensity)."))
+    supported: bool | None = Field(None, description=(
+        "support >= the card's `decision.support_floor`; an unsupported treatment is never recommended."))
 
 
 class Prediction(BaseModel):
@@ -118,7 +132,13 @@ class Prediction(BaseModel):
     patient_id: str = Field(description="Echoed from the request.", examples=["A-000123"])
     model_version: str = Field(description="The model bundle's version.", examples=["spinecast-20261201-ab12cd"])
     outcomes: list[Outcome] = Field(description="One entry per treatment, highest p_satisfied first.")
-    recommended_treatment: Literal[TREATMENTS] = Field(description="The treatment with the highest p_satisfied.")
+    recommended_treatment: Literal[TREATMENTS] = Field(description=(
+        "The decision rule's choice, not always the highest p_satisfied: physical therapy unless a more "
+        "invasive treatment's benefit is clearly positive (lower bound above the margin) and similar "
+        "patients received it (support above the floor)."))
+    recommendation_reason: str | None = Field(None, description="Why the rule chose it, in one sentence.",
+                                              examples=["decompression: predicted benefit clearly above the "
+                                                        "less invasive options"])
     planned_treatment: Literal[TREATMENTS] | None = Field(description="The request's `treatment`, if given.")
     modalities_used: list[Literal[MODALITIES]] = Field(description="Inputs that were present and used.")
     warnings: list[str] = Field(description="What was missing or truncated (names only, never values).")

@@ -19,6 +19,8 @@ from torch.utils.data import DataLoader, Dataset
 from .model import resolve_pretrained
 
 log = logging.getLogger(__name__)
+MAX_MEMBERS = 32  # bootstrap weight columns drawn per training patient; a model uses its first K
+MAX_WEIGHT = 10.0  # inverse-propensity weights are clipped here: a few patients must not dominate
 
 
 class ArrayDataset(Dataset):
@@ -75,7 +77,7 @@ class CohortDataModule(L.LightningDataModule):
     def __init__(self, train_path: str, test_path: str | None = None, val_fraction: float = 0.15,
                  test_fraction: float = 0.15, seed: int = 0, batch_size: int = 64, num_workers: int = 0,
                  tokenizer: str = "minilm", max_sentences: int = 48, max_tokens: int = 40,
-                 image_size: int = 128, teacher: str | None = None):
+                 image_size: int = 128, teacher: str | None = None, balance: bool = False):
         super().__init__()
         self.save_hyperparameters()
         self.window = SentenceWindow(max_sentences, max_tokens)
@@ -94,6 +96,11 @@ class CohortDataModule(L.LightningDataModule):
         for split, frame in self.frames.items():
             if len(frame):
                 self.splits[split] = ArrayDataset(encode_frame(frame, self.feature_encoding, tokenizer, self.window, hp.image_size))
+        # Bootstrap weights of the outcome heads' members (OutcomeHeads), drawn once per patient.
+        train = self.splits["train"].arrays
+        train["bootstrap"] = np.random.default_rng(hp.seed).poisson(1.0, (len(train["numeric"]), MAX_MEMBERS)).astype(np.float32)
+        if hp.balance:
+            train["ipw"] = balancing_weights(self.frames["train"], hp.seed)
         if hp.teacher:  # distillation: the teacher's outcomes for every training patient, computed once
             self.splits["train"].arrays |= soft_targets(hp.teacher, self.frames["train"])
         log.info("cohort %s: %s", Path(hp.train_path).name, {k: len(v) for k, v in self.frames.items()})
@@ -113,6 +120,20 @@ class CohortDataModule(L.LightningDataModule):
         return self._loader("test", shuffle=False)
 
 
+def balancing_weights(frame: pd.DataFrame, seed: int, clip: float = MAX_WEIGHT) -> np.ndarray:
+    """(N,) stabilized inverse-propensity weights P(T = t_i) / e(x_i, t_i), clipped at `clip` and
+    scaled to mean 1, from a cross-fitted propensity model (text + fields). Weighted, each
+    treatment's loss stands for the whole population rather than for the patients usually given it:
+    the few patients with weak indications who had surgery count as the many like them who did not."""
+    from .counterfactual import cross_fit_propensity
+
+    observed = frame["treatment"].map({t: i for i, t in enumerate(TREATMENTS)}).to_numpy()
+    propensity = cross_fit_propensity(frame, seed=seed)[np.arange(len(frame)), observed]
+    share = np.bincount(observed, minlength=len(TREATMENTS))[observed] / len(frame)
+    weights = np.minimum(share / np.maximum(propensity, 1e-3), clip)
+    return (weights / weights.mean()).astype(np.float32)
+
+
 def soft_targets(teacher: str | Path, frame: pd.DataFrame) -> dict[str, np.ndarray]:
     """A trained model's calibrated outcomes (N, 4) for `frame`, encoded the teacher's way
     (its own tokenizer window and feature encoding): `teacher_p_satisfied`, `teacher_p_mcid`,
@@ -122,7 +143,8 @@ def soft_targets(teacher: str | Path, frame: pd.DataFrame) -> dict[str, np.ndarr
     module = load_module(teacher)
     if torch.cuda.is_available():
         module.cuda()
-    return {f"teacher_{k}": v for k, v in predict(module, encode_for(module, frame)).items()}
+    outcomes = predict(module, encode_for(module, frame))
+    return {f"teacher_{k}": outcomes[k] for k in ("p_satisfied", "p_mcid", "odi_12m")}
 
 
 def _check_trainable(train: pd.DataFrame) -> None:

@@ -40,13 +40,17 @@ def encode_for(module: SpineCastModule, frame: pd.DataFrame) -> dict[str, np.nda
     return encode_frame(frame, module.feature_encoding, tokenizer, window, module.net.config.image.size)
 
 
+PREDICTIONS = ("p_satisfied", "p_mcid", "odi_12m", "p_satisfied_members", "propensity")
+
+
 @torch.no_grad()
 def predict(module: SpineCastModule, arrays: dict[str, np.ndarray], batch_size: int = 256) -> dict[str, np.ndarray]:
-    """-> {"p_satisfied", "p_mcid", "odi_12m"}: (N, 4) each, calibrated, TREATMENTS order."""
+    """-> `p_satisfied`, `p_mcid`, `odi_12m` (N, 4) calibrated, TREATMENTS order;
+    `p_satisfied_members` (N, K, 4) per bootstrap member; `propensity` (N, 4)."""
     parts: list[tuple[torch.Tensor, ...]] = []
-    for batch in DataLoader(ArrayDataset(arrays), batch_size=batch_size):
+    for batch in DataLoader(ArrayDataset({k: arrays[k] for k in INPUTS}), batch_size=batch_size):
         parts.append(module.net.probabilities(*(batch[k].to(module.device) for k in INPUTS)))
-    return {k: torch.cat(v).float().cpu().numpy() for k, v in zip(("p_satisfied", "p_mcid", "odi_12m"), zip(*parts))}
+    return {k: torch.cat(v).float().cpu().numpy() for k, v in zip(PREDICTIONS, zip(*parts))}
 
 
 def evaluate(ckpt: Path, data: Path, out: Path, truth: Path | None = None,

@@ -202,7 +202,9 @@ def export(ckpt: Path, out: Path, data: Path | None = None, optimize_graph: bool
         "config": module.hparams["config"],
         "modalities": list(MODALITIES),
         "treatments": list(TREATMENTS),
-        "outputs": {k: "(batch, 4) in `treatments` order" for k in OUTPUTS},
+        "outputs": {k: "(batch, 4) in `treatments` order" for k in OUTPUTS}
+        | {"p_satisfied_members": f"(batch, {net.config.members}, 4): each bootstrap member's p_satisfied"},
+        "decision": module.decision_rule.to_dict(),
         "inputs": {"max_sentences": text.max_sentences, "max_tokens": text.max_tokens,
                    "image_size": net.config.image.size,
                    "max_text_chars": COLUMN_BY_NAME["clinical_note"].max_chars},
@@ -218,7 +220,7 @@ def export(ckpt: Path, out: Path, data: Path | None = None, optimize_graph: bool
     onnx_out = parity_predictor.run(held)
     # NaN anywhere (either runtime) counts as a failure: `nan > tolerance` is False.
     diff = max(float(np.nan_to_num(np.abs(onnx_out[k] - reference[k][2:2 + parity_rows]), nan=np.inf).max())
-               for k in ("p_satisfied", "p_mcid"))
+               for k in ("p_satisfied", "p_mcid", "p_satisfied_members", "propensity"))
     card["parity"] = {"max_abs_diff_probabilities": diff if np.isfinite(diff) else "non-finite", "tolerance": PARITY_TOLERANCE,
                       "records": len(held["numeric"]), "batch_size": 7, "trace_batch_size": 2,
                       "passed": diff <= PARITY_TOLERANCE}

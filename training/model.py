@@ -10,6 +10,7 @@ import itertools
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 import torchvision
@@ -32,6 +33,7 @@ class TextConfig:
     max_tokens: int = 40  # per sentence, [CLS] and [SEP] included
     sentence_layers: int = 1  # transformer layers over the sentence embeddings of a document
     sentence_dropout: float = 0.1  # training only: share of a document's sentences hidden per step
+    cross_layers: int = 1  # layers over the note's and the report's sentences together (side concordance)
 
 
 @dataclass
@@ -60,6 +62,7 @@ class ModelConfig:
     dropout: float = 0.1
     modality_dropout: float = 0.15  # training only: drop each present modality with this chance
     head_hidden: int = 64
+    members: int = 8  # bootstrap members of the outcome heads: the spread the decision rule reads
 
     @classmethod
     def from_dict(cls, data: dict) -> ModelConfig:
@@ -284,10 +287,10 @@ class DocumentEncoder(nn.Module):
         self.score = nn.Linear(dim, 1)
         self.out = nn.Linear(2 * dim, dim)
 
-    def forward(self, ids: torch.Tensor, mask: torch.Tensor,
-                emb: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, S, L) ids and mask -> (B, D) embedding and (B,) presence. `emb`: the (B * S, H)
-        sentence embeddings when the caller has encoded them already."""
+    def contextualize(self, ids: torch.Tensor, mask: torch.Tensor, emb: torch.Tensor | None = None
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(B, S, L) ids and mask -> (B, S, D) sentences in context, (B, S) which may be attended
+        to, (B,) presence. `emb`: the (B * S, H) sentence embeddings when the caller has them."""
         b, s, length = ids.shape
         sentence_mask = mask.any(dim=2)  # (B, S)
         present = sentence_mask.any(dim=1)  # (B,)
@@ -304,10 +307,36 @@ class DocumentEncoder(nn.Module):
         keep = keep | (~keep.any(dim=1, keepdim=True) & first_slot)
         if self.context is not None:
             x = self.context(x, keep)
+        return x, keep, present
+
+    def pool(self, x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        """(B, S, D) sentences and (B, S) keep -> (B, D)."""
         scores = self.score(x).squeeze(-1).masked_fill(~keep, float("-inf"))  # (B, S)
         attended = (scores.softmax(dim=1).unsqueeze(-1) * x).sum(dim=1)  # (B, D)
         strongest = x.masked_fill(~keep.unsqueeze(-1), float("-inf")).amax(dim=1)  # (B, D)
-        return self.out(torch.cat([attended, strongest], dim=1)), present
+        return self.out(torch.cat([attended, strongest], dim=1))
+
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor,
+                emb: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, S, L) ids and mask -> (B, D) embedding and (B,) presence."""
+        x, keep, present = self.contextualize(ids, mask, emb)
+        return self.pool(x, keep), present
+
+
+class CrossDocument(nn.Module):
+    """The note's and the report's sentences attend to each other: whether the side and level of
+    the leg symptoms in the note match the compressed root in the report is read across the two
+    documents, which pooling each document on its own cannot see."""
+
+    def __init__(self, dim: int, heads: int, layers: int, dropout: float):
+        super().__init__()
+        self.kind = nn.Parameter(torch.randn(2, dim) * 0.02)  # which document a sentence is from
+        self.body = Transformer(dim, heads, layers, dropout)
+
+    def forward(self, note, note_keep, report, report_keep):
+        x = torch.cat([note + self.kind[0], report + self.kind[1]], dim=1)  # (B, S_n + S_r, D)
+        x = self.body(x, torch.cat([note_keep, report_keep], dim=1))
+        return x[:, :note.shape[1]], x[:, note.shape[1]:]
 
 
 # --- structured fields ----------------------------------------------------------------------
@@ -432,8 +461,59 @@ class Fusion(nn.Module):
         return self.norm(x)
 
 
+class MemberMLP(nn.Module):
+    """K independent two-layer MLPs side by side: (B, D) -> (B, K, out)."""
+
+    def __init__(self, dim: int, hidden: int, members: int, out: int, dropout: float):
+        super().__init__()
+        self.members, self.hidden = members, hidden
+        self.first = nn.Linear(dim, members * hidden)
+        self.drop = nn.Dropout(dropout)
+        self.weight = nn.Parameter(torch.randn(members, hidden, out) / math.sqrt(hidden))
+        self.bias = nn.Parameter(torch.zeros(members, out))
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        z = self.drop(F.gelu(self.first(h))).unflatten(1, (self.members, self.hidden))  # (B, K, H)
+        return (z.transpose(0, 1) @ self.weight).transpose(0, 1) + self.bias  # (B, K, out)
+
+
+class OutcomeHeads(nn.Module):
+    """Fused patient (B, D) -> per member and treatment: logit(satisfied), logit(mcid), ODI logit.
+
+    Each treatment's outcome is a prognosis shared by all treatments (what physical therapy gives,
+    learned from every patient: most of what predicts satisfaction does so under any treatment)
+    plus that treatment's effect. The training loss shrinks the effects toward zero
+    (`effect_penalty`), so where a treatment was rarely given the prediction falls back to the
+    shared prognosis instead of extrapolating the few patients who got it. K members, each trained
+    on its own bootstrap resample of the patients (Poisson weights), give the spread of the
+    estimates that the decision rule's lower bound reads (Osband et al. 2016)."""
+
+    def __init__(self, dim: int, hidden: int, members: int, dropout: float):
+        super().__init__()
+        self.members, t = members, len(TREATMENTS)
+        self.prognosis = MemberMLP(dim, hidden, members, len(OUTCOMES), dropout)
+        self.effect = MemberMLP(dim, hidden, members, (t - 1) * len(OUTCOMES), dropout)
+
+    def forward(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """-> outputs (B, K, T, 3) and the effects over physical therapy (B, K, T - 1, 3)."""
+        base = self.prognosis(h).unsqueeze(2)  # (B, K, 1, 3)
+        effect = self.effect(h).unflatten(2, (len(TREATMENTS) - 1, len(OUTCOMES)))  # (B, K, T-1, 3)
+        # physical therapy's effect is 0 (padded in front); zeros_like would freeze the traced batch size
+        return base + F.pad(effect, (0, 0, 1, 0)), effect
+
+
+class Outputs(NamedTuple):
+    satisfied: torch.Tensor  # (B, K, T) logits per member
+    mcid: torch.Tensor  # (B, K, T) logits per member
+    odi: torch.Tensor  # (B, K, T) expected odi_12m per member, in [0, 100]
+    effect: torch.Tensor  # (B, K, T - 1, 3) the effect logits over physical therapy
+    propensity: torch.Tensor  # (B, T) logits of P(treatment | chart)
+    present: torch.Tensor  # (B, M) modality presence
+
+
 class SpineCastNet(nn.Module):
-    """All four modalities -> per treatment: logit(satisfied), logit(mcid), expected odi_12m."""
+    """All four modalities -> per treatment: logit(satisfied), logit(mcid), expected odi_12m, per
+    bootstrap member; and the propensity of each treatment."""
 
     def __init__(self, config: ModelConfig, backbone_config: dict | None = None):
         super().__init__()
@@ -445,38 +525,53 @@ class SpineCastNet(nn.Module):
         report_sentences = note_sentences if t.share_weights else SentenceEncoder(report_backbone, t.trainable_layers)
         self.note = DocumentEncoder(note_sentences, t, d, config.heads, config.dropout)
         self.report = DocumentEncoder(report_sentences, t, d, config.heads, config.dropout)
+        self.cross = CrossDocument(d, config.heads, t.cross_layers, config.dropout) if t.cross_layers else None
         self.tabular = TabularEncoder(config.tabular, d, config.dropout, FeatureEncoding())
         self.image = ImageEncoder(config.image, d)
         self.fusion = Fusion(config.fusion, d, config.fusion_layers, config.heads, config.dropout, config.modality_dropout)
-        self.heads = nn.ModuleList(
-            nn.Sequential(nn.Linear(d, config.head_hidden), nn.GELU(), nn.Dropout(config.dropout),
-                          nn.Linear(config.head_hidden, len(OUTCOMES)))
-            for _ in TREATMENTS)
+        self.outcomes = OutcomeHeads(d, config.head_hidden, config.members, config.dropout)
+        # DragonNet-style (Shi et al. 2019): predicting the treatment from the same representation
+        # keeps the confounders in it, and its estimate tells where a treatment lacks support.
+        self.propensity = nn.Sequential(nn.Linear(d, config.head_hidden), nn.GELU(),
+                                        nn.Linear(config.head_hidden, len(TREATMENTS)))
         # Post-hoc temperature scaling of the satisfied and mcid logits, fitted on validation.
         self.register_buffer("temperature", torch.ones(2))
+        # Training patients per treatment (set before fitting): a treatment nobody received gets
+        # propensity 0, so it can never be recommended, however the head extrapolates.
+        self.register_buffer("treated", torch.ones(len(TREATMENTS)))
 
     @property
     def backbone_config(self) -> dict:
         return self.note.sentences.backbone.config.to_dict()
 
-    def forward(self, numeric, numeric_missing, categorical, note_ids, note_mask, report_ids,
-                report_mask, image, image_present):
-        """-> satisfied logits (B, T), mcid logits (B, T), odi_12m (B, T), modality presence (B, M)."""
+    def _texts(self, note_ids, note_mask, report_ids, report_mask):
+        """-> note (B, D), report (B, D), their presence (B,) each."""
         note_emb = report_emb = None
         if self.note.sentences is self.report.sentences:  # one backbone: both texts in one run
             note_emb, report_emb = self.note.sentences.encode_texts((note_ids, note_mask), (report_ids, report_mask))
-        note, note_present = self.note(note_ids, note_mask, note_emb)
-        report, report_present = self.report(report_ids, report_mask, report_emb)
+        note, note_keep, note_present = self.note.contextualize(note_ids, note_mask, note_emb)
+        report, report_keep, report_present = self.report.contextualize(report_ids, report_mask, report_emb)
+        if self.cross is not None:
+            note, report = self.cross(note, note_keep, report, report_keep)
+        return self.note.pool(note, note_keep), self.report.pool(report, report_keep), note_present, report_present
+
+    def forward(self, numeric, numeric_missing, categorical, note_ids, note_mask, report_ids,
+                report_mask, image, image_present) -> Outputs:
+        note, report, note_present, report_present = self._texts(note_ids, note_mask, report_ids, report_mask)
         tabular = self.tabular(numeric, numeric_missing, categorical)
         tokens = torch.stack([tabular, note, report, self.image(image)], dim=1)  # (B, M, D)
         present = torch.stack([torch.ones_like(note_present), note_present, report_present,
                                image_present.bool()], dim=1)  # (B, M)
         h = self.fusion(tokens, present)
-        out = torch.stack([head(h) for head in self.heads], dim=1)  # (B, T, 3)
-        odi = 100 * torch.sigmoid(out[..., 2])
-        return out[..., 0], out[..., 1], odi, present
+        out, effect = self.outcomes(h)  # (B, K, T, 3)
+        return Outputs(out[..., 0], out[..., 1], 100 * torch.sigmoid(out[..., 2]), effect,
+                       self.propensity(h), present)
 
     def probabilities(self, *inputs):
-        """Calibrated outputs, as exported: p_satisfied (B, T), p_mcid (B, T), odi_12m (B, T)."""
-        satisfied, mcid, odi, _ = self(*inputs)
-        return torch.sigmoid(satisfied / self.temperature[0]), torch.sigmoid(mcid / self.temperature[1]), odi
+        """Calibrated outputs, as exported: p_satisfied (B, T) (the members' mean), p_mcid (B, T),
+        odi_12m (B, T), p_satisfied_members (B, K, T) and propensity (B, T)."""
+        out = self(*inputs)
+        members = torch.sigmoid(out.satisfied / self.temperature[0])
+        p_mcid = torch.sigmoid(out.mcid / self.temperature[1]).mean(dim=1)
+        propensity = out.propensity.masked_fill(self.treated == 0, float("-inf")).softmax(dim=-1)
+        return members.mean(dim=1), p_mcid, out.odi.mean(dim=1), members, propensity

@@ -10,14 +10,17 @@ import lightning as L
 import numpy as np
 import torch
 import torch.nn.functional as F
+from spinecast.datasets.decision import DecisionRule
 from spinecast.datasets.features import FeatureEncoding
 from spinecast.datasets.inputs import INPUTS
+from spinecast.datasets.schema import TREATMENTS
 from torchmetrics import MeanSquaredError, MetricCollection
 from torchmetrics.classification import BinaryAUROC, BinaryAveragePrecision, BinaryCalibrationError
 
-from .model import ModelConfig, SpineCastNet
+from .model import ModelConfig, Outputs, SpineCastNet
 
 DEFAULT_CONFIG = ModelConfig()  # never mutated: the Lightning CLI reads nested options from it
+DEFAULT_RULE = DecisionRule()
 
 
 def _metrics(prefix: str) -> MetricCollection:
@@ -29,8 +32,9 @@ def _metrics(prefix: str) -> MetricCollection:
 
 
 def observed(values: torch.Tensor, treatment: torch.Tensor) -> torch.Tensor:
-    """(B, T) per-treatment values -> (B,) the value of each patient's observed treatment."""
-    return values.gather(1, treatment.clamp(min=0).unsqueeze(1)).squeeze(1)
+    """(B, K, T) per-member, per-treatment values -> (B, K) each patient's observed treatment's."""
+    index = treatment.clamp(min=0)[:, None, None].expand(-1, values.shape[1], 1)
+    return values.gather(2, index).squeeze(2)
 
 
 def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
@@ -47,11 +51,15 @@ class SpineCastModule(L.LightningModule):
     def __init__(self, config: ModelConfig = DEFAULT_CONFIG, lr: float = 1e-3, backbone_lr: float = 2e-5,
                  weight_decay: float = 0.05, loss_weights: dict[str, float] | None = None,
                  backbone_config: dict | None = None, feature_encoding: dict | None = None,
-                 teacher: str | None = None, distill_weight: float = 0.5):
+                 teacher: str | None = None, distill_weight: float = 0.5, effect_penalty: float = 0.02,
+                 propensity_weight: float = 0.3, decision: DecisionRule = DEFAULT_RULE):
         super().__init__()
         config = ModelConfig.from_dict(config) if isinstance(config, dict) else config
         self.net = SpineCastNet(config, backbone_config)
-        self.save_hyperparameters(ignore=["config"])
+        decision = DecisionRule.from_dict(decision) if isinstance(decision, dict) else decision
+        self.decision_rule = decision  # stored in the checkpoint and the bundle's card
+        self.save_hyperparameters(ignore=["config", "decision"])
+        self.hparams["decision"] = decision.to_dict()
         # The checkpoint alone rebuilds the model: plain-data config, and the backbone's own config
         # (its weights are in the state dict) instead of a path to its folder.
         self.hparams["config"] = asdict(config)
@@ -66,31 +74,50 @@ class SpineCastModule(L.LightningModule):
         if stage == "fit" and getattr(datamodule, "feature_encoding", None) is not None:
             self.feature_encoding = datamodule.feature_encoding
             self.hparams["feature_encoding"] = self.feature_encoding.to_dict()
+            counts = datamodule.frames["train"]["treatment"].value_counts()
+            self.net.treated.copy_(torch.tensor([float(counts.get(t, 0)) for t in TREATMENTS]))
 
     def forward(self, batch: dict[str, torch.Tensor]):
         return self.net(*(batch[k] for k in INPUTS))
 
-    def _loss(self, batch, outputs, batch_idx: int) -> torch.Tensor:
-        satisfied, mcid, odi, _ = outputs
+    def _loss(self, batch, out: Outputs, batch_idx: int) -> torch.Tensor:
         t = batch["treatment"]
         known = t >= 0
+        members = out.satisfied.shape[1]
+        # Each member learns from its own bootstrap resample of the training patients (Poisson(1)
+        # weights drawn once per patient by the data module); validation and test weigh all as 1.
+        weights = (batch["bootstrap"][:, :members].float() if "bootstrap" in batch
+                   else torch.ones(len(t), members, device=t.device))
+        if "ipw" in batch:  # inverse-propensity weights (the data module's `balance`)
+            weights = weights * batch["ipw"][:, None]
         parts = {}
-        for name, pred, fn in (("satisfied", satisfied, F.binary_cross_entropy_with_logits),
-                               ("mcid", mcid, F.binary_cross_entropy_with_logits),
-                               ("odi_12m", odi / 100, F.mse_loss)):
+        for name, pred, fn in (("satisfied", out.satisfied, F.binary_cross_entropy_with_logits),
+                               ("mcid", out.mcid, F.binary_cross_entropy_with_logits),
+                               ("odi_12m", out.odi / 100, F.mse_loss)):
             mask = batch[f"{name}_present"] & known
-            target = batch[name] / (100 if name == "odi_12m" else 1)
-            parts[name] = fn(observed(pred, t)[mask], target[mask]) if mask.any() else pred.sum() * 0
+            target = (batch[name] / (100 if name == "odi_12m" else 1))[mask, None].expand(-1, members)
+            per = fn(observed(pred, t)[mask], target, reduction="none")  # (n, K)
+            w = weights[mask]
+            parts[name] = (per * w).sum() / w.sum().clamp(min=1.0) if mask.any() else pred.sum() * 0
         loss = sum(self.loss_weights[k] * v for k, v in parts.items())
+        # Effects shrink toward the shared prognosis where the data do not say otherwise, and the
+        # representation also predicts who got which treatment (DragonNet).
+        parts["effect"] = out.effect.pow(2).mean()
+        parts["propensity"] = (F.cross_entropy(out.propensity[known], t[known]) if known.any()
+                               else out.propensity.sum() * 0)
+        loss = loss + self.hparams.effect_penalty * parts["effect"] + self.hparams.propensity_weight * parts["propensity"]
         if "teacher_p_satisfied" in batch and self.hparams.distill_weight > 0:
             # Distillation: the teacher's calibrated outcomes for all four treatments, the
             # treatments the patient did not get included (Hinton et al. 2015, soft targets).
-            soft = {"satisfied": F.binary_cross_entropy_with_logits(satisfied, batch["teacher_p_satisfied"]),
-                    "mcid": F.binary_cross_entropy_with_logits(mcid, batch["teacher_p_mcid"]),
-                    "odi_12m": F.mse_loss(odi / 100, batch["teacher_odi_12m"] / 100)}
+            def soft(target):  # (B, T) -> (B, K, T): every member learns the teacher's outcome
+                return target.unsqueeze(1).expand(-1, members, -1)
+
+            soft_parts = {"satisfied": F.binary_cross_entropy_with_logits(out.satisfied, soft(batch["teacher_p_satisfied"])),
+                          "mcid": F.binary_cross_entropy_with_logits(out.mcid, soft(batch["teacher_p_mcid"])),
+                          "odi_12m": F.mse_loss(out.odi / 100, soft(batch["teacher_odi_12m"]) / 100)}
             w = self.hparams.distill_weight
-            loss = (1 - w) * loss + w * sum(self.loss_weights[k] * v for k, v in soft.items())
-            parts |= {f"teacher_{k}": v for k, v in soft.items()}
+            loss = (1 - w) * loss + w * sum(self.loss_weights[k] * v for k, v in soft_parts.items())
+            parts |= {f"teacher_{k}": v for k, v in soft_parts.items()}
         if not torch.isfinite(loss):
             raise FloatingPointError(f"non-finite loss ({loss.item()}) in batch {batch_idx} of epoch "
                                      f"{self.current_epoch}: {({k: v.item() for k, v in parts.items()})}")
@@ -102,11 +129,10 @@ class SpineCastModule(L.LightningModule):
         return loss
 
     def _eval_step(self, batch, batch_idx, metrics: MetricCollection, stage: str):
-        outputs = self(batch)
-        loss = self._loss(batch, outputs, batch_idx)
-        satisfied, mcid, odi, _ = outputs
+        out = self(batch)
+        loss = self._loss(batch, out, batch_idx)
         t, temp = batch["treatment"], self.net.temperature
-        p = torch.sigmoid(observed(satisfied, t) / temp[0])
+        p = torch.sigmoid(observed(out.satisfied, t) / temp[0]).mean(dim=1)  # the members' mean
         has = batch["satisfied_present"] & (t >= 0)
         target = batch["satisfied"].long()
         metrics["auroc"].update(p[has], target[has])
@@ -114,18 +140,24 @@ class SpineCastModule(L.LightningModule):
         metrics["brier"].update(p[has], batch["satisfied"][has])
         metrics["ece"].update(p[has], target[has])
         m = batch["mcid_present"] & (t >= 0)
-        metrics["mcid_auroc"].update(torch.sigmoid(observed(mcid, t)[m]), batch["mcid"][m].long())
+        p_mcid = torch.sigmoid(observed(out.mcid, t) / temp[1]).mean(dim=1)
+        metrics["mcid_auroc"].update(p_mcid[m], batch["mcid"][m].long())
         o = batch["odi_12m_present"] & (t >= 0)
-        metrics["odi_rmse"].update(observed(odi, t)[o], batch["odi_12m"][o])
+        metrics["odi_rmse"].update(observed(out.odi, t).mean(dim=1)[o], batch["odi_12m"][o])
         self.log(f"{stage}/loss", loss, batch_size=len(t), sync_dist=True)
-        return outputs, has
+        return out, has
 
     def validation_step(self, batch, batch_idx):
-        (satisfied, mcid, _, _), has = self._eval_step(batch, batch_idx, self.val_metrics, "val")
+        out, has = self._eval_step(batch, batch_idx, self.val_metrics, "val")
         t = batch["treatment"]
         m = batch["mcid_present"] & (t >= 0)
-        self._val_logits.append((observed(satisfied, t)[has].float().cpu(), batch["satisfied"][has].cpu(),
-                                 observed(mcid, t)[m].float().cpu(), batch["mcid"][m].cpu()))
+        members = out.satisfied.shape[1]
+
+        def flat(logits, rows, labels):  # every member's logit with its patient's label
+            return logits[rows].float().flatten().cpu(), labels[rows, None].expand(-1, members).flatten().cpu()
+
+        self._val_logits.append((*flat(observed(out.satisfied, t), has, batch["satisfied"]),
+                                 *flat(observed(out.mcid, t), m, batch["mcid"])))
 
     def on_validation_epoch_end(self):
         """Fit the temperatures on this epoch's validation logits; every checkpoint carries its own."""

@@ -33,12 +33,14 @@ def test_bundle_holds_a_checked_graph_with_named_dynamic_axes_and_a_card(bundle)
     assert list(inputs) == list(INPUTS)
     assert inputs["note_ids"] == ["batch", "note_sentences", "note_tokens"]
     assert inputs["image"][0] == "batch"
-    assert [o.name for o in model.graph.output] == ["p_satisfied", "p_mcid", "odi_12m"]
+    assert [o.name for o in model.graph.output] == ["p_satisfied", "p_mcid", "odi_12m", "p_satisfied_members",
+                                                    "propensity"]
     card = json.loads((bundle / "card.json").read_text())
     assert card["version"].startswith("spinecast-") and card["git_commit"]
     assert card["parity"]["passed"] and card["parity"]["max_abs_diff_probabilities"] <= 1e-4
     assert card["training_data"]["patients"] > 0 and 0 < card["variants"]["fp32"]["val_auroc"] <= 1
     assert card["inputs"]["max_sentences"] == 48
+    assert card["decision"] == {"margin": 0.02, "quantile": 0.2, "support_floor": 0.05, "interval": 0.8}
 
 
 @pytest.mark.parametrize("batch_size", [1, 5, 33])
@@ -50,7 +52,7 @@ def test_onnx_matches_pytorch_at_other_batch_sizes_and_lengths(bundle, checkpoin
     arrays = encode_for(module, records)
     torch_out = predict(module, arrays)  # full-width windows; the predictor trims them per batch
     onnx_out = Predictor(bundle, batch_size=batch_size).run(arrays)
-    for key in ("p_satisfied", "p_mcid"):
+    for key in ("p_satisfied", "p_mcid", "p_satisfied_members", "propensity"):
         assert np.abs(onnx_out[key] - torch_out[key]).max() <= 1e-4
     assert np.abs(onnx_out["odi_12m"] - torch_out["odi_12m"]).max() <= 1e-2
 
@@ -74,7 +76,11 @@ def test_predictions_from_records_follow_the_contract_and_match_pytorch(bundle, 
     assert [p["patient_id"] for p in out] == records["patient_id"].tolist()
     for i, p in enumerate(out):
         assert [o["p_satisfied"] for o in p["outcomes"]] == sorted((o["p_satisfied"] for o in p["outcomes"]), reverse=True)
-        assert p["recommended_treatment"] == p["outcomes"][0]["treatment"]
+        recommended = next(o for o in p["outcomes"] if o["treatment"] == p["recommended_treatment"])
+        assert recommended["supported"] and p["recommendation_reason"].split(":")[0] in (
+            p["recommended_treatment"], "physical_therapy")
+        for o in p["outcomes"]:
+            assert o["p_satisfied_low"] <= o["p_satisfied_high"] and 0 <= o["support"] <= 1
         assert p["planned_treatment"] == records["treatment"].iloc[i]
         by_treatment = {o["treatment"]: o["p_satisfied"] for o in p["outcomes"]}
         got = np.array([by_treatment[t] for t in ("physical_therapy", "epidural_steroid_injection", "decompression", "fusion")])

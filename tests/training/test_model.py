@@ -71,8 +71,9 @@ def test_any_subset_of_modalities_can_be_missing(tiny_bert, batch, fusion, tabul
     net = SpineCastNet(tiny_config(tiny_bert, fusion=fusion, tabular=TabularConfig(kind=tabular))).eval()
     for missing in SUBSETS:
         b = drop(batch, missing)
-        satisfied, mcid, odi, present = run(net, b)
-        assert satisfied.shape == mcid.shape == odi.shape == (B, 4)
+        satisfied, mcid, odi, _, propensity, present = run(net, b)
+        members = net.config.members
+        assert satisfied.shape == mcid.shape == odi.shape == (B, members, 4) and propensity.shape == (B, 4)
         assert torch.isfinite(satisfied).all() and ((odi >= 0) & (odi <= 100)).all()
         assert present[:, 0].all() and present[:, 1:].sum().item() == B * (3 - len(missing))
         # An absent modality's content cannot leak into the prediction...
@@ -88,12 +89,12 @@ def test_gradient_reaches_every_encoder(tiny_bert, batch):
     torch.manual_seed(0)
     net = SpineCastNet(tiny_config(tiny_bert, text={"trainable_layers": 1, "share_weights": False}))
     net.train()
-    satisfied, mcid, odi, _ = run(net, batch)
-    (satisfied.sum() + mcid.sum() + odi.sum()).backward()
+    out = run(net, batch)
+    (out.satisfied.sum() + out.mcid.sum() + out.odi.sum()).backward()
     for name, module in [("note backbone", net.note.sentences.backbone.encoder.layer[-1]),
                          ("report backbone", net.report.sentences.backbone.encoder.layer[-1]),
                          ("note pooling", net.note.project), ("tabular", net.tabular),
-                         ("image", net.image), ("fusion", net.fusion)]:
+                         ("image", net.image), ("fusion", net.fusion), ("note and report together", net.cross)]:
         grads = [p.grad for p in module.parameters() if p.requires_grad]
         assert grads and all(g is not None for g in grads) and any(g.abs().sum() > 0 for g in grads), name
     frozen = net.note.sentences.backbone.encoder.layer[0]
@@ -112,24 +113,59 @@ def test_frozen_backbone_caches_identical_sentences(tiny_bert, batch):
     assert len(cache) == 0
 
 
-def test_loss_uses_only_the_observed_treatments_head(tiny_bert, batch):
+def test_loss_uses_only_the_observed_treatments_effect(tiny_bert, batch):
+    """Outcome losses reach the shared prognosis and the observed treatment's effect only; the
+    effect penalty alone moves the other effects, and only toward zero."""
     torch.manual_seed(0)
-    module = SpineCastModule(tiny_config(tiny_bert)).eval()  # no dropout: the same loss twice
+    module = SpineCastModule(tiny_config(tiny_bert), effect_penalty=0.0, propensity_weight=0.0).eval()
     b = dict(batch, treatment=torch.full((B,), 2))  # everyone had decompression
-    loss = module._loss(b, module(b), 0)
-    loss.backward()
-    heads = module.net.heads
-    assert all(p.grad.abs().sum() > 0 for p in heads[2].parameters())
-    for k in (0, 1, 3):
-        assert all(p.grad is None or p.grad.abs().sum() == 0 for p in heads[k].parameters())
-    with torch.no_grad():
-        for p in heads[0].parameters():
-            p.add_(1.0)
-    assert torch.allclose(module._loss(b, module(b), 0), loss)
+    out = module(b)
+    out.effect.retain_grad()
+    module._loss(b, out, 0).backward()
+    grad = out.effect.grad  # (B, K, T - 1, 3): effects over physical therapy
+    assert grad[:, :, 1].abs().sum() > 0  # decompression's effect
+    assert grad[:, :, [0, 2]].abs().sum() == 0  # injection's and fusion's effects
+    assert module.net.outcomes.prognosis.weight.grad.abs().sum() > 0
+    shrink = SpineCastModule(tiny_config(tiny_bert), effect_penalty=1.0, propensity_weight=0.0).eval()
+    out = shrink(b)
+    out.effect.retain_grad()
+    shrink._loss(b, out, 0).backward()
+    # the penalty's gradient on the unobserved effects points away from zero: descent shrinks them
+    unobserved = out.effect[:, :, [0, 2]]
+    assert (out.effect.grad[:, :, [0, 2]] * unobserved > 0).all()
+
+
+def test_each_member_learns_from_its_own_bootstrap_resample(tiny_bert, batch):
+    """A member whose bootstrap weights are zero for every patient gets no gradient."""
+    torch.manual_seed(0)
+    module = SpineCastModule(tiny_config(tiny_bert), effect_penalty=0.0, propensity_weight=0.0).eval()
+    members = module.net.config.members
+    weights = torch.ones(B, members)
+    weights[:, 3] = 0
+    b = dict(batch, treatment=torch.full((B,), 2), bootstrap=weights)
+    out = module(b)
+    out.satisfied.retain_grad()
+    module._loss(b, out, 0).backward()
+    per_member = out.satisfied.grad.abs().sum(dim=(0, 2))
+    assert per_member[3] == 0 and (per_member[[0, 1, 2, 4]] > 0).all()
+
+
+def test_propensity_head_learns_who_got_which_treatment(tiny_bert, batch):
+    torch.manual_seed(0)
+    module = SpineCastModule(tiny_config(tiny_bert), propensity_weight=1.0)
+    b = dict(batch, treatment=torch.tensor([0, 3, 0, 3, 0, 3]))
+    optimizer = torch.optim.Adam(module.net.propensity.parameters(), lr=0.05)
+    for _ in range(60):
+        optimizer.zero_grad()
+        module._loss(b, module.eval()(b), 0).backward()
+        optimizer.step()
+    p = module.eval()(b).propensity.softmax(dim=-1)
+    assert (p[torch.arange(B), b["treatment"]] > 0.8).all()
 
 
 def test_missing_labels_are_masked(tiny_bert, batch):
-    module = SpineCastModule(tiny_config(tiny_bert))
+    """Without labels only the propensity and effect terms remain (they need no outcome)."""
+    module = SpineCastModule(tiny_config(tiny_bert), effect_penalty=0.0, propensity_weight=0.0)
     none = dict(batch, satisfied_present=torch.zeros(B, dtype=torch.bool),
                 mcid_present=torch.zeros(B, dtype=torch.bool), odi_12m_present=torch.zeros(B, dtype=torch.bool))
     assert module._loss(none, module(none), 0).item() == 0.0

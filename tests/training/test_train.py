@@ -89,8 +89,8 @@ def test_temperature_scaling_lowers_validation_nll(trained):
     module = SpineCastModule.load_from_checkpoint(version / "checkpoints" / "last.ckpt", map_location="cpu").eval()
     batch = _val_batch(module, version)
     with torch.no_grad():
-        logits = observed(module(batch)[0], batch["treatment"])[batch["satisfied_present"]]
-    labels = batch["satisfied"][batch["satisfied_present"]]
+        logits = observed(module(batch).satisfied, batch["treatment"])[batch["satisfied_present"]]  # (n, K)
+    labels = batch["satisfied"][batch["satisfied_present"], None].expand_as(logits)
     temperature = module.net.temperature[0]
     assert temperature != 1.0
     nll = F.binary_cross_entropy_with_logits
@@ -144,6 +144,27 @@ def test_cohort_without_any_text_still_trains(small_cohort, tmp_path, tiny_bert)
     assert np.isfinite(metrics["train/loss_epoch"].dropna()).all() and metrics["test/auroc"].notna().any()
 
 
+def test_a_treatment_nobody_received_trains_and_is_never_recommended(small_cohort, tmp_path, tiny_bert):
+    """No fusion in the training cohort: training works (no NaN), fusion gets no support (the
+    model records who was treated how), so the rule never recommends it and every prediction says so."""
+    from spinecast.datasets import load_cohort
+    from spinecast.datasets.decision import decide
+    from spinecast.training.evaluate import encode_for, load_module, predict
+
+    frame = pd.read_parquet(small_cohort / "cohort.parquet")
+    path = _cohort_variant(small_cohort, tmp_path, treatment=frame["treatment"].replace("fusion", "decompression"))
+    assert main(train_args("quickstart.yaml", path, tmp_path, tiny_bert, "--trainer.max_epochs", "6",
+                           "--model.config.dim", "32", "--data.test_fraction", "0")) == 0
+    module = load_module(next(tmp_path.rglob("best.ckpt")))
+    records = load_cohort(path, training=True).iloc[:100]
+    out = predict(module, encode_for(module, records))
+    assert all(np.isfinite(v).all() for v in out.values())
+    assert module.net.treated[3] == 0 and (out["propensity"][:, 3] == 0).all()
+    d = decide(out["p_satisfied_members"], out["propensity"], module.decision_rule)
+    assert (d.recommended != 3).all() and not d.supported[:, 3].any()
+    assert all(any(w.startswith("fusion: few patients like this one") for w in ws) for ws in d.warnings)
+
+
 def test_evaluate_writes_report_with_ablation_baselines_and_ceiling(trained, small_cohort, tmp_path):
     import json
 
@@ -156,7 +177,7 @@ def test_evaluate_writes_report_with_ablation_baselines_and_ceiling(trained, sma
     assert 0.5 < metrics["test/auroc"] <= 1 and 0.78 <= metrics["test/bayes_auroc"] <= 0.9
     for modality in ("tabular", "clinical_note", "imaging_report", "mri_image"):
         assert f"test/auroc_without_{modality}" in metrics
-    assert {"test/gradient_boosting/auroc", "test/tfidf_logistic/auroc", "test/policy_capture"} <= set(metrics)
+    assert {"test/t_learner/auroc", "test/s_learner/auroc", "test/policy_capture"} <= set(metrics)
     report = (out / "report.md").read_text()
     assert "roc.png" in report and (out / "roc.png").stat().st_size > 1000
 
