@@ -119,21 +119,31 @@ def _keep(work: Path, folder: str, suffix: str = "", plots: bool = True) -> None
             shutil.copy(work / folder / png, RESULTS / f"accuracy_{png}")
 
 
+def _epochs(ckpt: Path) -> int:
+    return int(torch.load(ckpt, map_location="cpu", weights_only=False)["epoch"])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--train", type=Path)
     parser.add_argument("--test", type=Path)
     parser.add_argument("--truth", type=Path)
     parser.add_argument("--config", default="configs/default.yaml")
+    parser.add_argument("--ckpt", type=Path, help="score this checkpoint (trained on the same train cohort "
+                        "with --config) instead of training one; train_seconds is then not measured")
+    parser.add_argument("--keep", type=Path, help="copy the trained checkpoint here")
     args, overrides = parser.parse_known_args()  # the rest are Lightning CLI overrides
     RESULTS.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         train, test, truth, shifts = _cohorts(args, work)
         start = time.perf_counter()
-        cli = _train(args, overrides, train, test, work)
-        train_seconds = time.perf_counter() - start
-        ckpt = Path(cli.trainer.checkpoint_callback.best_model_path)
+        cli = None if args.ckpt else _train(args, overrides, train, test, work)
+        train_seconds = None if args.ckpt else round(time.perf_counter() - start, 1)
+        ckpt = args.ckpt or Path(cli.trainer.checkpoint_callback.best_model_path)
+        if args.keep:
+            args.keep.mkdir(parents=True, exist_ok=True)
+            shutil.copy(ckpt, args.keep / "best.ckpt")
         metrics = evaluate(ckpt, test, work / "eval", truth=truth, baselines_train=train)
         flat = {k: v for k, v in metrics.items() if k.startswith("test/")}
         _keep(work, "eval")
@@ -146,7 +156,8 @@ def main() -> None:
         "test_file": str(args.test or "synthetic seed 101, 2,000 patients"),
         "shifts": {name: f"synthetic seed 101, 2,000 patients, {practice}" for name, practice in SHIFTS.items()
                    if name in shifts},
-        "train_seconds": round(train_seconds, 1), "epochs": cli.trainer.current_epoch,
+        "checkpoint": str(args.ckpt) if args.ckpt else "trained in this run",
+        "train_seconds": train_seconds, "epochs": cli.trainer.current_epoch if cli else _epochs(ckpt),
         "device": "cuda" if torch.cuda.is_available() else f"cpu x{torch.get_num_threads()} threads",
         "machine": platform.machine(),
         "metrics": flat,

@@ -103,6 +103,9 @@ class BatchRequest(BaseModel):
                                     description=f"1 to {MAX_BATCH} patients; answers come in the same order.")
 
 
+REASON_EXAMPLE = "decompression: predicted benefit clearly above the less invasive options"
+
+
 class Outcome(BaseModel):
     treatment: Literal[TREATMENTS] = Field(description="The treatment this outcome is predicted under.")
     p_satisfied: float = Field(ge=0, le=1, description="Calibrated probability of being satisfied at 12 months.",
@@ -137,8 +140,7 @@ class Prediction(BaseModel):
         "invasive treatment's benefit is clearly positive (lower bound above the margin) and similar "
         "patients received it (support above the floor)."))
     recommendation_reason: str | None = Field(None, description="Why the rule chose it, in one sentence.",
-                                              examples=["decompression: predicted benefit clearly above the "
-                                                        "less invasive options"])
+                                              examples=[REASON_EXAMPLE])
     planned_treatment: Literal[TREATMENTS] | None = Field(description="The request's `treatment`, if given.")
     modalities_used: list[Literal[MODALITIES]] = Field(description="Inputs that were present and used.")
     warnings: list[str] = Field(description="What was missing or truncated (names only, never values).")

@@ -34,6 +34,7 @@ class TextConfig:
     sentence_layers: int = 1  # transformer layers over the sentence embeddings of a document
     sentence_dropout: float = 0.1  # training only: share of a document's sentences hidden per step
     cross_layers: int = 1  # layers over the note's and the report's sentences together (side concordance)
+    lexical_dim: int = 32  # a trained word channel beside the frozen encoder (0: off); see DocumentEncoder
 
 
 @dataclass
@@ -283,6 +284,12 @@ class DocumentEncoder(nn.Module):
         self.sentence_dropout = cfg.sentence_dropout
         self.project = nn.Sequential(nn.Linear(sentences.width, dim), nn.GELU(), nn.LayerNorm(dim))
         self.position = nn.Embedding(cfg.max_sentences, dim)  # where a sentence sits (history vs plan)
+        # A frozen encoder's mean-pooled sentence embedding barely moves with one word ("left" or
+        # "right", "no"): a small trained embedding of every token, max-pooled per sentence, keeps
+        # such words visible to the layers above (a fastText-like channel, learned end to end).
+        vocab = sentences.backbone.config.vocab_size
+        self.lexical = nn.Embedding(vocab, cfg.lexical_dim) if cfg.lexical_dim else None
+        self.lexical_project = nn.Linear(cfg.lexical_dim, dim) if cfg.lexical_dim else None
         self.context = Transformer(dim, heads, cfg.sentence_layers, dropout) if cfg.sentence_layers else None
         self.score = nn.Linear(dim, 1)
         self.out = nn.Linear(2 * dim, dim)
@@ -298,6 +305,9 @@ class DocumentEncoder(nn.Module):
             emb = self.sentences(ids.reshape(b * s, length), mask.reshape(b * s, length))
         emb = emb.reshape(b, s, -1)
         x = self.project(emb) + self.position.weight[:s]  # (B, S, D)
+        if self.lexical is not None:
+            words = self.lexical(ids).masked_fill(~mask.bool().unsqueeze(-1), -1e4).amax(dim=2)  # (B, S, E)
+            x = x + self.lexical_project(torch.where(sentence_mask.unsqueeze(-1), words, 0.0))
         keep = sentence_mask
         if self.training and self.sentence_dropout > 0:
             keep = keep & (torch.rand(b, s, device=ids.device) >= self.sentence_dropout)

@@ -94,7 +94,8 @@ def test_gradient_reaches_every_encoder(tiny_bert, batch):
     for name, module in [("note backbone", net.note.sentences.backbone.encoder.layer[-1]),
                          ("report backbone", net.report.sentences.backbone.encoder.layer[-1]),
                          ("note pooling", net.note.project), ("tabular", net.tabular),
-                         ("image", net.image), ("fusion", net.fusion), ("note and report together", net.cross)]:
+                         ("image", net.image), ("fusion", net.fusion), ("note and report together", net.cross),
+                         ("trained word channel", net.note.lexical)]:
         grads = [p.grad for p in module.parameters() if p.requires_grad]
         assert grads and all(g is not None for g in grads) and any(g.abs().sum() > 0 for g in grads), name
     frozen = net.note.sentences.backbone.encoder.layer[0]
