@@ -20,7 +20,7 @@ import numpy as np
 import onnxruntime as ort
 import pandas as pd
 from spinecast.datasets import TREATMENTS, validate_frame
-from spinecast.datasets.decision import Decision, DecisionRule, decide
+from spinecast.datasets.decision import DecisionRule, decide
 from spinecast.datasets.features import FeatureEncoding
 from spinecast.datasets.inputs import (
     INPUTS,
@@ -232,11 +232,6 @@ class Predictor:
                 yield name, {**arrays, "categorical": categorical}
 
 
-def decision(outcomes: dict[str, np.ndarray], rule: DecisionRule) -> Decision:
-    """The bundle's decision rule on model outputs (see `spinecast.datasets.decision`)."""
-    return decide(outcomes["p_satisfied_members"], outcomes["propensity"], rule)
-
-
 def predictions(frame: pd.DataFrame, arrays: dict[str, np.ndarray], outcomes: dict[str, np.ndarray],
                 version: str, rule: DecisionRule) -> list[dict]:
     """Model outputs -> `Prediction` dicts: outcomes sorted by p_satisfied, the rule's
@@ -244,7 +239,7 @@ def predictions(frame: pd.DataFrame, arrays: dict[str, np.ndarray], outcomes: di
     present = presence(arrays)
     missing_fields = frame.reindex(columns=list(TABULAR_COLUMNS)).isna().to_numpy()
     planned = frame["treatment"].to_numpy() if "treatment" in frame else np.full(len(frame), None)
-    d = decision(outcomes, rule)
+    d = decide(outcomes["p_satisfied_members"], outcomes["propensity"], rule)
     out = []
     for i, patient_id in enumerate(frame["patient_id"].tolist()):
         rows = [{"treatment": t, "p_satisfied": float(outcomes["p_satisfied"][i, k]),

@@ -125,9 +125,10 @@ def balancing_weights(frame: pd.DataFrame, seed: int, clip: float = MAX_WEIGHT) 
     scaled to mean 1, from a cross-fitted propensity model (text + fields). Weighted, each
     treatment's loss stands for the whole population rather than for the patients usually given it:
     the few patients with weak indications who had surgery count as the many like them who did not."""
+    from .baselines import treatment_index
     from .counterfactual import cross_fit_propensity
 
-    observed = frame["treatment"].map({t: i for i, t in enumerate(TREATMENTS)}).to_numpy()
+    observed = treatment_index(frame, "train")
     propensity = cross_fit_propensity(frame, seed=seed)[np.arange(len(frame)), observed]
     share = np.bincount(observed, minlength=len(TREATMENTS))[observed] / len(frame)
     weights = np.minimum(share / np.maximum(propensity, 1e-3), clip)

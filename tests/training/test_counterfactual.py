@@ -147,3 +147,16 @@ def test_unlabeled_rows_are_left_out_of_dr_estimates(cohort_without_fusion):
     second = doubly_robust(frame, policies, folds=3, n_boot=100)
     assert second["labeled"] == frame["satisfied"].notna().sum() < first["labeled"]
     assert second["values"]["pt"]["value"] != first["values"]["pt"]["value"]
+
+
+def test_balancing_weights_count_the_rarely_treated_for_the_many_like_them(small_cohort):
+    """`--data.balance`: mean 1, positive, and larger for patients whose treatment was unlikely."""
+    from spinecast.training.baselines import treatment_index
+    from spinecast.training.data import balancing_weights
+
+    frame = load_cohort(small_cohort / "cohort.parquet", training=True)
+    w = balancing_weights(frame, seed=0)
+    e = cross_fit_propensity(frame, seed=0)[np.arange(len(frame)), treatment_index(frame)]
+    assert w.mean() == pytest.approx(1.0, abs=1e-5) and (w > 0).all()
+    unlikely, likely = e < np.quantile(e, 0.25), e > np.quantile(e, 0.75)
+    assert w[unlikely].mean() > 2 * w[likely].mean()
