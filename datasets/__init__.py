@@ -8,6 +8,7 @@ from .io import (
     mcid,
     read_table,
     summarize,
+    typed_format,
     validate_frame,
 )
 from .schema import COLUMN_BY_NAME, COLUMNS, DIAGNOSES, TREATMENTS, Column
@@ -25,5 +26,6 @@ __all__ = [
     "mcid",
     "read_table",
     "summarize",
+    "typed_format",
     "validate_frame",
 ]

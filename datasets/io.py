@@ -26,6 +26,7 @@ _TRUE = {"true", "1", "yes", "t", "y"}
 _FALSE = {"false", "0", "no", "f", "n"}
 _PANDAS_DTYPE = {"integer": "Int64", "float": "float64", "bool": "boolean", "string": "string"}
 _IMAGE_MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff")
+_CONTROL = r"[\x00-\x1f\x7f]"
 
 
 @dataclass(frozen=True)
@@ -62,7 +63,12 @@ def load_cohort(path: str | Path, *, training: bool = False) -> pd.DataFrame:
     """Read and validate a cohort file; `training=True` also requires `treatment` on every row."""
     path = Path(path)
     frame = read_table(path)
-    return validate_frame(frame, source=path.name, base_dir=path.parent, training=training)
+    return validate_frame(frame, source=path.name, base_dir=path.parent, training=training, typed=typed_format(path))
+
+
+def typed_format(path: Path) -> bool:
+    """Whether the file's cells carry their types (Parquet, JSON Lines); a CSV's cells are all text."""
+    return Path(path).suffix.lower() != ".csv"
 
 
 def read_table(path: Path) -> pd.DataFrame:
@@ -140,11 +146,13 @@ def iter_table(path: str | Path, rows: int) -> Iterator[pd.DataFrame]:
 
 
 def validate_frame(frame: pd.DataFrame, *, source: str = "<table>", base_dir: Path | None = None,
-                   training: bool = False, first_row: int = 1) -> pd.DataFrame:
+                   training: bool = False, first_row: int = 1, typed: bool = True) -> pd.DataFrame:
     """Check every row of `frame`; return a typed copy with every contract column, in contract order.
 
     Absent optional columns come back as all-missing. `mri_image` comes back as an absolute path.
-    `first_row` numbers the frame's first row in messages (a chunk of a larger file).
+    `first_row` numbers the frame's first row in messages (a chunk of a larger file). `typed` (a
+    Parquet or JSON Lines file, a table in memory): a number is a number and a boolean a boolean,
+    as in the HTTP API ("3" is not an integer, 1 is not true); False for CSV, whose cells are text.
     """
     problems: list[tuple[np.ndarray, Column, str, list[str]]] = []
     file_level: list[Violation] = []
@@ -163,7 +171,7 @@ def validate_frame(frame: pd.DataFrame, *, source: str = "<table>", base_dir: Pa
     out = {}
     for col in COLUMNS:
         raw = frame[col.name] if col.name in frame.columns else pd.Series([None] * len(frame), index=frame.index)
-        values, col_problems = _check_column(raw.reset_index(drop=True), col, training, base_dir)
+        values, col_problems = _check_column(raw.reset_index(drop=True), col, training, base_dir, typed)
         out[col.name] = values
         problems.extend(col_problems)
     if problems:
@@ -173,7 +181,7 @@ def validate_frame(frame: pd.DataFrame, *, source: str = "<table>", base_dir: Pa
     return typed
 
 
-def _check_column(raw: pd.Series, col: Column, training: bool, base_dir: Path | None):
+def _check_column(raw: pd.Series, col: Column, training: bool, base_dir: Path | None, typed: bool):
     """Coerce one column to its contract type; return (typed series, [(rows, col, rule, got)])."""
     problems = []
     missing = _is_missing(raw)
@@ -184,20 +192,24 @@ def _check_column(raw: pd.Series, col: Column, training: bool, base_dir: Path | 
         problems.append((rows, col, "is required", ["nothing"] * len(rows)))
 
     if col.is_number:
-        typed, bad = _to_number(obj, missing, col)
+        values, bad = _to_number(obj, missing, col, typed)
     elif col.dtype == "bool":
-        typed, bad = _to_bool(obj, missing)
+        values, bad = _to_bool(obj, missing, typed)
     else:
-        typed, bad = _to_string(obj, missing, col, base_dir)
+        values, bad = _to_string(obj, missing, col, base_dir)
     for rows, rule in bad:
         problems.append((rows, col, rule, [_show(obj.iloc[r], col) for r in rows[:MAX_LISTED]]))
 
     if col.kind == "id":
-        dup = typed.duplicated(keep="first") & typed.notna()
+        dup = values.duplicated(keep="first") & values.notna()
         if dup.any():
             rows = np.flatnonzero(dup)
             problems.append((rows, col, "must be unique in the file", [_show(obj.iloc[r], col) for r in rows[:MAX_LISTED]]))
-    return typed, problems
+        control = values.fillna("").str.contains(_CONTROL, regex=True).to_numpy(dtype=bool)
+        if control.any():
+            rows = np.flatnonzero(control)
+            problems.append((rows, col, "must not contain control characters", ["an id with one"] * len(rows)))
+    return values, problems
 
 
 def _is_missing(raw: pd.Series) -> pd.Series:
@@ -207,10 +219,11 @@ def _is_missing(raw: pd.Series) -> pd.Series:
     return missing
 
 
-def _to_number(obj: pd.Series, missing: pd.Series, col: Column):
+def _to_number(obj: pd.Series, missing: pd.Series, col: Column, typed: bool):
     is_bool = obj.map(lambda v: isinstance(v, (bool, np.bool_))).astype(bool)
-    numbers = pd.to_numeric(obj.where(~is_bool, None), errors="coerce").astype("float64")
-    wrong_type = (~missing) & (numbers.isna() | is_bool)
+    is_text = obj.map(lambda v: isinstance(v, str)).astype(bool) if typed else is_bool & False
+    numbers = pd.to_numeric(obj.where(~is_bool & ~is_text, None), errors="coerce").astype("float64")
+    wrong_type = (~missing) & (numbers.isna() | is_bool | is_text)
     ok = ~missing & ~wrong_type
     bad = [(np.flatnonzero(wrong_type), col.rule())]
     if col.dtype == "integer":
@@ -225,9 +238,11 @@ def _to_number(obj: pd.Series, missing: pd.Series, col: Column):
     return typed, [(rows, rule) for rows, rule in bad if len(rows)]
 
 
-def _bool_value(v):
+def _bool_value(v, typed: bool):
     if isinstance(v, (bool, np.bool_)):
         return bool(v)
+    if typed:
+        return None
     if isinstance(v, (int, np.integer, float, np.floating)) and v in (0, 1):
         return bool(v)
     if isinstance(v, str):
@@ -239,8 +254,8 @@ def _bool_value(v):
     return None
 
 
-def _to_bool(obj: pd.Series, missing: pd.Series):
-    parsed = obj.map(lambda v: None if v is None else _bool_value(v))
+def _to_bool(obj: pd.Series, missing: pd.Series, typed: bool):
+    parsed = obj.map(lambda v: None if v is None else _bool_value(v, typed))
     wrong = (~missing) & parsed.isna()
     typed = parsed.where(~wrong, None).astype("boolean")
     return typed, [(np.flatnonzero(wrong), "must be true or false")] if wrong.any() else []

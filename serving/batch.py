@@ -29,7 +29,14 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
-from spinecast.datasets import TREATMENTS, CohortError, Violation, iter_table, validate_frame
+from spinecast.datasets import (
+    TREATMENTS,
+    CohortError,
+    Violation,
+    iter_table,
+    typed_format,
+    validate_frame,
+)
 from tqdm import tqdm
 
 from .predictor import OUTPUTS, Predictor, predictions
@@ -58,7 +65,8 @@ def score_file(predictor: Predictor, src: Path, dst: Path, chunk_rows: int = 10_
     bar = tqdm(total=_rows(src), unit="patients", disable=not progress, file=sys.stderr)
     with pq.ParquetWriter(partial, SCHEMA) as writer:
         for raw in iter_table(src, chunk_rows):
-            frame = validate_frame(raw, source=src.name, base_dir=src.parent, first_row=done + 1)
+            frame = validate_frame(raw, source=src.name, base_dir=src.parent, first_row=done + 1,
+                                   typed=typed_format(src))
             _check_unique(frame["patient_id"], seen, src.name, done)
             writer.write_table(score_frame(predictor, frame, bar.update))
             done += len(frame)

@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
-from spinecast.datasets import CohortError, Violation, validate_frame
+from spinecast.datasets import CohortError, Violation, typed_format, validate_frame
 from spinecast.datasets.io import SUFFIXES, jsonl_frames
 from spinecast.datasets.schema import COLUMNS
 
@@ -152,7 +152,7 @@ def _read(src: Path) -> ray.data.Dataset:
 def _validate(raw: pd.DataFrame, path: Path) -> pd.DataFrame:
     """validate_frame, with each bad row named by its patient_id (a batch's row numbers mean nothing)."""
     try:
-        return validate_frame(raw, source=path.name, base_dir=path.parent)
+        return validate_frame(raw, source=path.name, base_dir=path.parent, typed=typed_format(path))
     except CohortError as err:
         ids = raw["patient_id"].tolist() if "patient_id" in raw.columns else []
         named = [Violation(v.file, _row_name(v.row, ids), v.column, v.rule, v.got) for v in err.violations]

@@ -4,21 +4,30 @@
 non-label column, with its type, range, categories, text limit and description, so the API and the
 file loader cannot drift apart. Every model rejects unknown fields, NaN and infinity, and keeps input
 values out of its error messages (`hide_input_in_errors`): errors name the field and the rule only.
+
+Types are JSON's, strictly: an integer field takes a JSON integer (or an integral number such as
+3.0, since JSON has one number type), never a string or a boolean; a boolean field takes `true` or
+`false` only; a string field takes a string only. `patient_id` holds no control characters.
+
+`mri_image` is checked here for what is cheap (base64, its size); decoding the pixels is the
+service's work, off the event loop (`check_images`).
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
-from spinecast.datasets.images import ImageError, load_image
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, create_model, field_validator
+from spinecast.datasets.images import ImageError, image_pixels, load_image
 from spinecast.datasets.inputs import MODALITIES
 from spinecast.datasets.schema import COLUMNS, PATIENT_COLUMNS, TREATMENTS, Column
 
 MAX_BATCH = 256
-MAX_IMAGE_BASE64 = 4_000_000  # characters; the body limit (default 1 MB) usually binds first
+MAX_IMAGE_BASE64 = 700_000  # characters (512 KiB of image): a patient with both texts at their limit fits in 1 MiB
+# Control characters have no place in an identifier (they forge log lines and break CSV exports).
+PATIENT_ID_PATTERN = r"^[^\x00-\x1f\x7f]*\S[^\x00-\x1f\x7f]*$"
 
 
 def _openapi_nullable(schema: dict, _model=None) -> None:
@@ -50,18 +59,30 @@ EXAMPLE_PATIENT: dict[str, Any] = {
 }
 
 
+def _json_integer(value: Any) -> Any:
+    """JSON has one number type: 3.0 is the integer 3; 3.5, "3" and true are not integers."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError("must be a JSON integer")  # noqa: TRY004 - pydantic turns ValueError into the 400
+    return value
+
+
+
+
 def _patient_field(col: Column) -> tuple[Any, Any]:
     if col.categories:
         typ: Any = Literal[col.categories]
     else:
         typ = {"integer": int, "float": float, "bool": bool, "string": str}[col.dtype]
     limits: dict[str, Any] = {}
-    if col.is_number:  # JSON has one number type: 2.0 is a valid integer (lax), 2.5 is not
-        limits = {"ge": col.low, "le": col.high, **({"strict": False} if col.dtype == "integer" else {})}
+    if col.is_number:  # the range on the number itself (then the JSON schema states it), checked after the type
+        typ = Annotated[typ, Field(ge=col.low, le=col.high),
+                        *([BeforeValidator(_json_integer)] if col.dtype == "integer" else [])]
     elif col.kind == "text":
         limits = {"max_length": col.max_chars}
-    elif col.kind == "id":
-        limits = {"min_length": 1, "max_length": 256, "pattern": r"\S"}  # blank is "not recorded"
+    elif col.kind == "id":  # blank is "not recorded"
+        limits = {"min_length": 1, "max_length": 256, "pattern": PATIENT_ID_PATTERN}
     description = col.description
     if col.kind == "image":
         limits = {"max_length": MAX_IMAGE_BASE64}
@@ -71,21 +92,44 @@ def _patient_field(col: Column) -> tuple[Any, Any]:
     return (typ if col.required else typ | None), field
 
 
-def _check_image(value: str | None) -> str | None:
-    """The image must decode: base64, then a PNG or JPEG within the pixel limit (no bombs)."""
-    if value is None:
-        return value
-    try:
-        load_image(base64.b64decode(value, validate=True))
-    except (binascii.Error, ValueError) as err:
-        rule = str(err) if isinstance(err, ImageError) else "must be base64-encoded"
-        raise ValueError(f"{rule} (a base64-encoded PNG or JPEG image)") from None
+def _check_base64(value: str | None) -> str | None:
+    """Cheap, so on the event loop: the image must be base64 (its pixels are `check_images`' work)."""
+    if value is not None:
+        try:
+            base64.b64decode(value, validate=True)
+        except binascii.Error:
+            raise ValueError("must be base64-encoded (a base64-encoded PNG or JPEG image)") from None
     return value
+
+
+def check_images(patients: list[dict], max_pixels: int) -> list[tuple[str, str]]:
+    """Decode every patient's `mri_image` (base64 already checked): a PNG or JPEG within the pixel
+    limit per image (no bombs) and, all images together, within `max_pixels` per request (read
+    from the headers, before any image is decoded). Returns (field, rule) problems; slow for large
+    images, so the service runs it in a bounded thread pool, never on its event loop."""
+    problems, images = [], []
+    for i, patient in enumerate(patients):
+        if patient.get("mri_image"):
+            field = f"patients.{i}.mri_image"
+            data = base64.b64decode(patient["mri_image"])
+            try:
+                images.append((field, data, image_pixels(data)))
+            except ImageError as err:
+                problems.append((field, f"{err} (a base64-encoded PNG or JPEG image)"))
+    total = sum(pixels for *_, pixels in images)
+    if total > max_pixels:
+        return [("patients", f"images must hold at most {max_pixels:,} pixels per request; got {total:,}")]
+    for field, data, _ in images:
+        try:
+            load_image(data)
+        except ImageError as err:
+            problems.append((field, f"{err} (a base64-encoded PNG or JPEG image)"))
+    return problems
 
 
 Patient = create_model(
     "Patient", __config__=STRICT,
-    __validators__={"image": field_validator("mri_image")(_check_image)},
+    __validators__={"image": field_validator("mri_image")(_check_base64)},
     __doc__="One patient episode: a cohort row without the labels (CONTRACT.md). Only patient_id, age and sex "
             "are required; every other field may be null or left out.",
     **{c.name: _patient_field(c) for c in COLUMNS if c.name in PATIENT_COLUMNS},
