@@ -56,15 +56,19 @@ class Capacity:
     def retry_after(self) -> int:
         return max(1, math.ceil(self.queued_s))
 
-    @contextlib.contextmanager
-    def admit(self, kind: str, units: int) -> Iterator[float]:
-        """Hold `units` of `kind` work in the queue while the block runs; yields its cost in seconds.
-        Raises `Saturated` when the model is busy and this work would not fit in `max_wait_s`."""
+    def admit(self, kind: str, units: int) -> contextlib.AbstractContextManager[float]:
+        """Reserve `units` of `kind` work in the queue; the returned context releases it on exit and
+        gives its cost in seconds. Raises `Saturated` at once when the model is busy and this work
+        would not fit in `max_wait_s`."""
         cost = self.cost(kind, units)
         with self._lock:
             if self.queued_s > 0 and self.queued_s + cost > self.max_wait_s:
                 raise Saturated(self.retry_after())
             self.queued_s += cost
+        return self._held(cost)
+
+    @contextlib.contextmanager
+    def _held(self, cost: float) -> Iterator[float]:
         try:
             yield cost
         finally:

@@ -27,7 +27,7 @@ from spinecast.datasets.schema import COLUMNS, PATIENT_COLUMNS, TREATMENTS, Colu
 MAX_BATCH = 256
 MAX_IMAGE_BASE64 = 700_000  # characters (512 KiB of image): a patient with both texts at their limit fits in 1 MiB
 # Control characters have no place in an identifier (they forge log lines and break CSV exports).
-PATIENT_ID_PATTERN = r"^[^\x00-\x1f\x7f]*\S[^\x00-\x1f\x7f]*$"
+PATIENT_ID_PATTERN = r"^[^\x00-\x1f\x7f]*[^\s\x00-\x1f\x7f][^\x00-\x1f\x7f]*$"
 
 
 def _openapi_nullable(schema: dict, _model=None) -> None:
@@ -105,25 +105,25 @@ def _check_base64(value: str | None) -> str | None:
 def check_images(patients: list[dict], max_pixels: int) -> list[tuple[str, str]]:
     """Decode every patient's `mri_image` (base64 already checked): a PNG or JPEG within the pixel
     limit per image (no bombs) and, all images together, within `max_pixels` per request (read
-    from the headers, before any image is decoded). Returns (field, rule) problems; slow for large
+    from the headers, before any image is decoded). Returns (patient index, rule) problems (index
+    None: the request as a whole); slow for large
     images, so the service runs it in a bounded thread pool, never on its event loop."""
     problems, images = [], []
     for i, patient in enumerate(patients):
         if patient.get("mri_image"):
-            field = f"patients.{i}.mri_image"
             data = base64.b64decode(patient["mri_image"])
             try:
-                images.append((field, data, image_pixels(data)))
+                images.append((i, data, image_pixels(data)))
             except ImageError as err:
-                problems.append((field, f"{err} (a base64-encoded PNG or JPEG image)"))
+                problems.append((i, f"{err} (a base64-encoded PNG or JPEG image)"))
     total = sum(pixels for *_, pixels in images)
     if total > max_pixels:
-        return [("patients", f"images must hold at most {max_pixels:,} pixels per request; got {total:,}")]
-    for field, data, _ in images:
+        return [(None, f"images must hold at most {max_pixels:,} pixels per request; got {total:,}")]
+    for i, data, _ in images:
         try:
             load_image(data)
         except ImageError as err:
-            problems.append((field, f"{err} (a base64-encoded PNG or JPEG image)"))
+            problems.append((i, f"{err} (a base64-encoded PNG or JPEG image)"))
     return problems
 
 
