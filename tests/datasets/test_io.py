@@ -163,3 +163,22 @@ def test_validate_frame_loses_nothing_on_success(folder):
 def test_mcid_is_derived_only_where_both_odis_exist():
     frame = pd.DataFrame({"baseline_odi": [50.0, 50.0, np.nan], "odi_12m": [35.0, 40.0, 10.0]})
     assert mcid(frame).tolist() == [True, False, pd.NA]
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".parquet"])
+@pytest.mark.parametrize("change, column", [({"asa_class": "3"}, "asa_class"), ({"age": True}, "age"),
+                                            ({"diabetes": 1}, "diabetes"), ({"diabetes": "yes"}, "diabetes"),
+                                            ({"patient_id": "A-\x00-9"}, "patient_id")])
+def test_typed_files_hold_json_types(folder, suffix, change, column):
+    """Parquet and JSON Lines carry types: "3" is not an integer and 1 is not true (as in the API)."""
+    records = [_record(1), _record(2, **change)]
+    if suffix == ".parquet" and column != "patient_id":  # a Parquet column has one type: make it mixed
+        records = [_record(1, **{column: None}), _record(2, **change)]
+    err = _error(folder, records, suffix)
+    assert any(v.column == column and v.row == 2 for v in err.violations), err
+
+
+def test_csv_cells_are_text_and_are_parsed(folder):
+    path = _write(folder, [_record(1, asa_class="3", diabetes="yes")], ".csv")
+    frame = load_cohort(path)
+    assert frame["asa_class"].iloc[0] == 3 and bool(frame["diabetes"].iloc[0]) is True
