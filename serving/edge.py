@@ -11,7 +11,8 @@ class and wraps the app through `uvicorn.Config` (the one place both pass throug
   connection) gets 408 and is closed. Uvicorn itself has no header deadline.
 - `KnownPaths`: a path that no route serves becomes `/unknown` before BentoML's metrics and access
   log read it, so a client cannot grow the `endpoint` label set of `/metrics` (one series per path)
-  or write its own text into the log; it is answered 404 as before.
+  or write its own text into the log; it is answered 404 as before. The series of every route and
+  status are created after the first request, so /metrics keeps one size.
 - `clean_log_records`: every log record's message has control characters (CR, LF, ESC, NUL...)
   escaped, so no client input forges a log line or an ANSI sequence.
 - `OneLineClientErrors`: BentoML logs every 4xx and every deliberate 503 as an ERROR with a
@@ -20,6 +21,7 @@ class and wraps the app through `uvicorn.Config` (the one place both pass throug
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -101,16 +103,49 @@ def _served(routes, scope) -> bool:
     return False
 
 
+# Statuses the service answers besides 200 and 500 (which BentoML creates series for itself).
+STATUSES = (400, 401, 404, 405, 408, 413, 415, 429, 503, 504)
+
+
+def _prime_metrics(app) -> None:
+    """Create the request series of every route x status up front, as BentoML does for 200 and 500:
+    then /metrics has its full size from the first scrape and grows with no traffic (and `rate()`
+    sees a status from its first occurrence). Reaches BentoML's metrics middleware in the app's
+    middleware stack; if its shape changes, this does nothing."""
+    from bentoml._internal.context import server_context
+
+    node = getattr(app, "middleware_stack", None)
+    while node is not None and not hasattr(node, "metrics_request_total"):
+        node = getattr(node, "app", None)
+    if node is None:
+        return
+    for endpoint in [*server_context.service_routes, UNKNOWN_PATH]:
+        labels = {"endpoint": endpoint, "service_name": server_context.bento_name,
+                  "service_version": server_context.bento_version, "runner_name": server_context.service_name}
+        for code in STATUSES:
+            node.metrics_request_total.labels(**labels, http_response_code=code)
+            node.metrics_request_duration.labels(**labels, http_response_code=code)
+        for code in (200, 500):
+            node.metrics_request_duration.labels(**labels, http_response_code=code)
+
+
 class KnownPaths:
-    """ASGI wrapper, outermost: the path of a request no route serves becomes `UNKNOWN_PATH`."""
+    """ASGI wrapper, outermost: the path of a request no route serves becomes `UNKNOWN_PATH`; after
+    the first request, the metrics series of every known route are primed (`_prime_metrics`)."""
 
     def __init__(self, app):
-        self.app = app
+        self.app, self.primed = app, False
 
     async def __call__(self, scope, receive, send):
         if scope["type"] == "http" and not _served(getattr(self.app, "routes", ()), scope):
             scope = {**scope, "path": UNKNOWN_PATH, "raw_path": UNKNOWN_PATH.encode(), "query_string": b""}
-        return await self.app(scope, receive, send)
+        try:
+            return await self.app(scope, receive, send)
+        finally:
+            if not self.primed and scope["type"] == "http":
+                self.primed = True
+                with contextlib.suppress(Exception):  # metrics are an aid; never fail a request for them
+                    _prime_metrics(self.app)
 
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f\x80-\x9f]")
