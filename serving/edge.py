@@ -103,15 +103,17 @@ def _served(routes, scope) -> bool:
     return False
 
 
-# Statuses the service answers besides 200 and 500 (which BentoML creates series for itself).
-STATUSES = (400, 401, 404, 405, 408, 413, 415, 429, 503, 504)
+# Statuses each kind of route answers besides 200 and 500 (which BentoML creates series for itself).
+PUBLIC_STATUSES = (400, 401, 413, 415, 503)
+UNKNOWN_STATUSES = (401, 404)
+MODEL_STATUSES = (503,)
 
 
 def _prime_metrics(app) -> None:
-    """Create the request series of every route x status up front, as BentoML does for 200 and 500:
-    then /metrics has its full size from the first scrape and grows with no traffic (and `rate()`
-    sees a status from its first occurrence). Reaches BentoML's metrics middleware in the app's
-    middleware stack; if its shape changes, this does nothing."""
+    """Create the request series of every route and the statuses it answers up front, as BentoML
+    does for 200 and 500: then /metrics has its full size from the first scrape and grows with no
+    traffic (and `rate()` sees a status from its first occurrence). Reaches BentoML's metrics
+    middleware in the app's middleware stack; if its shape changes, this does nothing."""
     from bentoml._internal.context import server_context
 
     node = getattr(app, "middleware_stack", None)
@@ -119,13 +121,14 @@ def _prime_metrics(app) -> None:
         node = getattr(node, "app", None)
     if node is None:
         return
-    for endpoint in [*server_context.service_routes, UNKNOWN_PATH]:
+    public = server_context.service_type == "entry_service"
+    routes = [(route, PUBLIC_STATUSES if public else MODEL_STATUSES) for route in server_context.service_routes]
+    for endpoint, statuses in [*routes, (UNKNOWN_PATH, UNKNOWN_STATUSES)]:
         labels = {"endpoint": endpoint, "service_name": server_context.bento_name,
                   "service_version": server_context.bento_version, "runner_name": server_context.service_name}
-        for code in STATUSES:
+        for code in statuses:
             node.metrics_request_total.labels(**labels, http_response_code=code)
-            node.metrics_request_duration.labels(**labels, http_response_code=code)
-        for code in (200, 500):
+        for code in (200, 500, *statuses):
             node.metrics_request_duration.labels(**labels, http_response_code=code)
 
 
