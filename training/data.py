@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from pathlib import Path
 
@@ -53,22 +54,61 @@ def encode_frame(frame: pd.DataFrame, encoding: FeatureEncoding, tokenizer, wind
     return arrays
 
 
+class SplitError(ValueError):
+    """The cohort file no longer holds the patients a checkpoint's split recorded."""
+
+
 def split_by_patient(ids: pd.Series, fractions: tuple[float, float], seed: int) -> tuple[np.ndarray, ...]:
-    """Row indices of train / val / test, by a seeded permutation of patient ids."""
-    order = np.random.default_rng(seed).permutation(len(ids))
+    """Row indices of train / val / test: a seeded permutation of the sorted patient ids, so that
+    a patient's split depends on the ids in the file and the seed, never on the order of the rows."""
+    order = np.argsort(ids.to_numpy(dtype=str), kind="stable")[np.random.default_rng(seed).permutation(len(ids))]
     n_val, n_test = (round(f * len(ids)) for f in fractions)
     return order[n_val + n_test:], order[:n_val], order[n_val:n_val + n_test]
 
 
 def split_cohort(train_path, test_path=None, val_fraction: float = 0.15, test_fraction: float = 0.15,
-                 seed: int = 0, **_) -> dict[str, pd.DataFrame]:
+                 seed: int = 0, record: dict | None = None, **_) -> dict[str, pd.DataFrame]:
     """The train / val / test frames of a run (a separate test file replaces the test split).
-    Takes the data module's hyperparameters, so a checkpoint's record rebuilds its splits."""
+    Takes the data module's hyperparameters. With a checkpoint's split `record` (`split_record`),
+    the splits are its patients exactly, looked up by id: a reordered file or one with rows
+    appended gives the same splits, and a file that lost any of them raises `SplitError`."""
     cohort = load_cohort(train_path, training=True)
+    if record is not None:
+        return _recorded(cohort, record, Path(train_path).name) | (
+            {"test": load_cohort(test_path, training=True)} if test_path else {})
     test_fraction = 0.0 if test_path else test_fraction
     train_idx, val_idx, test_idx = split_by_patient(cohort["patient_id"], (val_fraction, test_fraction), seed)
     return {"train": cohort.iloc[train_idx], "val": cohort.iloc[val_idx],
             "test": load_cohort(test_path, training=True) if test_path else cohort.iloc[test_idx]}
+
+
+def split_record(frames: dict[str, pd.DataFrame], train_path) -> dict:
+    """What a checkpoint keeps of its split: the patient ids of each split from the training file,
+    with the file's SHA-256 and row count (for the message when it changed)."""
+    with Path(train_path).open("rb") as f:
+        digest = hashlib.file_digest(f, "sha256").hexdigest()
+    return {"file_sha256": digest, "rows": int(sum(len(f) for f in frames.values())),
+            **{name: frame["patient_id"].astype(str).tolist() for name, frame in frames.items()}}
+
+
+def _recorded(cohort: pd.DataFrame, record: dict, name: str) -> dict[str, pd.DataFrame]:
+    by_id = pd.Series(np.arange(len(cohort)), index=cohort["patient_id"].astype(str))
+    out = {}
+    for split in ("train", "val", "test"):
+        ids = record.get(split, [])
+        missing = [i for i in ids if i not in by_id.index]
+        if missing:
+            raise SplitError(
+                f"{name} no longer holds {len(missing):,} of the {len(ids):,} {split} patients the checkpoint "
+                f"recorded (the file changed since training: it had {record['rows']:,} rows, SHA-256 "
+                f"{record['file_sha256'][:12]}...); restore it, or pass held-out records explicitly")
+        out[split] = cohort.iloc[by_id.loc[ids].to_numpy()]
+    return out
+
+
+def recorded_split(checkpoint: dict) -> dict | None:
+    """The split record a training checkpoint holds (None for checkpoints made before it was kept)."""
+    return (checkpoint.get(CohortDataModule.__qualname__) or {}).get("split")
 
 
 class CohortDataModule(L.LightningDataModule):
@@ -84,12 +124,25 @@ class CohortDataModule(L.LightningDataModule):
         self.feature_encoding: FeatureEncoding | None = None
         self.frames: dict[str, pd.DataFrame] = {}
         self.splits: dict[str, ArrayDataset] = {}
+        self.record: dict | None = None  # the split by patient id, kept in the checkpoint
+
+    def state_dict(self) -> dict:
+        return {"split": self.record} if self.record else {}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.record = state.get("split")
 
     def setup(self, stage: str | None = None) -> None:
         if self.splits:
             return
         hp = self.hparams
-        self.frames = split_cohort(hp.train_path, hp.test_path, hp.val_fraction, hp.test_fraction, hp.seed)
+        # A student uses its teacher's recorded split: it never trains on a patient the teacher was
+        # validated or tested on, whatever the order of the file's rows.
+        record = self.record or (_teacher_split(hp.teacher, hp.train_path) if hp.teacher else None)
+        self.frames = split_cohort(hp.train_path, hp.test_path, hp.val_fraction, hp.test_fraction, hp.seed,
+                                   record=record)
+        self.record = split_record({k: v for k, v in self.frames.items() if k != "test" or not hp.test_path},
+                                   hp.train_path)
         _check_trainable(self.frames["train"])
         self.feature_encoding = FeatureEncoding.fit(self.frames["train"])
         tokenizer = load_tokenizer(resolve_pretrained(hp.tokenizer))
@@ -146,6 +199,13 @@ def soft_targets(teacher: str | Path, frame: pd.DataFrame) -> dict[str, np.ndarr
         module.cuda()
     outcomes = predict(module, encode_for(module, frame))
     return {f"teacher_{k}": outcomes[k] for k in ("p_satisfied", "p_mcid", "odi_12m")}
+
+
+def _teacher_split(teacher: str | Path, train_path) -> dict | None:
+    """The teacher's split record, when the student trains on the teacher's cohort file."""
+    saved = torch.load(teacher, map_location="cpu", weights_only=False)
+    same = Path((saved.get("datamodule_hyper_parameters") or {}).get("train_path", "")).resolve() == Path(train_path).resolve()
+    return recorded_split(saved) if same else None
 
 
 def _check_trainable(train: pd.DataFrame) -> None:

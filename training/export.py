@@ -38,7 +38,7 @@ from spinecast.datasets.schema import COLUMN_BY_NAME
 from spinecast.serving.predictor import CHECKSUMS, OUTPUTS, Predictor, sha256, write_checksums
 from torch import nn
 
-from .data import split_cohort
+from .data import SplitError, recorded_split, split_cohort
 from .evaluate import encode_for, load_module, predict
 
 OPSET = 17
@@ -120,10 +120,16 @@ def held_out(ckpt: Path, data: Path | None) -> tuple[pd.DataFrame, dict]:
     """Labeled records the model did not train on (the checkpoint's validation split, or `data`),
     and a PHI-free summary of the training split."""
     saved = torch.load(ckpt, map_location="cpu", weights_only=False)
-    hp = saved.get("datamodule_hyper_parameters")
+    hp, record = saved.get("datamodule_hyper_parameters"), recorded_split(saved)
     summary = {}
-    if hp is not None and Path(hp["train_path"]).is_file():
-        frames = split_cohort(**hp)
+    if hp is not None and record is None and data is None:
+        raise ExportError("the checkpoint records no split by patient (it predates that record); "
+                          "pass held-out labeled records with --data")
+    if hp is not None and Path(hp["train_path"]).is_file() and record is not None:
+        try:
+            frames = split_cohort(**hp, record=record)
+        except SplitError as err:
+            raise ExportError(str(err)) from None
         train = frames["train"]
         summary = {"file": Path(hp["train_path"]).name, "patients": len(train),
                    "satisfied_rate": round(float(train["satisfied"].dropna().astype(float).mean()), 4),

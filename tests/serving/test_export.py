@@ -208,3 +208,36 @@ def test_records_already_checked_by_the_api_schema_predict_the_same(bundle, reco
     api = [Patient.model_validate({k: v for k, v in r.items() if not pd.isna(v)}).model_dump() for r in rows]
     predictor = Predictor(bundle)
     assert predictor.predict(api, validated=True) == predictor.predict(api)
+
+
+def _with_cohort(checkpoint, tmp_path, frame) -> Path:
+    """A copy of the checkpoint whose recorded training file is `frame`."""
+    import torch
+
+    (tmp_path / "cohort.parquet").unlink(missing_ok=True)
+    frame.to_parquet(tmp_path / "cohort.parquet")
+    saved = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    saved["datamodule_hyper_parameters"]["train_path"] = str(tmp_path / "cohort.parquet")
+    torch.save(saved, tmp_path / "moved.ckpt")
+    return tmp_path / "moved.ckpt"
+
+
+def test_the_held_out_split_is_recorded_by_patient_and_survives_reordering_and_appending(checkpoint, tmp_path,
+                                                                                        small_cohort):
+    import torch
+    from spinecast.training.data import recorded_split
+    from spinecast.training.export import held_out
+
+    record = recorded_split(torch.load(checkpoint, map_location="cpu", weights_only=False))
+    original = pd.read_parquet(small_cohort / "cohort.parquet").drop(columns=["mri_image"])
+    assert record["rows"] == len(original) and len(record["val"]) > 0
+    assert set(record["train"]).isdisjoint(record["val"])
+    val, _ = held_out(checkpoint, None)
+    assert val["patient_id"].tolist() == record["val"]
+    appended = original.assign(patient_id=original["patient_id"] + "-new")
+    changed = pd.concat([original.sample(frac=1.0, random_state=3), appended])  # reordered, then rows appended
+    val, summary = held_out(_with_cohort(checkpoint, tmp_path, changed), None)
+    assert val["patient_id"].tolist() == record["val"] and summary["patients"] == len(record["train"])
+    lost = original[original["patient_id"] != record["val"][0]]  # one validation patient gone
+    with pytest.raises(ExportError, match="no longer holds 1 of the"):
+        held_out(_with_cohort(checkpoint, tmp_path, lost), None)

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from spinecast.training.data import split_cohort
+from spinecast.training.data import recorded_split, split_cohort
 from spinecast.training.evaluate import encode_for, load_module, predict
 
 from spinecast.cli import main
@@ -50,6 +50,7 @@ def test_student_trains_on_the_teachers_cohort_and_split_and_records_its_teacher
         assert {k: data[k] for k in ("train_path", "seed", "val_fraction", "test_fraction")} == \
                {k: saved[k] for k in ("train_path", "seed", "val_fraction", "test_fraction")}
         assert data["seed"] == 3  # the teacher's, not the config's default
+        assert recorded_split(state) == recorded_split(torch.load(teacher, map_location="cpu", weights_only=False))
         assert state["hyper_parameters"]["teacher"] == str(teacher)
         config = state["hyper_parameters"]["config"]
         assert config["text"]["max_sentences"] == 32 and state["hyper_parameters"]["backbone_config"]["num_hidden_layers"] == 1
