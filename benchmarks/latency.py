@@ -29,8 +29,8 @@ from spinecast.datasets.inputs import INPUTS, model_inputs
 from spinecast.datasets.synth import generate
 from spinecast.serving.predictor import Predictor
 from spinecast.training.cli import fit
-from spinecast.training.evaluate import encode_for, load_module
 from spinecast.training.export import auroc, export
+from spinecast.training.inference import encode_for, load_module
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "latency.json"

@@ -22,15 +22,10 @@ import json
 import resource
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
-import pyarrow as pa
 import pyarrow.parquet as pq
 from spinecast.datasets import (
-    TREATMENTS,
     CohortError,
     Violation,
     iter_table,
@@ -39,17 +34,8 @@ from spinecast.datasets import (
 )
 from tqdm import tqdm
 
-from .predictor import OUTPUTS, Predictor, predictions
-
-PROGRESS_ROWS = 256
-# per treatment: the model's outputs, then the rule's interval of p_satisfied (`Outcome` fields)
-TABLE_OUTPUTS = ("p_satisfied", "p_mcid", "odi_12m", "propensity", "p_satisfied_low", "p_satisfied_high")
-SCHEMA = pa.schema(
-    [("patient_id", pa.string()), ("model_version", pa.string()), ("recommended_treatment", pa.string()),
-     ("planned_treatment", pa.string())]
-    + [(f"{k}_{t}", pa.float32()) for k in TABLE_OUTPUTS for t in TREATMENTS]
-    + [("recommendation_reason", pa.string()), ("modalities_used", pa.list_(pa.string())),
-       ("warnings", pa.list_(pa.string()))])
+from .predictor import Predictor
+from .scoring import SCHEMA, score_frame
 
 
 def _rows(path: Path) -> int | None:
@@ -78,20 +64,6 @@ def score_file(predictor: Predictor, src: Path, dst: Path, chunk_rows: int = 10_
             "peak_rss_mib": round(peak_mib, 1), "out": str(dst)}
 
 
-def score_frame(predictor: Predictor, frame: pd.DataFrame,
-                progress: Callable[[int], object] | None = None) -> pa.Table:
-    """Validated cohort rows -> their predictions as a table of SCHEMA, one row per patient, in order.
-    Both engines call this (`score_file` here, the Ray actors of `spinecast.serving.distributed`)."""
-    arrays = predictor.encode(frame)
-    parts = []
-    for first in range(0, len(frame), PROGRESS_ROWS):  # a progress bar moves within a chunk too
-        parts.append(predictor.run({k: v[first:first + PROGRESS_ROWS] for k, v in arrays.items()}))
-        if progress is not None:
-            progress(min(PROGRESS_ROWS, len(frame) - first))
-    outcomes = {k: np.concatenate([part[k] for part in parts]) for k in OUTPUTS}
-    return _table(predictions(frame, arrays, outcomes, predictor.version, predictor.rule))
-
-
 def _check_unique(ids, seen: set[int], source: str, offset: int) -> None:
     """patient_id must be unique in the whole file, across chunks (kept as 64-bit hashes)."""
     for i, patient_id in enumerate(ids.tolist()):
@@ -100,18 +72,6 @@ def _check_unique(ids, seen: set[int], source: str, offset: int) -> None:
             raise CohortError(source, [Violation(source, offset + i + 1, "patient_id", "must be unique in the file",
                                                  "an earlier row's id")])
         seen.add(key)
-
-
-def _table(rows: list[dict]) -> pa.Table:
-    columns = {k: [r[k] for r in rows] for k in ("patient_id", "model_version", "recommended_treatment",
-                                                  "planned_treatment", "recommendation_reason",
-                                                  "modalities_used", "warnings")}
-    by_treatment = [{o["treatment"]: o for o in r["outcomes"]} for r in rows]
-    for k in TABLE_OUTPUTS:
-        for t in TREATMENTS:
-            columns[f"{k}_{t}"] = np.array([outcomes[t]["support" if k == "propensity" else k]
-                                            for outcomes in by_treatment], dtype=np.float32)
-    return pa.table({name: columns[name] for name in SCHEMA.names}, schema=SCHEMA)
 
 
 def main(argv: list[str]) -> int:

@@ -8,7 +8,7 @@ For cohorts beyond one machine. Ray Data reads the cohort (`read_parquet`: one .
 folder of them; `read_csv`; `read_text` for JSON Lines), hands batches to a pool of actors that each
 hold ONE `Predictor` (the bundle's checksums verified as always), and writes what they return with
 `write_parquet`. Each actor validates its batch with the contract's `validate_frame` and scores it
-with `batch.score_frame`, the step `spinecast predict` runs locally: same columns, same schema,
+with `scoring.score_frame`, the step `spinecast predict` runs locally: same columns, same schema,
 same numbers.
 
 What differs from the local engine:
@@ -38,8 +38,8 @@ from spinecast.datasets import CohortError, Violation, typed_format, validate_fr
 from spinecast.datasets.io import SUFFIXES, jsonl_frames
 from spinecast.datasets.schema import COLUMNS
 
-from .batch import SCHEMA, score_frame
 from .predictor import Predictor
+from .scoring import SCHEMA, score_frame
 
 try:
     import ray

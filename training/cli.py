@@ -16,10 +16,10 @@ import argparse
 import warnings
 from pathlib import Path
 
-import torch
 from lightning.pytorch.cli import LightningCLI
 
 from .data import CohortDataModule
+from .distill import teacher_defaults
 from .module import SpineCastModule
 
 
@@ -69,9 +69,6 @@ def train(argv: list[str]) -> int:
     return 0
 
 
-DATA_FROM_TEACHER = ("train_path", "test_path", "val_fraction", "test_fraction", "seed")
-
-
 def distill(argv: list[str]) -> int:
     """`spinecast distill --teacher CKPT [train options]`: train on the teacher's soft outcomes too.
     The teacher's cohort and split are the defaults, so the student never trains on a patient the
@@ -81,9 +78,5 @@ def distill(argv: list[str]) -> int:
     args, rest = parser.parse_known_args(argv)
     if not Path(args.teacher).is_file():
         raise SystemExit(f"spinecast distill: --teacher {args.teacher}: no such checkpoint")
-    saved = torch.load(args.teacher, map_location="cpu", weights_only=False).get("datamodule_hyper_parameters") or {}
-    given = {a.split("=")[0] for a in rest}
-    defaults = [x for k in DATA_FROM_TEACHER if k in saved and f"--data.{k}" not in given
-                for x in (f"--data.{k}", "null" if saved[k] is None else str(saved[k]))]
-    fit([*rest, *defaults, "--data.teacher", args.teacher])
+    fit([*rest, *teacher_defaults(args.teacher, rest), "--data.teacher", args.teacher])
     return 0

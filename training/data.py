@@ -10,48 +10,18 @@ import lightning as L
 import numpy as np
 import pandas as pd
 import torch
-from spinecast.datasets import load_cohort, mcid
+from spinecast.datasets import load_cohort
 from spinecast.datasets.features import FeatureEncoding
-from spinecast.datasets.inputs import encode_inputs
 from spinecast.datasets.schema import TREATMENTS
 from spinecast.datasets.sentences import SentenceWindow, load_tokenizer
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
+from .inference import ArrayDataset, encode_frame
 from .model import resolve_pretrained
 
 log = logging.getLogger(__name__)
 MAX_MEMBERS = 32  # bootstrap weight columns drawn per training patient; a model uses its first K
 MAX_WEIGHT = 10.0  # inverse-propensity weights are clipped here: a few patients must not dominate
-
-
-class ArrayDataset(Dataset):
-    """Rows of a dict of equally long numpy arrays; images stay uint8 until a batch needs them."""
-
-    def __init__(self, arrays: dict[str, np.ndarray]):
-        self.arrays = arrays
-
-    def __len__(self) -> int:
-        return len(self.arrays["numeric"])
-
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        item = {k: torch.from_numpy(np.asarray(v[i])) for k, v in self.arrays.items()}
-        item["image"] = item["image"].float().div(255.0).unsqueeze(0)  # (1, H, W)
-        for key in ("note_ids", "note_mask", "report_ids", "report_mask"):
-            item[key] = item[key].long()
-        return item
-
-
-def encode_frame(frame: pd.DataFrame, encoding: FeatureEncoding, tokenizer, window: SentenceWindow,
-                 image_size: int) -> dict[str, np.ndarray]:
-    """Validated cohort rows -> model inputs (the encoding serving shares) and labels (numpy)."""
-    arrays = encode_inputs(frame, encoding, tokenizer, window, image_size)
-    treatment = frame["treatment"].map({t: i for i, t in enumerate(TREATMENTS)})
-    arrays["treatment"] = treatment.fillna(-1).to_numpy(dtype=np.int64)
-    for name, values in (("satisfied", frame["satisfied"]), ("mcid", mcid(frame)), ("odi_12m", frame["odi_12m"])):
-        present = values.notna().to_numpy()
-        arrays[name] = np.where(present, values.astype("float64").fillna(0).to_numpy(), 0).astype(np.float32)
-        arrays[f"{name}_present"] = present
-    return arrays
 
 
 class SplitError(ValueError):
@@ -155,6 +125,8 @@ class CohortDataModule(L.LightningDataModule):
         if hp.balance:
             train["ipw"] = balancing_weights(self.frames["train"], hp.seed)
         if hp.teacher:  # distillation: the teacher's outcomes for every training patient, computed once
+            from .distill import soft_targets
+
             self.splits["train"].arrays |= soft_targets(hp.teacher, self.frames["train"])
         log.info("cohort %s: %s", Path(hp.train_path).name, {k: len(v) for k, v in self.frames.items()})
 
@@ -186,19 +158,6 @@ def balancing_weights(frame: pd.DataFrame, seed: int, clip: float = MAX_WEIGHT) 
     share = np.bincount(observed, minlength=len(TREATMENTS))[observed] / len(frame)
     weights = np.minimum(share / np.maximum(propensity, 1e-3), clip)
     return (weights / weights.mean()).astype(np.float32)
-
-
-def soft_targets(teacher: str | Path, frame: pd.DataFrame) -> dict[str, np.ndarray]:
-    """A trained model's calibrated outcomes (N, 4) for `frame`, encoded the teacher's way
-    (its own tokenizer window and feature encoding): `teacher_p_satisfied`, `teacher_p_mcid`,
-    `teacher_odi_12m`."""
-    from .evaluate import encode_for, load_module, predict
-
-    module = load_module(teacher)
-    if torch.cuda.is_available():
-        module.cuda()
-    outcomes = predict(module, encode_for(module, frame))
-    return {f"teacher_{k}": outcomes[k] for k in ("p_satisfied", "p_mcid", "odi_12m")}
 
 
 def _teacher_split(teacher: str | Path, train_path) -> dict | None:

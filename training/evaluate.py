@@ -14,43 +14,12 @@ import argparse
 import time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
-import torch
 from spinecast.datasets import load_cohort
 from spinecast.datasets.decision import DecisionRule
-from spinecast.datasets.inputs import INPUTS, MODALITIES, remove_modality
-from spinecast.datasets.sentences import SentenceWindow, load_tokenizer
-from torch.utils.data import DataLoader
+from spinecast.datasets.inputs import MODALITIES, remove_modality
 
-from .data import ArrayDataset, encode_frame
-from .model import resolve_pretrained
-from .module import SpineCastModule
-
-
-def load_module(ckpt: str | Path) -> SpineCastModule:
-    return SpineCastModule.load_from_checkpoint(ckpt, map_location="cpu").eval()
-
-
-def encode_for(module: SpineCastModule, frame: pd.DataFrame) -> dict[str, np.ndarray]:
-    """Cohort rows -> model inputs, exactly as the checkpoint's training encoded them."""
-    text = module.net.config.text
-    tokenizer = load_tokenizer(resolve_pretrained(text.pretrained))
-    window = SentenceWindow(text.max_sentences, text.max_tokens)
-    return encode_frame(frame, module.feature_encoding, tokenizer, window, module.net.config.image.size)
-
-
-PREDICTIONS = ("p_satisfied", "p_mcid", "odi_12m", "p_satisfied_members", "propensity")
-
-
-@torch.no_grad()
-def predict(module: SpineCastModule, arrays: dict[str, np.ndarray], batch_size: int = 256) -> dict[str, np.ndarray]:
-    """-> `p_satisfied`, `p_mcid`, `odi_12m` (N, 4) calibrated, TREATMENTS order;
-    `p_satisfied_members` (N, K, 4) per bootstrap member; `propensity` (N, 4)."""
-    parts: list[tuple[torch.Tensor, ...]] = []
-    for batch in DataLoader(ArrayDataset({k: arrays[k] for k in INPUTS}), batch_size=batch_size):
-        parts.append(module.net.probabilities(*(batch[k].to(module.device) for k in INPUTS)))
-    return {k: torch.cat(v).float().cpu().numpy() for k, v in zip(PREDICTIONS, zip(*parts))}
+from .inference import encode_for, load_module, predict
 
 
 def evaluate(ckpt: Path, data: Path, out: Path, truth: Path | None = None,

@@ -39,7 +39,7 @@ from spinecast.serving.predictor import CHECKSUMS, OUTPUTS, Predictor, sha256, w
 from torch import nn
 
 from .data import SplitError, recorded_split, split_cohort
-from .evaluate import encode_for, load_module, predict
+from .inference import encode_for, load_module, predict
 
 OPSET = 17
 PARITY_TOLERANCE = 1e-4

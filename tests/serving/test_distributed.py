@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
-from spinecast.serving.batch import SCHEMA
+from spinecast.serving.scoring import SCHEMA
 
 from spinecast.cli import main
 

@@ -14,8 +14,8 @@ import pytest
 from spinecast.datasets import CohortError, load_cohort
 from spinecast.datasets.inputs import INPUTS
 from spinecast.serving.predictor import BundleError, Predictor
-from spinecast.training.evaluate import encode_for, load_module, predict
 from spinecast.training.export import ExportError, export
+from spinecast.training.inference import encode_for, load_module, predict
 
 from spinecast.cli import main
 

@@ -83,7 +83,7 @@ def test_a_kept_alive_connection_gets_the_header_deadline_again(hard):
 def test_connections_over_the_cap_get_503_with_retry_after(hard):
     sockets = [socket.create_connection(("127.0.0.1", hard[1])) for _ in range(40)]
     try:
-        answer, seconds = raw(hard[1], b"", wait=3)
+        answer, _ = raw(hard[1], b"", wait=3)
         assert answer.startswith(b"HTTP/1.1 503") and b"retry-after: 1" in answer.lower()
     finally:
         for s in sockets:

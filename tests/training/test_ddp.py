@@ -13,8 +13,8 @@ import pytest
 import torch
 from spinecast.datasets import load_cohort
 from spinecast.training.data import split_cohort
-from spinecast.training.evaluate import encode_for, load_module, predict
 from spinecast.training.export import auroc
+from spinecast.training.inference import encode_for, load_module, predict
 
 CONFIGS = Path(__file__).parents[2] / "configs"
 EPOCHS = 2

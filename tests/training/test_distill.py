@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 from spinecast.training.data import recorded_split, split_cohort
-from spinecast.training.evaluate import encode_for, load_module, predict
+from spinecast.training.inference import encode_for, load_module, predict
 
 from spinecast.cli import main
 

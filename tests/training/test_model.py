@@ -9,7 +9,7 @@ from spinecast.datasets import load_cohort
 from spinecast.datasets.features import FeatureEncoding
 from spinecast.datasets.inputs import INPUTS
 from spinecast.datasets.sentences import SentenceWindow, load_tokenizer
-from spinecast.training.data import encode_frame
+from spinecast.training.inference import encode_frame
 from spinecast.training.model import (
     MODALITIES,
     ImageConfig,

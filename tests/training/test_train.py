@@ -149,7 +149,7 @@ def test_a_treatment_nobody_received_trains_and_is_never_recommended(small_cohor
     model records who was treated how), so the rule never recommends it and every prediction says so."""
     from spinecast.datasets import load_cohort
     from spinecast.datasets.decision import decide
-    from spinecast.training.evaluate import encode_for, load_module, predict
+    from spinecast.training.inference import encode_for, load_module, predict
 
     frame = pd.read_parquet(small_cohort / "cohort.parquet")
     path = _cohort_variant(small_cohort, tmp_path, treatment=frame["treatment"].replace("fusion", "decompression"))
