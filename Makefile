@@ -9,7 +9,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export BENTOML_HOME ?= $(CURDIR)/artifacts/bentoml
 
-.PHONY: venv test demo bench bento serve container container-test clean
+.PHONY: venv lint test demo bench bento serve container container-test clean
 
 $(STAMP): pyproject.toml
 	@$(BIN)/python -c "import sys; assert sys.version_info[:2] == (3, 11)" 2>/dev/null || { rm -rf $(VENV); $(PY) -m venv $(VENV); }
@@ -19,7 +19,11 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-test: $(STAMP)
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: lint
 	$(BIN)/pytest
 
 # `spinecast evaluate` prints the recommendation table (model rule vs T-/S-learner vs oracle: capture,

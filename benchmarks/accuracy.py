@@ -38,9 +38,17 @@ from spinecast.training.evaluate import evaluate
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 BASELINES = ("t_learner", "s_learner")
-SHIFTS = {"shift_strong": {"indication": 2.0, "positivity": 0.05},
-          "shift_weak": {"indication": 0.5, "positivity": 0.20}}
-PLOTS = ("roc.png", "calibration.png", "counterfactual.png", "mix_by_diagnosis.png", "propensity.png")
+SHIFTS = {
+    "shift_strong": {"indication": 2.0, "positivity": 0.05},
+    "shift_weak": {"indication": 0.5, "positivity": 0.20},
+}
+PLOTS = (
+    "roc.png",
+    "calibration.png",
+    "counterfactual.png",
+    "mix_by_diagnosis.png",
+    "propensity.png",
+)
 
 
 def _cohorts(args, work: Path) -> tuple[Path, Path, Path | None, dict[str, Path]]:
@@ -52,12 +60,21 @@ def _cohorts(args, work: Path) -> tuple[Path, Path, Path | None, dict[str, Path]
     for name, practice in SHIFTS.items():
         generate(2000, seed=101, out=work / name, **practice)
     shifts = {name: work / name / "cohort.parquet" for name in SHIFTS}
-    return work / "train" / "cohort.parquet", work / "test" / "cohort.parquet", work / "test" / "truth.parquet", shifts
+    return (
+        work / "train" / "cohort.parquet",
+        work / "test" / "cohort.parquet",
+        work / "test" / "truth.parquet",
+        shifts,
+    )
 
 
 def renamed(metrics: dict, prefix: str) -> dict:
     """`test/<name>` -> `<prefix>/<name>`: a shifted cohort's scalars under their own prefix."""
-    return {f"{prefix}/{k.removeprefix('test/')}": v for k, v in metrics.items() if k.startswith("test/")}
+    return {
+        f"{prefix}/{k.removeprefix('test/')}": v
+        for k, v in metrics.items()
+        if k.startswith("test/")
+    }
 
 
 def _at_most(m: dict, key: str, bound: float) -> bool | None:
@@ -80,35 +97,63 @@ def _beats(m: dict, name: str, better) -> bool | None:
 def targets(m: dict) -> dict:
     """The issue's acceptance checks on the flat metrics; a check whose keys are absent (no truth
     file, no shifted cohorts, no baselines) is left out rather than failed."""
-    surgery_gap = (abs(m["test/surgery_share"] - m["test/oracle_surgery_share"])
-                   if m.get("test/surgery_share") is not None and m.get("test/oracle_surgery_share") is not None
-                   else None)
-    low, high, true = (m.get(f"test/{k}") for k in ("dr_value_model_low", "dr_value_model_high", "true_value_model"))
+    surgery_gap = (
+        abs(m["test/surgery_share"] - m["test/oracle_surgery_share"])
+        if m.get("test/surgery_share") is not None
+        and m.get("test/oracle_surgery_share") is not None
+        else None
+    )
+    low, high, true = (
+        m.get(f"test/{k}")
+        for k in ("dr_value_model_low", "dr_value_model_high", "true_value_model")
+    )
     checks = {
         "capture_0.80": _at_least(m, "test/policy_capture", 0.80),
         "agreement_0.70": _at_least(m, "test/policy_agreement", 0.70),
         "cf_rmse_0.13": _at_most(m, "test/cf_rmse", 0.13),
-        "cf_rmse_each_0.16": (None if "test/cf_rmse" not in m
-                              else all(_at_most(m, f"test/cf_rmse_{t}", 0.16) for t in TREATMENTS)),
+        "cf_rmse_each_0.16": (
+            None
+            if "test/cf_rmse" not in m
+            else all(_at_most(m, f"test/cf_rmse_{t}", 0.16) for t in TREATMENTS)
+        ),
         "unnecessary_surgery_0.05": _at_most(m, "test/unnecessary_surgery", 0.05),
         "surgery_share_within_0.05_of_oracle": None if surgery_gap is None else surgery_gap <= 0.05,
         "auroc_0.81": _at_least(m, "test/auroc", 0.81),
         "ece_0.03": _at_most(m, "test/ece", 0.03),
         "capture_beats_baselines": _beats(m, "policy_capture", lambda a, b: a > b),
         "cf_rmse_beats_baselines": _beats(m, "cf_rmse", lambda a, b: a < b),
-        "dr_interval_contains_true_value": (None if "test/true_value_model" not in m
-                                            else None not in (low, high, true) and low <= true <= high),
+        "dr_interval_contains_true_value": (
+            None
+            if "test/true_value_model" not in m
+            else None not in (low, high, true) and low <= true <= high
+        ),
     }
     for shift in SHIFTS:
         checks[f"{shift}_capture_0.60"] = _at_least(m, f"{shift}/policy_capture", 0.60)
-        checks[f"{shift}_unnecessary_surgery_0.10"] = _at_most(m, f"{shift}/unnecessary_surgery", 0.10)
+        checks[f"{shift}_unnecessary_surgery_0.10"] = _at_most(
+            m, f"{shift}/unnecessary_surgery", 0.10
+        )
     return {name: bool(ok) for name, ok in checks.items() if ok is not None}
 
 
 def _train(args, overrides: list[str], train: Path, test: Path, work: Path):
-    return fit(["--config", str(ROOT / args.config), "--data.train_path", str(train), "--data.test_path", str(test),
-                "--trainer.default_root_dir", str(work / "run"), "--trainer.logger.init_args.save_dir", str(work / "run"),
-                "--trainer.enable_progress_bar", "false", *overrides])
+    return fit(
+        [
+            "--config",
+            str(ROOT / args.config),
+            "--data.train_path",
+            str(train),
+            "--data.test_path",
+            str(test),
+            "--trainer.default_root_dir",
+            str(work / "run"),
+            "--trainer.logger.init_args.save_dir",
+            str(work / "run"),
+            "--trainer.enable_progress_bar",
+            "false",
+            *overrides,
+        ]
+    )
 
 
 def _keep(work: Path, folder: str, suffix: str = "", plots: bool = True) -> None:
@@ -129,8 +174,12 @@ def main() -> None:
     parser.add_argument("--test", type=Path)
     parser.add_argument("--truth", type=Path)
     parser.add_argument("--config", default="configs/default.yaml")
-    parser.add_argument("--ckpt", type=Path, help="score this checkpoint (trained on the same train cohort "
-                        "with --config) instead of training one; train_seconds is then not measured")
+    parser.add_argument(
+        "--ckpt",
+        type=Path,
+        help="score this checkpoint (trained on the same train cohort "
+        "with --config) instead of training one; train_seconds is then not measured",
+    )
     parser.add_argument("--keep", type=Path, help="copy the trained checkpoint here")
     args, overrides = parser.parse_known_args()  # the rest are Lightning CLI overrides
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -148,17 +197,27 @@ def main() -> None:
         flat = {k: v for k, v in metrics.items() if k.startswith("test/")}
         _keep(work, "eval")
         for name, cohort in shifts.items():  # the same checkpoint under another practice
-            flat |= renamed(evaluate(ckpt, cohort, work / f"eval_{name}", baselines_train=train), name)
+            flat |= renamed(
+                evaluate(ckpt, cohort, work / f"eval_{name}", baselines_train=train), name
+            )
             _keep(work, f"eval_{name}", suffix=f"_{name}", plots=False)
     result = {
-        "benchmark": "accuracy", "config": args.config, "overrides": overrides,
+        "benchmark": "accuracy",
+        "config": args.config,
+        "overrides": overrides,
         "train_file": str(args.train or "synthetic seed 100, 8,000 patients"),
         "test_file": str(args.test or "synthetic seed 101, 2,000 patients"),
-        "shifts": {name: f"synthetic seed 101, 2,000 patients, {practice}" for name, practice in SHIFTS.items()
-                   if name in shifts},
+        "shifts": {
+            name: f"synthetic seed 101, 2,000 patients, {practice}"
+            for name, practice in SHIFTS.items()
+            if name in shifts
+        },
         "checkpoint": str(args.ckpt) if args.ckpt else "trained in this run",
-        "train_seconds": train_seconds, "epochs": cli.trainer.current_epoch if cli else _epochs(ckpt),
-        "device": "cuda" if torch.cuda.is_available() else f"cpu x{torch.get_num_threads()} threads",
+        "train_seconds": train_seconds,
+        "epochs": cli.trainer.current_epoch if cli else _epochs(ckpt),
+        "device": "cuda"
+        if torch.cuda.is_available()
+        else f"cpu x{torch.get_num_threads()} threads",
         "machine": platform.machine(),
         "metrics": flat,
         "targets": targets(flat),

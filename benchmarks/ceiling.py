@@ -53,26 +53,70 @@ def chart_facts(state: pd.DataFrame, cohort: pd.DataFrame, seed: int, rng) -> pd
             facts.loc[i, f"fact_{fact}"] = 1.0
     both_sides = facts["fact_leg_side"] * facts["fact_compression_side"]
     facts["concordant_stated"] = both_sides * state["concordant"].to_numpy()
-    structured = cohort.drop(columns=["patient_id", "clinical_note", "imaging_report", "mri_image", "satisfied", "odi_12m", "treatment"])
-    flags = {c: float for c in ("diabetes", "depression", "anxiety", "workers_comp", "opioid_use", "prior_spine_surgery")}
-    return pd.concat([pd.get_dummies(structured.astype(flags), dtype=float, dummy_na=True).astype(float), facts], axis=1)
+    structured = cohort.drop(
+        columns=[
+            "patient_id",
+            "clinical_note",
+            "imaging_report",
+            "mri_image",
+            "satisfied",
+            "odi_12m",
+            "treatment",
+        ]
+    )
+    flags = {
+        c: float
+        for c in (
+            "diabetes",
+            "depression",
+            "anxiety",
+            "workers_comp",
+            "opioid_use",
+            "prior_spine_surgery",
+        )
+    }
+    return pd.concat(
+        [pd.get_dummies(structured.astype(flags), dtype=float, dummy_na=True).astype(float), facts],
+        axis=1,
+    )
 
 
-def fit(x: pd.DataFrame, treatment: pd.Series, y: np.ndarray, true_p: np.ndarray, given: np.ndarray) -> dict:
+def fit(
+    x: pd.DataFrame, treatment: pd.Series, y: np.ndarray, true_p: np.ndarray, given: np.ndarray
+) -> dict:
     """Test AUROC of one gradient-boosting fit (treatment as a feature, an S-learner), and the share of
     the oracle's gain over the observed treatments that recommending its best treatment captures."""
-    arms = pd.get_dummies(pd.Categorical(treatment, categories=TREATMENTS), dtype=float).set_axis(x.index)
-    model = HistGradientBoostingClassifier(max_leaf_nodes=15, learning_rate=0.05, max_iter=800,
-                                           early_stopping=True, random_state=0)
+    arms = pd.get_dummies(pd.Categorical(treatment, categories=TREATMENTS), dtype=float).set_axis(
+        x.index
+    )
+    model = HistGradientBoostingClassifier(
+        max_leaf_nodes=15, learning_rate=0.05, max_iter=800, early_stopping=True, random_state=0
+    )
     test = x.iloc[N_TRAIN:]
     with threadpool_limits(1):
         model.fit(pd.concat([x, arms], axis=1).iloc[:N_TRAIN], y[:N_TRAIN])
-        auroc = roc_auc_score(y[N_TRAIN:], model.predict_proba(pd.concat([test, arms.iloc[N_TRAIN:]], axis=1))[:, 1])
-        under = np.stack([model.predict_proba(test.assign(**{f"{a}": float(a == t) for a in TREATMENTS}))[:, 1]
-                          for t in TREATMENTS], axis=1)
+        auroc = roc_auc_score(
+            y[N_TRAIN:], model.predict_proba(pd.concat([test, arms.iloc[N_TRAIN:]], axis=1))[:, 1]
+        )
+        under = np.stack(
+            [
+                model.predict_proba(test.assign(**{f"{a}": float(a == t) for a in TREATMENTS}))[
+                    :, 1
+                ]
+                for t in TREATMENTS
+            ],
+            axis=1,
+        )
     rows = np.arange(len(test))
-    chosen, oracle, observed = (true_p[rows, under.argmax(1)].mean(), true_p.max(1).mean(), true_p[rows, given].mean())
-    return {"auroc": round(float(auroc), 4), "policy_capture": round(float((chosen - observed) / (oracle - observed)), 4)}
+    chosen, oracle, observed = (
+        true_p[rows, under.argmax(1)].mean(),
+        true_p.max(1).mean(),
+        true_p[rows, given].mean(),
+    )
+    return {
+        "auroc": round(float(auroc), 4),
+        "policy_capture": round(float((chosen - observed) / (oracle - observed)), 4),
+    }
 
 
 def main() -> None:
@@ -85,7 +129,9 @@ def main() -> None:
     observed = observe(state, truth, rng)
     cohort = structured_view(state, observed, rng)
     y = observed["satisfied"].to_numpy(dtype=int)
-    hidden = state.drop(columns=["patient_id", "degeneration", "incidental_bulges", "prior_surgery_level"])
+    hidden = state.drop(
+        columns=["patient_id", "degeneration", "incidental_bulges", "prior_surgery_level"]
+    )
     full = pd.get_dummies(hidden, dtype=float)
     chart = chart_facts(state, cohort, seed, rng)
     p_test = observed["p_satisfied_observed"].to_numpy()[N_TRAIN:]
@@ -93,7 +139,10 @@ def main() -> None:
     given = pd.Categorical(observed["treatment"], categories=TREATMENTS).codes[N_TRAIN:]
     args = (observed["treatment"], y, true_p, given)
     result = {
-        "benchmark": "learnability ceiling", "seed": seed, "train": N_TRAIN, "test": N - N_TRAIN,
+        "benchmark": "learnability ceiling",
+        "seed": seed,
+        "train": N_TRAIN,
+        "test": N - N_TRAIN,
         "bayes_auroc_expected": round(expected_auroc(p_test), 4),
         "bayes_auroc_on_labels": round(float(roc_auc_score(y[N_TRAIN:], p_test)), 4),
         "gradient_boosting_full_state": fit(full, *args),

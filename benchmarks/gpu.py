@@ -52,28 +52,63 @@ class Throughput(L.Callback):
             self.seconds = time.perf_counter() - self.start
 
 
-def run(cohort: Path, root: Path, accelerator: str, steps: int, workers: int, *overrides: str) -> dict:
+def run(
+    cohort: Path, root: Path, accelerator: str, steps: int, workers: int, *overrides: str
+) -> dict:
     probe = Throughput()
     precision = "bf16-mixed" if accelerator == "gpu" else "32-true"
     if accelerator == "gpu":
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
-    cli = fit(["--config", str(ROOT / "configs" / "gpu.yaml"), "--data.train_path", str(cohort),
-               "--data.test_fraction", "0", "--data.num_workers", str(workers),
-               "--trainer.accelerator", accelerator, "--trainer.precision", precision,
-               "--trainer.max_steps", str(steps), "--trainer.max_epochs", "-1", "--trainer.val_check_interval", str(steps),
-               "--trainer.check_val_every_n_epoch", "null", "--trainer.num_sanity_val_steps", "0",
-               "--trainer.enable_progress_bar", "false", "--trainer.default_root_dir", str(root),
-               "--trainer.logger.init_args.save_dir", str(root), *overrides], callbacks=[probe])
+    cli = fit(
+        [
+            "--config",
+            str(ROOT / "configs" / "gpu.yaml"),
+            "--data.train_path",
+            str(cohort),
+            "--data.test_fraction",
+            "0",
+            "--data.num_workers",
+            str(workers),
+            "--trainer.accelerator",
+            accelerator,
+            "--trainer.precision",
+            precision,
+            "--trainer.max_steps",
+            str(steps),
+            "--trainer.max_epochs",
+            "-1",
+            "--trainer.val_check_interval",
+            str(steps),
+            "--trainer.check_val_every_n_epoch",
+            "null",
+            "--trainer.num_sanity_val_steps",
+            "0",
+            "--trainer.enable_progress_bar",
+            "false",
+            "--trainer.default_root_dir",
+            str(root),
+            "--trainer.logger.init_args.save_dir",
+            str(root),
+            *overrides,
+        ],
+        callbacks=[probe],
+    )
     seconds = time.perf_counter() - start
     metrics = cli.trainer.callback_metrics
-    out = {"steps": steps, "precision": precision, "batch_size": cli.datamodule.hparams.batch_size,
-           "samples_per_second": probe.samples / probe.seconds if probe.seconds else None,
-           "val_auroc": float(metrics["val/auroc"]) if "val/auroc" in metrics else None,
-           "wall_seconds": round(seconds, 1)}
+    out = {
+        "steps": steps,
+        "precision": precision,
+        "batch_size": cli.datamodule.hparams.batch_size,
+        "samples_per_second": probe.samples / probe.seconds if probe.seconds else None,
+        "val_auroc": float(metrics["val/auroc"]) if "val/auroc" in metrics else None,
+        "wall_seconds": round(seconds, 1),
+    }
     if accelerator == "gpu":
-        out |= {"device": torch.cuda.get_device_name(0),
-                "peak_gpu_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2)}
+        out |= {
+            "device": torch.cuda.get_device_name(0),
+            "peak_gpu_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2),
+        }
     return out
 
 
@@ -85,16 +120,25 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=8)
     args = parser.parse_args()
     if not torch.cuda.is_available():
-        raise SystemExit("benchmarks/gpu.py: no CUDA device here; nothing measured, nothing written")
+        raise SystemExit(
+            "benchmarks/gpu.py: no CUDA device here; nothing measured, nothing written"
+        )
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         generate(args.patients, seed=400, out=work / "cohort")
         cohort = work / "cohort" / "cohort.parquet"
-        result = {"benchmark": "gpu training", "config": "configs/gpu.yaml", "patients": args.patients,
-                  "machine": platform.machine(), "torch": torch.__version__,
-                  "gpu": run(cohort, work / "gpu", "gpu", args.steps, args.workers),
-                  "cpu": run(cohort, work / "cpu", "cpu", args.cpu_steps, 0)}
-    result["gpu_over_cpu_samples_per_second"] = result["gpu"]["samples_per_second"] / result["cpu"]["samples_per_second"]
+        result = {
+            "benchmark": "gpu training",
+            "config": "configs/gpu.yaml",
+            "patients": args.patients,
+            "machine": platform.machine(),
+            "torch": torch.__version__,
+            "gpu": run(cohort, work / "gpu", "gpu", args.steps, args.workers),
+            "cpu": run(cohort, work / "cpu", "cpu", args.cpu_steps, 0),
+        }
+    result["gpu_over_cpu_samples_per_second"] = (
+        result["gpu"]["samples_per_second"] / result["cpu"]["samples_per_second"]
+    )
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))

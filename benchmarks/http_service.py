@@ -45,7 +45,9 @@ RESULTS = ROOT / "benchmarks" / "results"
 
 
 def _patients(folder: Path, n: int) -> list[dict]:
-    frame = pd.read_parquet(folder / "cohort.parquet").head(n).drop(columns=["satisfied", "odi_12m"])
+    frame = (
+        pd.read_parquet(folder / "cohort.parquet").head(n).drop(columns=["satisfied", "odi_12m"])
+    )
     out = []
     for row in frame.to_dict("records"):
         p = {k: (v.item() if hasattr(v, "item") else v) for k, v in row.items() if not pd.isna(v)}
@@ -78,9 +80,14 @@ async def _load(url: str, patients: list[dict], concurrency: int, total: int) ->
         start = time.perf_counter()
         await asyncio.gather(*(worker(client) for _ in range(concurrency)))
         seconds = time.perf_counter() - start
-    return {"concurrency": concurrency, "requests": total, "errors": errors,
-            "requests_per_second": total / seconds, "p50_ms": float(np.percentile(latencies, 50)),
-            "p99_ms": float(np.percentile(latencies, 99))}
+    return {
+        "concurrency": concurrency,
+        "requests": total,
+        "errors": errors,
+        "requests_per_second": total / seconds,
+        "p50_ms": float(np.percentile(latencies, 50)),
+        "p99_ms": float(np.percentile(latencies, 99)),
+    }
 
 
 def _rss_mib(proc: subprocess.Popen) -> float:
@@ -94,19 +101,30 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=320, help="requests per concurrency-32 run")
     parser.add_argument("--sequential", type=int, default=100, help="requests at concurrency 1")
     parser.add_argument("--variant", default="fp32", help="bundle variant to serve (fp32, int8)")
-    parser.add_argument("--name", default=None, help="results file http_<name>.json (default: the variant)")
+    parser.add_argument(
+        "--name", default=None, help="results file http_<name>.json (default: the variant)"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         generate(200, seed=202, out=work / "cohort")
         patients = _patients(work / "cohort", 200)
-        env = {"BENTOML_HOME": str(work / "bentoml"), "SPINECAST_ORT_THREADS": "2", "SPINECAST_VARIANT": args.variant}
+        env = {
+            "BENTOML_HOME": str(work / "bentoml"),
+            "SPINECAST_ORT_THREADS": "2",
+            "SPINECAST_VARIANT": args.variant,
+        }
         os.environ.update(env)  # before bentoml is first imported: its store lives there
         from spinecast.training.export import save_to_bentoml
 
         save_to_bentoml(args.bundle)
-        predictor = Predictor(args.bundle, args.variant, threads=2, keep_memory=False)  # as the service
-        records = [{**p, "mri_image": base64.b64decode(p["mri_image"]) if "mri_image" in p else None} for p in patients]
+        predictor = Predictor(
+            args.bundle, args.variant, threads=2, keep_memory=False
+        )  # as the service
+        records = [
+            {**p, "mri_image": base64.b64decode(p["mri_image"]) if "mri_image" in p else None}
+            for p in patients
+        ]
         predictor.predict(records[:1])
         own = []
         for record in records[: args.sequential]:
@@ -114,10 +132,14 @@ def main() -> None:
             predictor.predict([record])
             own.append((time.perf_counter() - t) * 1000)
         del predictor
-        result = {"benchmark": "http", "bundle": json.loads((args.bundle / "card.json").read_text())["version"],
-                  "variant": args.variant,
-                  "patients": len(patients), "cores": os.cpu_count(),
-                  "predictor_p50_ms": float(np.percentile(own, 50))}
+        result = {
+            "benchmark": "http",
+            "bundle": json.loads((args.bundle / "card.json").read_text())["version"],
+            "variant": args.variant,
+            "patients": len(patients),
+            "cores": os.cpu_count(),
+            "predictor_p50_ms": float(np.percentile(own, 50)),
+        }
         for batching in ("1", "0"):
             port = free_port()
             url = f"http://127.0.0.1:{port}"
@@ -125,15 +147,23 @@ def main() -> None:
                 if batching == "1":
                     seq = asyncio.run(_load(url, patients, 1, args.sequential))
                     result["concurrency_1"] = seq
-                    result["http_p50_over_predictor_p50"] = seq["p50_ms"] / result["predictor_p50_ms"]
+                    result["http_p50_over_predictor_p50"] = (
+                        seq["p50_ms"] / result["predictor_p50_ms"]
+                    )
                 run = asyncio.run(_load(url, patients, 32, args.requests))
                 run["service_rss_mib"] = _rss_mib(proc)
-                result["concurrency_32_batching_on" if batching == "1" else "concurrency_32_batching_off"] = run
+                result[
+                    "concurrency_32_batching_on"
+                    if batching == "1"
+                    else "concurrency_32_batching_off"
+                ] = run
     on, off = result["concurrency_32_batching_on"], result["concurrency_32_batching_off"]
     result["batching_throughput_ratio"] = on["requests_per_second"] / off["requests_per_second"]
-    result["targets_met"] = {"http_p50_at_most_1.2x_predictor": result["http_p50_over_predictor_p50"] <= 1.2,
-                             "batching_at_least_1.5x_throughput": result["batching_throughput_ratio"] >= 1.5,
-                             "no_errors": on["errors"] == off["errors"] == result["concurrency_1"]["errors"] == 0}
+    result["targets_met"] = {
+        "http_p50_at_most_1.2x_predictor": result["http_p50_over_predictor_p50"] <= 1.2,
+        "batching_at_least_1.5x_throughput": result["batching_throughput_ratio"] >= 1.5,
+        "no_errors": on["errors"] == off["errors"] == result["concurrency_1"]["errors"] == 0,
+    }
     out = RESULTS / f"http_{args.name or args.variant}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")

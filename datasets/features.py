@@ -35,7 +35,8 @@ class FeatureEncoding:
     std: dict[str, float] = field(default_factory=dict)
     numeric: tuple[str, ...] = NUMERIC_FIELDS
     categorical: dict[str, tuple[str, ...]] = field(
-        default_factory=lambda: {name: vocabulary(name) for name in CATEGORICAL_FIELDS})
+        default_factory=lambda: {name: vocabulary(name) for name in CATEGORICAL_FIELDS}
+    )
 
     @classmethod
     def fit(cls, train: pd.DataFrame) -> FeatureEncoding:
@@ -49,13 +50,22 @@ class FeatureEncoding:
         return cls(mean=mean, std=std)
 
     def to_dict(self) -> dict:
-        return {"mean": self.mean, "std": self.std, "numeric": list(self.numeric),
-                "categorical": {k: list(v) for k, v in self.categorical.items()}, "missing_id": MISSING_ID}
+        return {
+            "mean": self.mean,
+            "std": self.std,
+            "numeric": list(self.numeric),
+            "categorical": {k: list(v) for k, v in self.categorical.items()},
+            "missing_id": MISSING_ID,
+        }
 
     @classmethod
     def from_dict(cls, data: dict) -> FeatureEncoding:
-        return cls(mean=dict(data["mean"]), std=dict(data["std"]), numeric=tuple(data["numeric"]),
-                   categorical={k: tuple(v) for k, v in data["categorical"].items()})
+        return cls(
+            mean=dict(data["mean"]),
+            std=dict(data["std"]),
+            numeric=tuple(data["numeric"]),
+            categorical={k: tuple(v) for k, v in data["categorical"].items()},
+        )
 
     @property
     def cardinalities(self) -> list[int]:
@@ -66,15 +76,21 @@ class FeatureEncoding:
         """Validated records -> {"numeric": (B, N) float32, "numeric_missing": (B, N) float32,
         "categorical": (B, C) int64}."""
         n = len(frame)
-        raw = np.stack([_column(frame, name, n).astype("float64") for name in self.numeric], axis=1) \
-            if self.numeric else np.zeros((n, 0))
+        raw = (
+            np.stack([_column(frame, name, n).astype("float64") for name in self.numeric], axis=1)
+            if self.numeric
+            else np.zeros((n, 0))
+        )
         missing = np.isnan(raw)
         mean = np.asarray([self.mean[k] for k in self.numeric])
         std = np.asarray([self.std[k] for k in self.numeric])
         numeric = np.where(missing, 0.0, (raw - mean) / std)
         categorical = np.stack([self._ids(frame, name, n) for name in self.categorical], axis=1)
-        return {"numeric": numeric.astype(np.float32), "numeric_missing": missing.astype(np.float32),
-                "categorical": categorical.astype(np.int64)}
+        return {
+            "numeric": numeric.astype(np.float32),
+            "numeric_missing": missing.astype(np.float32),
+            "categorical": categorical.astype(np.int64),
+        }
 
     def _ids(self, frame: pd.DataFrame, name: str, n: int) -> np.ndarray:
         values = _column(frame, name, n)
@@ -82,13 +98,17 @@ class FeatureEncoding:
             as_bool = pd.array(values, dtype="boolean")
             return np.where(pd.isna(as_bool), MISSING_ID, np.where(as_bool.fillna(False), 2, 1))
         lookup = {v: i + 1 for i, v in enumerate(self.categorical[name])}
-        return pd.Series(values, dtype=object).map(lookup).fillna(MISSING_ID).to_numpy(dtype=np.int64)
+        return (
+            pd.Series(values, dtype=object).map(lookup).fillna(MISSING_ID).to_numpy(dtype=np.int64)
+        )
 
 
 def _column(frame: pd.DataFrame, name: str, n: int):
     """A column as a numpy array; an absent column counts as all missing."""
     if name not in frame.columns:
-        return np.full(n, np.nan) if COLUMN_BY_NAME[name].is_number else np.full(n, None, dtype=object)
+        return (
+            np.full(n, np.nan) if COLUMN_BY_NAME[name].is_number else np.full(n, None, dtype=object)
+        )
     series = frame[name]
     if COLUMN_BY_NAME[name].is_number:
         return pd.to_numeric(series, errors="coerce").astype("float64").to_numpy()

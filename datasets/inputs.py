@@ -15,19 +15,35 @@ from .features import FeatureEncoding
 from .images import ImageError, load_image
 from .sentences import SentenceWindow
 
-INPUTS = ("numeric", "numeric_missing", "categorical", "note_ids", "note_mask", "report_ids",
-          "report_mask", "image", "image_present")  # SpineCastNet.forward and model.onnx, in order
+INPUTS = (
+    "numeric",
+    "numeric_missing",
+    "categorical",
+    "note_ids",
+    "note_mask",
+    "report_ids",
+    "report_mask",
+    "image",
+    "image_present",
+)  # SpineCastNet.forward and model.onnx, in order
 MODALITIES = ("tabular", "clinical_note", "imaging_report", "mri_image")
 TEXTS = (("note", "clinical_note"), ("report", "imaging_report"))
 
 
-def encode_inputs(frame: pd.DataFrame, features: FeatureEncoding, tokenizer: Tokenizer, window: SentenceWindow,
-                  image_size: int) -> dict[str, np.ndarray]:
+def encode_inputs(
+    frame: pd.DataFrame,
+    features: FeatureEncoding,
+    tokenizer: Tokenizer,
+    window: SentenceWindow,
+    image_size: int,
+) -> dict[str, np.ndarray]:
     """Validated records -> structured features, sentence windows (ids int32, mask int8), images
     (uint8), presence and truncation flags. `mri_image` holds a file path or the image bytes."""
     arrays = features.encode(frame)
     for name, column in TEXTS:
-        text = window.encode(tokenizer, frame[column].tolist() if column in frame else [None] * len(frame))
+        text = window.encode(
+            tokenizer, frame[column].tolist() if column in frame else [None] * len(frame)
+        )
         arrays[f"{name}_ids"] = text["ids"].astype(np.int32)  # int32 and int8 quarter the memory
         arrays[f"{name}_mask"] = text["mask"].astype(np.int8)
         arrays[f"{name}_truncated"] = text["truncated"]
@@ -51,8 +67,15 @@ def _images(sources: list, size: int) -> tuple[np.ndarray, np.ndarray]:
 
 def presence(arrays: dict[str, np.ndarray]) -> np.ndarray:
     """(B, 4) bool: which of MODALITIES each record has (the structured fields always count)."""
-    return np.stack([np.ones(len(arrays["numeric"]), dtype=bool), arrays["note_mask"].any(axis=(1, 2)),
-                     arrays["report_mask"].any(axis=(1, 2)), arrays["image_present"]], axis=1)
+    return np.stack(
+        [
+            np.ones(len(arrays["numeric"]), dtype=bool),
+            arrays["note_mask"].any(axis=(1, 2)),
+            arrays["report_mask"].any(axis=(1, 2)),
+            arrays["image_present"],
+        ],
+        axis=1,
+    )
 
 
 def model_inputs(arrays: dict[str, np.ndarray], trim: bool = True) -> dict[str, np.ndarray]:

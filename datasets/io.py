@@ -63,7 +63,9 @@ def load_cohort(path: str | Path, *, training: bool = False) -> pd.DataFrame:
     """Read and validate a cohort file; `training=True` also requires `treatment` on every row."""
     path = Path(path)
     frame = read_table(path)
-    return validate_frame(frame, source=path.name, base_dir=path.parent, training=training, typed=typed_format(path))
+    return validate_frame(
+        frame, source=path.name, base_dir=path.parent, training=training, typed=typed_format(path)
+    )
 
 
 def typed_format(path: Path) -> bool:
@@ -75,7 +77,18 @@ def read_table(path: Path) -> pd.DataFrame:
     """Read a cohort file as untyped columns, choosing the reader by extension."""
     name = path.name
     if path.suffix.lower() not in SUFFIXES:
-        raise CohortError(name, [Violation(name, "-", "-", f"file extension must be one of {', '.join(SUFFIXES)}", repr(path.suffix))])
+        raise CohortError(
+            name,
+            [
+                Violation(
+                    name,
+                    "-",
+                    "-",
+                    f"file extension must be one of {', '.join(SUFFIXES)}",
+                    repr(path.suffix),
+                )
+            ],
+        )
     if not path.is_file():
         raise CohortError(name, [Violation(name, "-", "-", "file must exist", "no such file")])
     suffix = path.suffix.lower()
@@ -99,8 +112,9 @@ def _jsonl_chunks(path: Path, rows: int | None) -> Iterator[pd.DataFrame]:
         yield from jsonl_frames(enumerate(f, start=1), path.name, rows)
 
 
-def jsonl_frames(lines: Iterable[tuple[int | str, str | bytes]], source: str,
-                 rows: int | None = None) -> Iterator[pd.DataFrame]:
+def jsonl_frames(
+    lines: Iterable[tuple[int | str, str | bytes]], source: str, rows: int | None = None
+) -> Iterator[pd.DataFrame]:
     """Numbered JSON Lines -> untyped frames of at most `rows` records (None: one frame); a line
     that is not one JSON object fails its chunk, named by `source` and its number."""
     records, bad = [], []
@@ -112,7 +126,11 @@ def jsonl_frames(lines: Iterable[tuple[int | str, str | bytes]], source: str,
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
             record = err
         if not isinstance(record, dict):
-            bad.append(Violation(source, line_no, "-", "each line must be one JSON object", type(record).__name__))
+            bad.append(
+                Violation(
+                    source, line_no, "-", "each line must be one JSON object", type(record).__name__
+                )
+            )
             continue
         records.append(record)
         if rows and len(records) == rows:
@@ -132,7 +150,9 @@ def iter_table(path: str | Path, rows: int) -> Iterator[pd.DataFrame]:
     path = Path(path)
     if path.suffix.lower() != ".parquet" or not path.is_file():
         if path.suffix.lower() == ".csv" and path.is_file():
-            yield from pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""], chunksize=rows)
+            yield from pd.read_csv(
+                path, dtype=str, keep_default_na=False, na_values=[""], chunksize=rows
+            )
             return
         if path.suffix.lower() == ".jsonl" and path.is_file():
             yield from _jsonl_chunks(path, rows)
@@ -145,8 +165,15 @@ def iter_table(path: str | Path, rows: int) -> Iterator[pd.DataFrame]:
         yield batch.to_pandas()
 
 
-def validate_frame(frame: pd.DataFrame, *, source: str = "<table>", base_dir: Path | None = None,
-                   training: bool = False, first_row: int = 1, typed: bool = True) -> pd.DataFrame:
+def validate_frame(
+    frame: pd.DataFrame,
+    *,
+    source: str = "<table>",
+    base_dir: Path | None = None,
+    training: bool = False,
+    first_row: int = 1,
+    typed: bool = True,
+) -> pd.DataFrame:
     """Check every row of `frame`; return a typed copy with every contract column, in contract order.
 
     Absent optional columns come back as all-missing. `mri_image` comes back as an absolute path.
@@ -160,18 +187,34 @@ def validate_frame(frame: pd.DataFrame, *, source: str = "<table>", base_dir: Pa
         file_level.append(Violation(source, "-", "-", "file must hold at least one row", "0 rows"))
     unknown = [c for c in frame.columns if c not in COLUMN_BY_NAME]
     for name in unknown:
-        file_level.append(Violation(source, "-", str(name), "unknown column (not in the contract)", "a column of that name"))
+        file_level.append(
+            Violation(
+                source,
+                "-",
+                str(name),
+                "unknown column (not in the contract)",
+                "a column of that name",
+            )
+        )
     for col in COLUMNS:
         required = col.required or (training and col.role == "treatment")
         if col.name not in frame.columns and required:
-            file_level.append(Violation(source, "-", col.name, "required column is missing", "no such column"))
+            file_level.append(
+                Violation(source, "-", col.name, "required column is missing", "no such column")
+            )
     if file_level:
         raise CohortError(source, file_level)
 
     out = {}
     for col in COLUMNS:
-        raw = frame[col.name] if col.name in frame.columns else pd.Series([None] * len(frame), index=frame.index)
-        values, col_problems = _check_column(raw.reset_index(drop=True), col, training, base_dir, typed)
+        raw = (
+            frame[col.name]
+            if col.name in frame.columns
+            else pd.Series([None] * len(frame), index=frame.index)
+        )
+        values, col_problems = _check_column(
+            raw.reset_index(drop=True), col, training, base_dir, typed
+        )
         out[col.name] = values
         problems.extend(col_problems)
     if problems:
@@ -204,11 +247,20 @@ def _check_column(raw: pd.Series, col: Column, training: bool, base_dir: Path | 
         dup = values.duplicated(keep="first") & values.notna()
         if dup.any():
             rows = np.flatnonzero(dup)
-            problems.append((rows, col, "must be unique in the file", [_show(obj.iloc[r], col) for r in rows[:MAX_LISTED]]))
+            problems.append(
+                (
+                    rows,
+                    col,
+                    "must be unique in the file",
+                    [_show(obj.iloc[r], col) for r in rows[:MAX_LISTED]],
+                )
+            )
         control = values.fillna("").str.contains(_CONTROL, regex=True).to_numpy(dtype=bool)
         if control.any():
             rows = np.flatnonzero(control)
-            problems.append((rows, col, "must not contain control characters", ["an id with one"] * len(rows)))
+            problems.append(
+                (rows, col, "must not contain control characters", ["an id with one"] * len(rows))
+            )
     return values, problems
 
 
@@ -297,7 +349,10 @@ def _check_images(paths: pd.Series, ok: pd.Series, base_dir: Path):
         resolved.iloc[i] = str(full.resolve())
     return resolved, [
         (np.asarray(wrong_suffix, dtype=int), f"must end in {', '.join(IMAGE_SUFFIXES)}"),
-        (np.asarray(unreadable, dtype=int), "must name an existing PNG or JPEG file, relative to the cohort file"),
+        (
+            np.asarray(unreadable, dtype=int),
+            "must name an existing PNG or JPEG file, relative to the cohort file",
+        ),
     ]
 
 
@@ -317,7 +372,9 @@ def _first_violations(problems, source: str, first_row: int = 1) -> list[Violati
     flat = []
     for rows, col, rule, shown in problems:
         for k, r in enumerate(rows):
-            flat.append((int(r), order[col.name], col.name, rule, shown[k] if k < len(shown) else "..."))
+            flat.append(
+                (int(r), order[col.name], col.name, rule, shown[k] if k < len(shown) else "...")
+            )
     flat.sort(key=lambda t: (t[0], t[1]))
     return [Violation(source, r + first_row, name, rule, got) for r, _, name, rule, got in flat]
 
@@ -334,5 +391,8 @@ def summarize(frame: pd.DataFrame, name: str) -> str:
     lines += [f"{c.name:<24} {frame[c.name].notna().mean():>7.1%}" for c in COLUMNS]
     labeled = frame["satisfied"].dropna()
     if len(labeled):
-        lines += ["", f"satisfied: {labeled.astype(bool).mean():.1%} of {len(labeled):,} labeled rows"]
+        lines += [
+            "",
+            f"satisfied: {labeled.astype(bool).mean():.1%} of {len(labeled):,} labeled rows",
+        ]
     return "\n".join(lines)

@@ -28,7 +28,7 @@ def keep_head_and_tail(sentences: list[str], limit: int) -> tuple[list[str], boo
     if len(sentences) <= limit:
         return sentences, False
     head = (limit + 1) // 2
-    return sentences[:head] + sentences[len(sentences) - (limit - head):], True
+    return sentences[:head] + sentences[len(sentences) - (limit - head) :], True
 
 
 def load_tokenizer(name_or_path: str | Path) -> Tokenizer:
@@ -36,7 +36,11 @@ def load_tokenizer(name_or_path: str | Path) -> Tokenizer:
     path = Path(name_or_path)
     if path.is_dir():
         path = path / "tokenizer.json"
-    tokenizer = Tokenizer.from_file(str(path)) if path.is_file() else Tokenizer.from_pretrained(str(name_or_path))
+    tokenizer = (
+        Tokenizer.from_file(str(path))
+        if path.is_file()
+        else Tokenizer.from_pretrained(str(name_or_path))
+    )
     tokenizer.no_truncation()  # the window below decides, not the folder's saved setting
     tokenizer.no_padding()
     return tokenizer

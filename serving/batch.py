@@ -42,7 +42,9 @@ def _rows(path: Path) -> int | None:
     return pq.ParquetFile(path).metadata.num_rows if path.suffix.lower() == ".parquet" else None
 
 
-def score_file(predictor: Predictor, src: Path, dst: Path, chunk_rows: int = 10_000, progress: bool = True) -> dict:
+def score_file(
+    predictor: Predictor, src: Path, dst: Path, chunk_rows: int = 10_000, progress: bool = True
+) -> dict:
     """Score every row of `src` into `dst` (Parquet); return counts, seconds and peak memory."""
     src, dst = Path(src), Path(dst)
     start, done, seen = time.perf_counter(), 0, set()
@@ -51,8 +53,13 @@ def score_file(predictor: Predictor, src: Path, dst: Path, chunk_rows: int = 10_
     bar = tqdm(total=_rows(src), unit="patients", disable=not progress, file=sys.stderr)
     with pq.ParquetWriter(partial, SCHEMA) as writer:
         for raw in iter_table(src, chunk_rows):
-            frame = validate_frame(raw, source=src.name, base_dir=src.parent, first_row=done + 1,
-                                   typed=typed_format(src))
+            frame = validate_frame(
+                raw,
+                source=src.name,
+                base_dir=src.parent,
+                first_row=done + 1,
+                typed=typed_format(src),
+            )
             _check_unique(frame["patient_id"], seen, src.name, done)
             writer.write_table(score_frame(predictor, frame, bar.update))
             done += len(frame)
@@ -60,8 +67,13 @@ def score_file(predictor: Predictor, src: Path, dst: Path, chunk_rows: int = 10_
     partial.replace(dst)
     seconds = time.perf_counter() - start
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
-    return {"rows": done, "seconds": round(seconds, 2), "rows_per_second": round(done / seconds, 1),
-            "peak_rss_mib": round(peak_mib, 1), "out": str(dst)}
+    return {
+        "rows": done,
+        "seconds": round(seconds, 2),
+        "rows_per_second": round(done / seconds, 1),
+        "peak_rss_mib": round(peak_mib, 1),
+        "out": str(dst),
+    }
 
 
 def _check_unique(ids, seen: set[int], source: str, offset: int) -> None:
@@ -69,41 +81,93 @@ def _check_unique(ids, seen: set[int], source: str, offset: int) -> None:
     for i, patient_id in enumerate(ids.tolist()):
         key = hash(patient_id)
         if key in seen:
-            raise CohortError(source, [Violation(source, offset + i + 1, "patient_id", "must be unique in the file",
-                                                 "an earlier row's id")])
+            raise CohortError(
+                source,
+                [
+                    Violation(
+                        source,
+                        offset + i + 1,
+                        "patient_id",
+                        "must be unique in the file",
+                        "an earlier row's id",
+                    )
+                ],
+            )
         seen.add(key)
 
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="spinecast predict", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", type=Path, required=True, help="model bundle folder (spinecast export)")
-    parser.add_argument("--in", dest="src", type=Path, required=True,
-                        help="cohort file: .parquet, .csv or .jsonl (--engine ray: or a folder of .parquet files)")
-    parser.add_argument("--out", type=Path, required=True,
-                        help="predictions .parquet (--engine ray: a folder for its Parquet files)")
-    parser.add_argument("--chunk-rows", type=int, default=None,
-                        help="rows read, validated and scored at a time (default: 10000; --engine ray: 1000)")
+    parser.add_argument(
+        "--model", type=Path, required=True, help="model bundle folder (spinecast export)"
+    )
+    parser.add_argument(
+        "--in",
+        dest="src",
+        type=Path,
+        required=True,
+        help="cohort file: .parquet, .csv or .jsonl (--engine ray: or a folder of .parquet files)",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        help="predictions .parquet (--engine ray: a folder for its Parquet files)",
+    )
+    parser.add_argument(
+        "--chunk-rows",
+        type=int,
+        default=None,
+        help="rows read, validated and scored at a time (default: 10000; --engine ray: 1000)",
+    )
     parser.add_argument("--batch-size", type=int, default=32, help="rows per ONNX Runtime run")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="ONNX Runtime intra-op threads (default: all cores; --engine ray: 1 per actor)")
-    parser.add_argument("--variant", default=None, help="model variant from the card (default: the served one)")
-    parser.add_argument("--engine", choices=("local", "ray"), default="local",
-                        help="local: this process; ray: Ray Data actors on a Ray cluster (the `ray` extra)")
-    parser.add_argument("--ray-address", default=None,
-                        help="--engine ray: the cluster (default: $RAY_ADDRESS, else the latest `ray start` here, "
-                             "else a new Ray on this machine; `auto` refuses to start one)")
-    parser.add_argument("--concurrency", type=int, default=None,
-                        help="--engine ray: most predictor actors (default: the cluster's CPUs / threads, less one)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="ONNX Runtime intra-op threads (default: all cores; --engine ray: 1 per actor)",
+    )
+    parser.add_argument(
+        "--variant", default=None, help="model variant from the card (default: the served one)"
+    )
+    parser.add_argument(
+        "--engine",
+        choices=("local", "ray"),
+        default="local",
+        help="local: this process; ray: Ray Data actors on a Ray cluster (the `ray` extra)",
+    )
+    parser.add_argument(
+        "--ray-address",
+        default=None,
+        help="--engine ray: the cluster (default: $RAY_ADDRESS, else the latest `ray start` here, "
+        "else a new Ray on this machine; `auto` refuses to start one)",
+    )
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        default=None,
+        help="--engine ray: most predictor actors (default: the cluster's CPUs / threads, less one)",
+    )
     args = parser.parse_args(argv)
     try:
         if args.engine == "ray":
             from .distributed import score_with_ray  # imports ray, an optional extra
 
-            stats = score_with_ray(args.model, args.src, args.out, chunk_rows=args.chunk_rows or 1_000,
-                                   concurrency=args.concurrency, threads=args.threads or 1,
-                                   batch_size=args.batch_size, variant=args.variant, address=args.ray_address)
+            stats = score_with_ray(
+                args.model,
+                args.src,
+                args.out,
+                chunk_rows=args.chunk_rows or 1_000,
+                concurrency=args.concurrency,
+                threads=args.threads or 1,
+                batch_size=args.batch_size,
+                variant=args.variant,
+                address=args.ray_address,
+            )
         else:
-            predictor = Predictor(args.model, args.variant, threads=args.threads, batch_size=args.batch_size)
+            predictor = Predictor(
+                args.model, args.variant, threads=args.threads, batch_size=args.batch_size
+            )
             stats = score_file(predictor, args.src, args.out, args.chunk_rows or 10_000)
     except (CohortError, FileExistsError) as err:
         print(err, file=sys.stderr)

@@ -16,9 +16,22 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 SOURCES = {  # repository folder -> package folder in the Bento, and the modules serving needs
     "spinecast": ("spinecast", ("__init__.py",)),
-    "datasets": ("spinecast/datasets", ("__init__.py", "schema.py", "io.py", "features.py", "images.py",
-                                        "inputs.py", "sentences.py")),
-    "serving": ("spinecast/serving", ("__init__.py", "predictor.py", "schemas.py", "service.py", "batch.py")),
+    "datasets": (
+        "spinecast/datasets",
+        (
+            "__init__.py",
+            "schema.py",
+            "io.py",
+            "features.py",
+            "images.py",
+            "inputs.py",
+            "sentences.py",
+        ),
+    ),
+    "serving": (
+        "spinecast/serving",
+        ("__init__.py", "predictor.py", "schemas.py", "service.py", "batch.py"),
+    ),
 }
 
 
@@ -36,7 +49,9 @@ def build(dst: Path) -> str:
     import bentoml
 
     stage(dst)
-    bento = bentoml.bentos.build_bentofile(bentofile=str(dst / "bentofile.yaml"), build_ctx=str(dst))
+    bento = bentoml.bentos.build_bentofile(
+        bentofile=str(dst / "bentofile.yaml"), build_ctx=str(dst)
+    )
     return str(bento.tag)
 
 

@@ -39,7 +39,9 @@ class Saturated(Exception):
 
 
 class Capacity:
-    def __init__(self, max_wait_s: float, seconds_per_patient: float, explain_units: float, workers: int = 1):
+    def __init__(
+        self, max_wait_s: float, seconds_per_patient: float, explain_units: float, workers: int = 1
+    ):
         self.max_wait_s, self.workers = max_wait_s, max(1, workers)
         self.seconds: dict[str, float] = {}  # kind -> model seconds per unit
         self.calibrate(seconds_per_patient, explain_units)
@@ -48,7 +50,9 @@ class Capacity:
 
     def calibrate(self, seconds_per_patient: float, explain_units: float) -> None:
         """Start (again) from one measured (or assumed) speed: an /explain costs `explain_units` patients."""
-        self.seconds.update(patient=seconds_per_patient, explain=seconds_per_patient * explain_units)
+        self.seconds.update(
+            patient=seconds_per_patient, explain=seconds_per_patient * explain_units
+        )
 
     def cost(self, kind: str, units: int) -> float:
         return self.seconds[kind] * units / self.workers

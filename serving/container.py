@@ -35,8 +35,13 @@ ENTRYPOINT = "/home/bentoml/bento/env/docker/entrypoint.sh"
 
 
 def _run(*cmd: str, capture: bool = False) -> str:
-    done = subprocess.run(cmd, check=True, text=True, env={**os.environ, **ENV},
-                          stdout=subprocess.PIPE if capture else None)
+    done = subprocess.run(
+        cmd,
+        check=True,
+        text=True,
+        env={**os.environ, **ENV},
+        stdout=subprocess.PIPE if capture else None,
+    )
     return (done.stdout or "").strip()
 
 
@@ -45,13 +50,22 @@ def ensure_tools() -> None:
     if not missing:
         return
     if os.geteuid() != 0:
-        sys.exit(f"spinecast container: {', '.join(missing)} missing; install them (apt install {' '.join(missing)})")
+        sys.exit(
+            f"spinecast container: {', '.join(missing)} missing; install them (apt install {' '.join(missing)})"
+        )
     _run("apt-get", "install", "-y", "-q", "--no-install-recommends", *missing)
 
 
 def image_exists(name: str) -> bool:
-    return subprocess.run(["buildah", "inspect", "--type", "image", name], check=False, capture_output=True,
-                          env={**os.environ, **ENV}).returncode == 0
+    return (
+        subprocess.run(
+            ["buildah", "inspect", "--type", "image", name],
+            check=False,
+            capture_output=True,
+            env={**os.environ, **ENV},
+        ).returncode
+        == 0
+    )
 
 
 def build_base(name: str = BASE) -> str:
@@ -60,56 +74,116 @@ def build_base(name: str = BASE) -> str:
         return name
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "rootfs"
-        _run("debootstrap", "--variant=minbase", f"--include={PACKAGES}", DEBIAN[0], str(root), DEBIAN[1])
-        for ca in Path("/usr/local/share/ca-certificates").glob("*.crt"):  # this machine's extra CAs
+        _run(
+            "debootstrap",
+            "--variant=minbase",
+            f"--include={PACKAGES}",
+            DEBIAN[0],
+            str(root),
+            DEBIAN[1],
+        )
+        for ca in Path("/usr/local/share/ca-certificates").glob(
+            "*.crt"
+        ):  # this machine's extra CAs
             shutil.copy2(ca, root / "usr/local/share/ca-certificates" / ca.name)
         _run("chroot", str(root), "update-ca-certificates")
-        (root / "usr/lib/python3.11/EXTERNALLY-MANAGED").unlink(missing_ok=True)  # the Bento installs into a venv
+        (root / "usr/lib/python3.11/EXTERNALLY-MANAGED").unlink(
+            missing_ok=True
+        )  # the Bento installs into a venv
         for cache in ("var/cache/apt/archives", "var/lib/apt/lists"):
             for item in (root / cache).glob("*"):
                 if item.is_file():
                     item.unlink()
         tar = Path(tmp) / "rootfs.tar"
-        _run("tar", "-C", str(root), "--exclude=./dev/*", "--exclude=./proc/*", "--exclude=./sys/*", "-cf", str(tar), ".")
+        _run(
+            "tar",
+            "-C",
+            str(root),
+            "--exclude=./dev/*",
+            "--exclude=./proc/*",
+            "--exclude=./sys/*",
+            "-cf",
+            str(tar),
+            ".",
+        )
         ctr = _run("buildah", "from", "scratch", capture=True)
         try:
             _run("buildah", "add", ctr, str(tar), "/")
-            _run("buildah", "config", "--env", "LANG=C.UTF-8", "--env", "SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt",
-                 "--env", "PIP_CERT=/etc/ssl/certs/ca-certificates.crt", "--env", "UV_NATIVE_TLS=1",
-                 "--cmd", "/bin/bash", ctr)
+            _run(
+                "buildah",
+                "config",
+                "--env",
+                "LANG=C.UTF-8",
+                "--env",
+                "SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt",
+                "--env",
+                "PIP_CERT=/etc/ssl/certs/ca-certificates.crt",
+                "--env",
+                "UV_NATIVE_TLS=1",
+                "--cmd",
+                "/bin/bash",
+                ctr,
+            )
             _run("buildah", "commit", "-q", ctr, name)
         finally:
             _run("buildah", "rm", ctr, capture=True)
     return name
 
 
-def build(bento: str = "spinecast:latest", tag: str = "spinecast:latest", base: str | None = None) -> dict:
+def build(
+    bento: str = "spinecast:latest", tag: str = "spinecast:latest", base: str | None = None
+) -> dict:
     """The image of `bento`, tagged `tag`; returns its name, size and whether torch is in it."""
     ensure_tools()
     base = base or build_base()
     bentoml = Path(sys.executable).with_name("bentoml")
-    _run(str(bentoml), "containerize", bento, "--backend", "buildah", "--opt", f"from={base}",
-         "--opt", "isolation=chroot", "-t", tag)
+    _run(
+        str(bentoml),
+        "containerize",
+        bento,
+        "--backend",
+        "buildah",
+        "--opt",
+        f"from={base}",
+        "--opt",
+        "isolation=chroot",
+        "-t",
+        tag,
+    )
     name = tag if "/" in tag else f"localhost/{tag}"
     images = json.loads(_run("buildah", "images", "--json", capture=True))
     size = next(i["size"] for i in images if name in (i.get("names") or []))
     ctr = _run("buildah", "from", tag, capture=True)
     try:
-        has_torch = _run("buildah", "run", ctr, "--", "/app/.venv/bin/python", "-c",
-                         "import importlib.util as u; print(u.find_spec('torch') is not None)", capture=True)
+        has_torch = _run(
+            "buildah",
+            "run",
+            ctr,
+            "--",
+            "/app/.venv/bin/python",
+            "-c",
+            "import importlib.util as u; print(u.find_spec('torch') is not None)",
+            capture=True,
+        )
     finally:
         _run("buildah", "rm", ctr, capture=True)
     return {"image": tag, "base": base, "size": size, "torch_in_image": has_torch == "True"}
 
 
 @contextlib.contextmanager
-def running(tag: str, port: int, env: dict[str, str] | None = None, log: Path | None = None) -> Iterator[subprocess.Popen]:
+def running(
+    tag: str, port: int, env: dict[str, str] | None = None, log: Path | None = None
+) -> Iterator[subprocess.Popen]:
     """The image's entrypoint (`bentoml serve`) in a buildah container on the host network."""
     ctr = _run("buildah", "from", tag, capture=True)
     args = [arg for k, v in (env or {}).items() for arg in ("--env", f"{k}={v}")]
     out = log.open("wb") if log else subprocess.DEVNULL
-    proc = subprocess.Popen(["buildah", "run", *args, ctr, "--", ENTRYPOINT, "--port", str(port)],
-                            env={**os.environ, **ENV}, stdout=out, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        ["buildah", "run", *args, ctr, "--", ENTRYPOINT, "--port", str(port)],
+        env={**os.environ, **ENV},
+        stdout=out,
+        stderr=subprocess.STDOUT,
+    )
     try:
         yield proc
     finally:
@@ -125,7 +199,9 @@ def main() -> None:
     b = sub.add_parser("build", help="build the image")
     b.add_argument("--bento", default="spinecast:latest")
     b.add_argument("--tag", default="spinecast:latest")
-    b.add_argument("--base", default=None, help="your own base image (default: a local Debian bookworm)")
+    b.add_argument(
+        "--base", default=None, help="your own base image (default: a local Debian bookworm)"
+    )
     b.add_argument("--out", type=Path, default=None, help="also write the result (JSON) here")
     r = sub.add_parser("run", help="serve the image on the host network")
     r.add_argument("--tag", default="spinecast:latest")

@@ -32,18 +32,25 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def running_server(port: int, env: dict[str, str] | None = None, log: Path | None = None,
-                   timeout: float = 120) -> Iterator[subprocess.Popen]:
+def running_server(
+    port: int, env: dict[str, str] | None = None, log: Path | None = None, timeout: float = 120
+) -> Iterator[subprocess.Popen]:
     """`bentoml serve` on localhost:`port`, ready; output to `log` (default: discarded)."""
     out = log.open("wb") if log else subprocess.DEVNULL
     bentoml = Path(sys.executable).with_name("bentoml")
-    proc = subprocess.Popen([str(bentoml), "serve", SERVICE, "--host", "127.0.0.1", "--port", str(port)],
-                            env={**os.environ, **(env or {})}, stdout=out, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [str(bentoml), "serve", SERVICE, "--host", "127.0.0.1", "--port", str(port)],
+        env={**os.environ, **(env or {})},
+        stdout=out,
+        stderr=subprocess.STDOUT,
+    )
     try:
         deadline = time.monotonic() + timeout
         while True:
             if proc.poll() is not None:
-                raise RuntimeError(f"bentoml serve exited with {proc.returncode} before it was ready")
+                raise RuntimeError(
+                    f"bentoml serve exited with {proc.returncode} before it was ready"
+                )
             with contextlib.suppress(httpx.HTTPError):
                 if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
                     break
@@ -69,19 +76,26 @@ def stop(proc: subprocess.Popen, timeout: float = 30) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--cohort", type=Path, required=True, help="a cohort to take the example patient from")
+    parser.add_argument(
+        "--cohort", type=Path, required=True, help="a cohort to take the example patient from"
+    )
     parser.add_argument("--port", type=int, default=3000)
     args = parser.parse_args()
     import pandas as pd
 
     frame = pd.read_parquet(args.cohort)
     row = frame[frame["clinical_note"].notna() & frame["imaging_report"].notna()].iloc[0]
-    patient = {k: (v.item() if hasattr(v, "item") else v) for k, v in row.drop(["satisfied", "odi_12m", "mri_image"]).items()
-               if not pd.isna(v)}
+    patient = {
+        k: (v.item() if hasattr(v, "item") else v)
+        for k, v in row.drop(["satisfied", "odi_12m", "mri_image"]).items()
+        if not pd.isna(v)
+    }
     body = json.dumps({"patient": patient})
     url = f"http://127.0.0.1:{args.port}/predict"
     with running_server(args.port):
-        print(f"SpineCast is serving on http://127.0.0.1:{args.port} (stopped again after this call). A call:\n")
+        print(
+            f"SpineCast is serving on http://127.0.0.1:{args.port} (stopped again after this call). A call:\n"
+        )
         print(f"curl -s -X POST {url} -H 'Content-Type: application/json' -d {shlex.quote(body)}\n")
         answer = httpx.post(url, json={"patient": patient}, timeout=60)
         print(f"HTTP {answer.status_code}:\n{json.dumps(answer.json(), indent=2)}")

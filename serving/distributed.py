@@ -70,9 +70,17 @@ class CohortScorer:
         return pa.concat_tables(tables) if tables else SCHEMA.empty_table()
 
 
-def score_with_ray(bundle: str | Path, src: str | Path, dst: str | Path, chunk_rows: int = 1_000,
-                   concurrency: int | None = None, threads: int = 1, batch_size: int = 32,
-                   variant: str | None = None, address: str | None = None) -> dict:
+def score_with_ray(
+    bundle: str | Path,
+    src: str | Path,
+    dst: str | Path,
+    chunk_rows: int = 1_000,
+    concurrency: int | None = None,
+    threads: int = 1,
+    batch_size: int = 32,
+    variant: str | None = None,
+    address: str | None = None,
+) -> dict:
     """Score every row of `src` (a cohort file, or a folder of .parquet files) into the folder `dst`.
 
     Joins the Ray cluster at `address` (None: Ray's default) unless Ray is already initialised.
@@ -80,21 +88,33 @@ def score_with_ray(bundle: str | Path, src: str | Path, dst: str | Path, chunk_r
     less one CPU left for reading and writing. Returns counts, seconds and the output folder.
     """
     bundle, src, dst = Path(bundle).resolve(), Path(src).resolve(), Path(dst).resolve()
-    Predictor(bundle, variant, threads=1)  # a damaged bundle or unknown variant fails here, not in every actor
+    Predictor(
+        bundle, variant, threads=1
+    )  # a damaged bundle or unknown variant fails here, not in every actor
     if dst.exists() and (not dst.is_dir() or any(dst.iterdir())):
-        raise FileExistsError(f"--out {dst} exists; the Ray engine writes a new folder (remove it or pick another)")
+        raise FileExistsError(
+            f"--out {dst} exists; the Ray engine writes a new folder (remove it or pick another)"
+        )
     started_here = not ray.is_initialized()
     if started_here:
         ray.init(address=address)
     try:
         start = time.perf_counter()
-        partial = dst.with_name(dst.name + ".partial")  # a failed run never leaves a half-written `dst`
+        partial = dst.with_name(
+            dst.name + ".partial"
+        )  # a failed run never leaves a half-written `dst`
         shutil.rmtree(partial, ignore_errors=True)  # what a killed run left
         if concurrency is None:
             concurrency = max(1, (int(ray.cluster_resources().get("CPU", 1)) - 1) // threads)
         try:
-            failed = _run(src, partial, (str(bundle), variant, threads, batch_size), chunk_rows, concurrency,
-                          threads)
+            failed = _run(
+                src,
+                partial,
+                (str(bundle), variant, threads, batch_size),
+                chunk_rows,
+                concurrency,
+                threads,
+            )
             if failed:  # raised here, not in `_run`: no Ray exception chained to it
                 raise CohortError(*failed)
             rows = _count(partial, src.name)
@@ -109,16 +129,28 @@ def score_with_ray(bundle: str | Path, src: str | Path, dst: str | Path, chunk_r
         if started_here:
             ray.shutdown()
     seconds = time.perf_counter() - start
-    return {"rows": rows, "seconds": round(seconds, 2), "rows_per_second": round(rows / seconds, 1),
-            "actors": concurrency, "files": len(list(dst.glob("*.parquet"))), "out": str(dst)}
+    return {
+        "rows": rows,
+        "seconds": round(seconds, 2),
+        "rows_per_second": round(rows / seconds, 1),
+        "actors": concurrency,
+        "files": len(list(dst.glob("*.parquet"))),
+        "out": str(dst),
+    }
 
 
-def _run(src: Path, out: Path, scorer: tuple, chunk_rows: int, concurrency: int,
-         threads: int) -> tuple[str, list[Violation]] | None:
+def _run(
+    src: Path, out: Path, scorer: tuple, chunk_rows: int, concurrency: int, threads: int
+) -> tuple[str, list[Violation]] | None:
     """Read, score and write with Ray Data; return (file, violations) if an actor found bad rows."""
     scored = _read(src).map_batches(
-        CohortScorer, fn_constructor_args=scorer, batch_size=chunk_rows, batch_format="pandas",
-        num_cpus=threads, compute=ray.data.ActorPoolStrategy(min_size=1, max_size=concurrency))
+        CohortScorer,
+        fn_constructor_args=scorer,
+        batch_size=chunk_rows,
+        batch_format="pandas",
+        num_cpus=threads,
+        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=concurrency),
+    )
     scored.context.raise_original_map_exception = True  # the driver gets the actor's exception
     try:
         scored.write_parquet(str(out))
@@ -137,10 +169,18 @@ def _read(src: Path) -> ray.data.Dataset:
         return ray.data.read_parquet(str(src), include_paths=True, partitioning=None)
     if suffix == ".csv" and src.is_file():
         # Everything as text, like the local reader: the contract, not type inference, decides the types.
-        text = csv.ConvertOptions(column_types={c.name: pa.string() for c in COLUMNS},
-                                  null_values=[""], strings_can_be_null=True)
-        return ray.data.read_csv(str(src), include_paths=True, partitioning=None, convert_options=text,
-                                 parse_options=csv.ParseOptions(newlines_in_values=True))  # notes span lines
+        text = csv.ConvertOptions(
+            column_types={c.name: pa.string() for c in COLUMNS},
+            null_values=[""],
+            strings_can_be_null=True,
+        )
+        return ray.data.read_csv(
+            str(src),
+            include_paths=True,
+            partitioning=None,
+            convert_options=text,
+            parse_options=csv.ParseOptions(newlines_in_values=True),
+        )  # notes span lines
     if suffix == ".jsonl" and src.is_file():
         return ray.data.read_text(str(src), include_paths=True, partitioning=None)
     if suffix in SUFFIXES:
@@ -155,7 +195,10 @@ def _validate(raw: pd.DataFrame, path: Path) -> pd.DataFrame:
         return validate_frame(raw, source=path.name, base_dir=path.parent, typed=typed_format(path))
     except CohortError as err:
         ids = raw["patient_id"].tolist() if "patient_id" in raw.columns else []
-        named = [Violation(v.file, _row_name(v.row, ids), v.column, v.rule, v.got) for v in err.violations]
+        named = [
+            Violation(v.file, _row_name(v.row, ids), v.column, v.rule, v.got)
+            for v in err.violations
+        ]
         raise CohortError(path.name, named) from None
 
 
@@ -180,7 +223,9 @@ def _cohort_error(err: BaseException) -> CohortError | None:
 def _count(folder: Path, source: str) -> int:
     rows = sum(pq.ParquetFile(f).metadata.num_rows for f in folder.glob("*.parquet"))
     if rows == 0:
-        raise CohortError(source, [Violation(source, "-", "-", "file must hold at least one row", "0 rows")])
+        raise CohortError(
+            source, [Violation(source, "-", "-", "file must hold at least one row", "0 rows")]
+        )
     return rows
 
 
@@ -199,10 +244,25 @@ def _check_unique(folder: Path, source: str) -> None:
         counts.update(ids[np.isin(pd.util.hash_array(ids), clash)].tolist())
     dup = [(patient_id, n) for patient_id, n in counts.items() if n > 1][:SHOWN]
     if dup:
-        raise CohortError(source, [Violation(source, f"patient_id={patient_id}", "patient_id",
-                                             "must be unique in the cohort", f"{n} rows with this id")
-                                   for patient_id, n in dup])
+        raise CohortError(
+            source,
+            [
+                Violation(
+                    source,
+                    f"patient_id={patient_id}",
+                    "patient_id",
+                    "must be unique in the cohort",
+                    f"{n} rows with this id",
+                )
+                for patient_id, n in dup
+            ],
+        )
 
 
 def _ids(path: Path) -> np.ndarray:
-    return pq.read_table(path, columns=["patient_id"]).column(0).to_numpy(zero_copy_only=False).astype(object)
+    return (
+        pq.read_table(path, columns=["patient_id"])
+        .column(0)
+        .to_numpy(zero_copy_only=False)
+        .astype(object)
+    )

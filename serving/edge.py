@@ -37,14 +37,25 @@ UNKNOWN_PATH = "/unknown"
 
 
 def _canned(status: str, body: bytes, *extra: bytes) -> bytes:
-    head = [f"HTTP/1.1 {status}".encode(), b"content-type: application/json",
-            f"content-length: {len(body)}".encode(), b"connection: close", *extra]
+    head = [
+        f"HTTP/1.1 {status}".encode(),
+        b"content-type: application/json",
+        f"content-length: {len(body)}".encode(),
+        b"connection: close",
+        *extra,
+    ]
     return b"\r\n".join(head) + b"\r\n\r\n" + body
 
 
-BUSY = _canned("503 Service Unavailable", b'{"error": "too many open connections; retry later"}', b"retry-after: 1")
-HEADER_TIMEOUT = _canned("408 Request Timeout",
-                         f'{{"error": "request headers must arrive within {HEADER_TIMEOUT_S:g} s"}}'.encode())
+BUSY = _canned(
+    "503 Service Unavailable",
+    b'{"error": "too many open connections; retry later"}',
+    b"retry-after: 1",
+)
+HEADER_TIMEOUT = _canned(
+    "408 Request Timeout",
+    f'{{"error": "request headers must arrive within {HEADER_TIMEOUT_S:g} s"}}'.encode(),
+)
 
 
 class GuardedH11(H11Protocol):
@@ -77,7 +88,9 @@ class GuardedH11(H11Protocol):
 
     def handle_events(self) -> None:
         super().handle_events()
-        if self.conn.their_state is not h11.IDLE:  # the headers are in: the body has its own deadline
+        if (
+            self.conn.their_state is not h11.IDLE
+        ):  # the headers are in: the body has its own deadline
             self._disarm()
 
     def on_response_complete(self) -> None:
@@ -95,7 +108,9 @@ def _served(routes, scope) -> bool:
         match, child = route.matches(scope)
         if match is Match.NONE:
             continue
-        if isinstance(route, Mount) and route.routes:  # a mounted app: one of its routes must serve it
+        if (
+            isinstance(route, Mount) and route.routes
+        ):  # a mounted app: one of its routes must serve it
             if _served(route.routes, {**scope, **child}):
                 return True
             continue
@@ -122,10 +137,17 @@ def _prime_metrics(app) -> None:
     if node is None:
         return
     public = server_context.service_type == "entry_service"
-    routes = [(route, PUBLIC_STATUSES if public else MODEL_STATUSES) for route in server_context.service_routes]
+    routes = [
+        (route, PUBLIC_STATUSES if public else MODEL_STATUSES)
+        for route in server_context.service_routes
+    ]
     for endpoint, statuses in [*routes, (UNKNOWN_PATH, UNKNOWN_STATUSES)]:
-        labels = {"endpoint": endpoint, "service_name": server_context.bento_name,
-                  "service_version": server_context.bento_version, "runner_name": server_context.service_name}
+        labels = {
+            "endpoint": endpoint,
+            "service_name": server_context.bento_name,
+            "service_version": server_context.bento_version,
+            "runner_name": server_context.service_name,
+        }
         for code in statuses:
             node.metrics_request_total.labels(**labels, http_response_code=code)
         for code in (200, 500, *statuses):
@@ -141,13 +163,20 @@ class KnownPaths:
 
     async def __call__(self, scope, receive, send):
         if scope["type"] == "http" and not _served(getattr(self.app, "routes", ()), scope):
-            scope = {**scope, "path": UNKNOWN_PATH, "raw_path": UNKNOWN_PATH.encode(), "query_string": b""}
+            scope = {
+                **scope,
+                "path": UNKNOWN_PATH,
+                "raw_path": UNKNOWN_PATH.encode(),
+                "query_string": b"",
+            }
         try:
             return await self.app(scope, receive, send)
         finally:
             if not self.primed and scope["type"] == "http":
                 self.primed = True
-                with contextlib.suppress(Exception):  # metrics are an aid; never fail a request for them
+                with contextlib.suppress(
+                    Exception
+                ):  # metrics are an aid; never fail a request for them
                     _prime_metrics(self.app)
 
 

@@ -55,26 +55,52 @@ def _same(answer: dict, reference: dict) -> bool:
     return all(abs(got[o["treatment"]] - o["p_satisfied"]) <= 1e-4 for o in reference["outcomes"])
 
 
-async def run(url: str, patients: list[dict], seconds: float = 60, concurrency: int = 64, invalid: float = 0.1,
-              pid: int | None = None, headers: dict | None = None, seed: int = 0, warmup: float = 10) -> dict:
+async def run(
+    url: str,
+    patients: list[dict],
+    seconds: float = 60,
+    concurrency: int = 64,
+    invalid: float = 0.1,
+    pid: int | None = None,
+    headers: dict | None = None,
+    seed: int = 0,
+    warmup: float = 10,
+) -> dict:
     """`warmup` seconds of the same traffic run first and are not counted (caches and pools fill up)."""
     headers = headers or {}
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits, headers=headers) as client:
+    async with httpx.AsyncClient(
+        base_url=url, timeout=120, limits=limits, headers=headers
+    ) as client:
         reference = {}
-        for start in range(0, len(patients), 8):  # what each patient should get (small: images are big)
-            r = await client.post("/predict_batch", json={"patients": patients[start:start + 8]})
+        for start in range(
+            0, len(patients), 8
+        ):  # what each patient should get (small: images are big)
+            r = await client.post("/predict_batch", json={"patients": patients[start : start + 8]})
             r.raise_for_status()
             reference.update({p["patient_id"]: p for p in r.json()["predictions"]})
-        counts = {"valid": 0, "valid_correct": 0, "invalid": 0, "invalid_400": 0, "5xx": 0, "other": 0}
+        counts = {
+            "valid": 0,
+            "valid_correct": 0,
+            "invalid": 0,
+            "invalid_400": 0,
+            "5xx": 0,
+            "other": 0,
+        }
         latencies: list[float] = []
-        unexpected: dict[str, int] = {}  # status and the start of the body: errors carry no patient data
+        unexpected: dict[
+            str, int
+        ] = {}  # status and the start of the body: errors carry no patient data
         rss: list[tuple[float, float]] = []
         rng = random.Random(seed)
         end = time.monotonic() + warmup
         while time.monotonic() < end:
-            await asyncio.gather(*(client.post("/predict", json={"patient": rng.choice(patients)})
-                                   for _ in range(concurrency)))
+            await asyncio.gather(
+                *(
+                    client.post("/predict", json={"patient": rng.choice(patients)})
+                    for _ in range(concurrency)
+                )
+            )
         begin = time.monotonic()
         end = begin + seconds
 
@@ -97,30 +123,46 @@ async def run(url: str, patients: list[dict], seconds: float = 60, concurrency: 
                 latencies.append((time.perf_counter() - t) * 1000)
                 if r.status_code != (400 if bad else 200):
                     counts["5xx" if r.status_code >= 500 else "other"] += 1  # other: e.g. 401, 413
-                    unexpected[f"{r.status_code} {r.text[:120]}"] = unexpected.get(f"{r.status_code} {r.text[:120]}", 0) + 1
+                    unexpected[f"{r.status_code} {r.text[:120]}"] = (
+                        unexpected.get(f"{r.status_code} {r.text[:120]}", 0) + 1
+                    )
                 if bad:
                     counts["invalid"] += 1
                     counts["invalid_400"] += r.status_code == 400
                 else:
                     counts["valid"] += 1
-                    counts["valid_correct"] += r.status_code == 200 and _same(r.json(), reference[patient["patient_id"]])
+                    counts["valid_correct"] += r.status_code == 200 and _same(
+                        r.json(), reference[patient["patient_id"]]
+                    )
 
         async def sample_memory():
             while time.monotonic() < end:
                 rss.append((time.monotonic() - begin, _rss_mib(pid)))
                 await asyncio.sleep(1.0)
 
-        await asyncio.gather(*(client_loop() for _ in range(concurrency)), *([sample_memory()] if pid else []))
+        await asyncio.gather(
+            *(client_loop() for _ in range(concurrency)), *([sample_memory()] if pid else [])
+        )
         elapsed = time.monotonic() - begin
-    result = {"seconds": round(elapsed, 1), "concurrency": concurrency, "invalid_share": invalid,
-              "requests": len(latencies), "requests_per_second": round(len(latencies) / elapsed, 1),
-              "p50_ms": round(float(np.percentile(latencies, 50)), 1),
-              "p99_ms": round(float(np.percentile(latencies, 99)), 1), **counts, "unexpected": unexpected}
+    result = {
+        "seconds": round(elapsed, 1),
+        "concurrency": concurrency,
+        "invalid_share": invalid,
+        "requests": len(latencies),
+        "requests_per_second": round(len(latencies) / elapsed, 1),
+        "p50_ms": round(float(np.percentile(latencies, 50)), 1),
+        "p99_ms": round(float(np.percentile(latencies, 99)), 1),
+        **counts,
+        "unexpected": unexpected,
+    }
     if rss:
         first = [m for t, m in rss if t <= 10]
         last = [m for t, m in rss if t >= rss[-1][0] - 10]
-        result.update(rss_first_10s_mib=round(float(np.mean(first)), 1), rss_last_10s_mib=round(float(np.mean(last)), 1),
-                      rss_growth=round(float(np.mean(last) / np.mean(first) - 1), 4))
+        result.update(
+            rss_first_10s_mib=round(float(np.mean(first)), 1),
+            rss_last_10s_mib=round(float(np.mean(last)), 1),
+            rss_growth=round(float(np.mean(last) / np.mean(first) - 1), 4),
+        )
     return result
 
 
@@ -153,9 +195,18 @@ async def _slow_client(port: int, end: float, held: list[int]) -> None:
             writer.close()
 
 
-async def run_mixed(url: str, patients: list[dict], seconds: float = 60, concurrency: int = 64,
-                    invalid: float = 0.1, batches: float = 0.05, slow: int = 50, pid: int | None = None,
-                    seed: int = 0, warmup: float = 30) -> dict:
+async def run_mixed(
+    url: str,
+    patients: list[dict],
+    seconds: float = 60,
+    concurrency: int = 64,
+    invalid: float = 0.1,
+    batches: float = 0.05,
+    slow: int = 50,
+    pid: int | None = None,
+    seed: int = 0,
+    warmup: float = 30,
+) -> dict:
     """A hostile mix: `concurrency` clients send /predict, a share `invalid` of them invalid (five
     kinds, all must get 400) and a share `batches` /predict_batch of 64 to 256 patients; `slow`
     clients hold connections with half-sent headers; a liveness probe runs every second and /metrics
@@ -169,11 +220,23 @@ async def run_mixed(url: str, patients: list[dict], seconds: float = 60, concurr
     async with httpx.AsyncClient(base_url=url, timeout=600, limits=limits) as client:
         reference = {}
         for start in range(0, len(patients), 8):
-            r = await client.post("/predict_batch", json={"patients": patients[start:start + 8]})
+            r = await client.post("/predict_batch", json={"patients": patients[start : start + 8]})
             r.raise_for_status()
             reference.update({p["patient_id"]: p for p in r.json()["predictions"]})
-        counts = dict.fromkeys(("valid_sent", "valid_correct", "valid_answered", "shed", "invalid_sent",
-                                "invalid_400", "unplanned_5xx", "other", "connection_resets"), 0)
+        counts = dict.fromkeys(
+            (
+                "valid_sent",
+                "valid_correct",
+                "valid_answered",
+                "shed",
+                "invalid_sent",
+                "invalid_400",
+                "unplanned_5xx",
+                "other",
+                "connection_resets",
+            ),
+            0,
+        )
         latencies: list[float] = []
         probes: list[float] = []
         metrics: list[tuple[float, int]] = []
@@ -222,11 +285,14 @@ async def run_mixed(url: str, patients: list[dict], seconds: float = 60, concurr
                         counts["valid_answered"] += 1
                         answers = r.json()["predictions"]
                         counts["valid_correct"] += len(answers) == len(group) and all(
-                            _same(a, reference[p["patient_id"]]) for a, p in zip(answers, group))
+                            _same(a, reference[p["patient_id"]]) for a, p in zip(answers, group)
+                        )
                     else:
                         seen(r.status_code, r.text, r.headers)
                 elif draw < batches + invalid:
-                    r = await send("/predict", {"patient": rng.choice(INVALID)(rng.choice(patients))})
+                    r = await send(
+                        "/predict", {"patient": rng.choice(INVALID)(rng.choice(patients))}
+                    )
                     counts["invalid_sent"] += 1
                     if r.status_code == 400:
                         counts["invalid_400"] += 1
@@ -243,7 +309,9 @@ async def run_mixed(url: str, patients: list[dict], seconds: float = 60, concurr
                         seen(r.status_code, r.text, r.headers)
                     latencies.append((time.perf_counter() - t) * 1000)
                 if r.status_code in (429, 503):
-                    await asyncio.sleep(min(5.0, float(r.headers.get("retry-after", 1))))  # as a polite client would
+                    await asyncio.sleep(
+                        min(5.0, float(r.headers.get("retry-after", 1)))
+                    )  # as a polite client would
 
         async def probe():
             async with httpx.AsyncClient(base_url=url, timeout=30) as own:
@@ -251,7 +319,11 @@ async def run_mixed(url: str, patients: list[dict], seconds: float = 60, concurr
                     t = time.perf_counter()
                     r = await own.get("/livez")
                     if time.monotonic() >= begin:
-                        probes.append((time.perf_counter() - t) * 1000 if r.status_code == 200 else float("inf"))
+                        probes.append(
+                            (time.perf_counter() - t) * 1000
+                            if r.status_code == 200
+                            else float("inf")
+                        )
                     held_max[0] = max(held_max[0], held[0])
                     await asyncio.sleep(1.0)
 
@@ -261,13 +333,23 @@ async def run_mixed(url: str, patients: list[dict], seconds: float = 60, concurr
                     text = (await own.get("/metrics")).text
                     if time.monotonic() >= begin:
                         metrics.append((time.monotonic() - begin, len(text.encode())))
-                        series.append({line.rsplit(" ", 1)[0] for line in text.splitlines() if not line.startswith("#")})
+                        series.append(
+                            {
+                                line.rsplit(" ", 1)[0]
+                                for line in text.splitlines()
+                                if not line.startswith("#")
+                            }
+                        )
                         if pid:
                             rss.append((time.monotonic() - begin, _rss_mib(pid)))
                     await asyncio.sleep(5.0 if not pid else 1.0)
 
-        await asyncio.gather(*(client_loop() for _ in range(concurrency)), probe(), scrape(),
-                             *(_slow_client(port, end, held) for _ in range(slow)))
+        await asyncio.gather(
+            *(client_loop() for _ in range(concurrency)),
+            probe(),
+            scrape(),
+            *(_slow_client(port, end, held) for _ in range(slow)),
+        )
         elapsed = time.monotonic() - begin
 
     def growth(series):
@@ -275,34 +357,72 @@ async def run_mixed(url: str, patients: list[dict], seconds: float = 60, concurr
         last = [v for t, v in series if t >= series[-1][0] - 10]
         return round(float(np.mean(last) / np.mean(first) - 1), 4)
 
-    return {"seconds": round(elapsed, 1), "concurrency": concurrency, "invalid_share": invalid,
-            "batch_share": batches, "slow_clients": slow, "slow_connections_held_max": held_max[0],
-            **counts, "predict_p50_ms": round(float(np.percentile(latencies, 50)), 1) if latencies else None,
-            "predict_p99_ms": round(float(np.percentile(latencies, 99)), 1) if latencies else None,
-            "probes": len(probes), "probe_p50_ms": round(float(np.percentile(probes, 50)), 1),
-            "probe_p99_ms": round(float(np.percentile(probes, 99)), 1), "probe_max_ms": round(max(probes), 1),
-            "metrics_bytes_first": metrics[0][1], "metrics_bytes_last": metrics[-1][1],
-            "metrics_bytes_growth": growth(metrics),
-            "metrics_new_series": sorted(series[-1] - series[0]), **({"rss_growth": growth(rss),
-                                                          "rss_first_mib": round(rss[0][1], 1),
-                                                          "rss_last_mib": round(rss[-1][1], 1)} if rss else {}),
-            "unexpected": unexpected}
+    return {
+        "seconds": round(elapsed, 1),
+        "concurrency": concurrency,
+        "invalid_share": invalid,
+        "batch_share": batches,
+        "slow_clients": slow,
+        "slow_connections_held_max": held_max[0],
+        **counts,
+        "predict_p50_ms": round(float(np.percentile(latencies, 50)), 1) if latencies else None,
+        "predict_p99_ms": round(float(np.percentile(latencies, 99)), 1) if latencies else None,
+        "probes": len(probes),
+        "probe_p50_ms": round(float(np.percentile(probes, 50)), 1),
+        "probe_p99_ms": round(float(np.percentile(probes, 99)), 1),
+        "probe_max_ms": round(max(probes), 1),
+        "metrics_bytes_first": metrics[0][1],
+        "metrics_bytes_last": metrics[-1][1],
+        "metrics_bytes_growth": growth(metrics),
+        "metrics_new_series": sorted(series[-1] - series[0]),
+        **(
+            {
+                "rss_growth": growth(rss),
+                "rss_first_mib": round(rss[0][1], 1),
+                "rss_last_mib": round(rss[-1][1], 1),
+            }
+            if rss
+            else {}
+        ),
+        "unexpected": unexpected,
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--url", required=True)
-    parser.add_argument("--cohort", type=Path, required=True, help="contract cohort (.parquet) to draw patients from")
+    parser.add_argument(
+        "--cohort",
+        type=Path,
+        required=True,
+        help="contract cohort (.parquet) to draw patients from",
+    )
     parser.add_argument("--seconds", type=float, default=60)
     parser.add_argument("--concurrency", type=int, default=64)
-    parser.add_argument("--invalid", type=float, default=0.1, help="share of deliberately invalid requests")
-    parser.add_argument("--pid", type=int, default=None, help="server process id, to sample its memory")
+    parser.add_argument(
+        "--invalid", type=float, default=0.1, help="share of deliberately invalid requests"
+    )
+    parser.add_argument(
+        "--pid", type=int, default=None, help="server process id, to sample its memory"
+    )
     parser.add_argument("--token", default=None, help="API key, when the service has one")
-    parser.add_argument("--warmup", type=float, default=10, help="seconds of traffic before measuring")
+    parser.add_argument(
+        "--warmup", type=float, default=10, help="seconds of traffic before measuring"
+    )
     args = parser.parse_args()
     headers = {"Authorization": f"Bearer {args.token}"} if args.token else None
-    result = asyncio.run(run(args.url, cohort_patients(args.cohort), args.seconds, args.concurrency, args.invalid,
-                             args.pid, headers, warmup=args.warmup))
+    result = asyncio.run(
+        run(
+            args.url,
+            cohort_patients(args.cohort),
+            args.seconds,
+            args.concurrency,
+            args.invalid,
+            args.pid,
+            headers,
+            warmup=args.warmup,
+        )
+    )
     print(json.dumps(result, indent=2))
 
 

@@ -64,7 +64,9 @@ def verify_bundle(bundle: str | Path) -> Path:
         raise BundleError(f"model bundle {bundle}: no such folder")
     sums = bundle / CHECKSUMS
     if not sums.is_file():
-        raise BundleError(f"model bundle {bundle}: {CHECKSUMS} is missing; the bundle cannot be verified")
+        raise BundleError(
+            f"model bundle {bundle}: {CHECKSUMS} is missing; the bundle cannot be verified"
+        )
     listed: dict[str, str] = {}
     for line in sums.read_text().splitlines():
         digest, _, name = line.partition("  ")
@@ -79,8 +81,10 @@ def verify_bundle(bundle: str | Path) -> Path:
         if not path.is_file():
             raise BundleError(f"model bundle {bundle}: {name} is missing")
         if sha256(path) != digest:
-            raise BundleError(f"model bundle {bundle}: {name} does not match its SHA-256 in {CHECKSUMS} "
-                              "(altered or truncated); refusing to load it")
+            raise BundleError(
+                f"model bundle {bundle}: {name} does not match its SHA-256 in {CHECKSUMS} "
+                "(altered or truncated); refusing to load it"
+            )
     return bundle
 
 
@@ -109,26 +113,38 @@ class Predictor:
     while a run still reuses blocks between its own operators (as fast as keeping them, measured).
     """
 
-    def __init__(self, bundle: str | Path, variant: str | None = None, threads: int | None = None,
-                 batch_size: int = 32, keep_memory: bool = True):
+    def __init__(
+        self,
+        bundle: str | Path,
+        variant: str | None = None,
+        threads: int | None = None,
+        batch_size: int = 32,
+        keep_memory: bool = True,
+    ):
         self.bundle = verify_bundle(bundle)
         self.card = json.loads((self.bundle / "card.json").read_text())
         variants = self.card["variants"]
         self.variant = variant or self.card["serve"]
         if self.variant not in variants:
-            raise BundleError(f"model bundle {self.bundle}: variant {self.variant!r} not in card.json "
-                              f"(has {', '.join(variants)})")
+            raise BundleError(
+                f"model bundle {self.bundle}: variant {self.variant!r} not in card.json "
+                f"(has {', '.join(variants)})"
+            )
         self.version: str = self.card["version"]
         self.rule = DecisionRule.from_dict(self.card.get("decision"))
-        self.features = FeatureEncoding.from_dict(json.loads((self.bundle / "features.json").read_text()))
+        self.features = FeatureEncoding.from_dict(
+            json.loads((self.bundle / "features.json").read_text())
+        )
         self.tokenizer = load_tokenizer(self.bundle / "tokenizer.json")
         limits = self.card["inputs"]
         self.window = SentenceWindow(limits["max_sentences"], limits["max_tokens"])
         self.image_size: int = limits["image_size"]
         self.batch_size = batch_size
-        self.session = ort.InferenceSession(str(self.bundle / variants[self.variant]["file"]),
-                                            session_options(threads),
-                                            providers=["CPUExecutionProvider"])
+        self.session = ort.InferenceSession(
+            str(self.bundle / variants[self.variant]["file"]),
+            session_options(threads),
+            providers=["CPUExecutionProvider"],
+        )
         self.run_options = ort.RunOptions()
         if not keep_memory:
             self.run_options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
@@ -143,11 +159,12 @@ class Predictor:
         """Encoded inputs -> {"p_satisfied", "p_mcid", "odi_12m"}: (N, 4) float32 each."""
         parts = []
         for start in range(0, len(arrays["numeric"]), self.batch_size):
-            chunk = {k: arrays[k][start:start + self.batch_size] for k in INPUTS}
+            chunk = {k: arrays[k][start : start + self.batch_size] for k in INPUTS}
             parts.append(self.session.run(list(OUTPUTS), model_inputs(chunk), self.run_options))
         if not parts:
             return {k: np.zeros((0, len(TREATMENTS)), np.float32) for k in OUTPUTS} | {
-                "p_satisfied_members": np.zeros((0, 1, len(TREATMENTS)), np.float32)}
+                "p_satisfied_members": np.zeros((0, 1, len(TREATMENTS)), np.float32)
+            }
         return {k: np.concatenate(v) for k, v in zip(OUTPUTS, zip(*parts))}
 
     # --- records -------------------------------------------------------------------------------
@@ -162,7 +179,9 @@ class Predictor:
             frame["mri_image"] = images.where(~inline, None)
         typed = validate_frame(frame, source=source)
         if images is not None and inline.any():
-            typed["mri_image"] = typed["mri_image"].astype(object).where(~inline.to_numpy(), images.to_numpy())
+            typed["mri_image"] = (
+                typed["mri_image"].astype(object).where(~inline.to_numpy(), images.to_numpy())
+            )
         return typed
 
     def predict(self, records: Iterable[dict], validated: bool = False) -> list[dict]:
@@ -179,7 +198,9 @@ class Predictor:
         arrays = self.encode(frame)
         return predictions(frame, arrays, self.run(arrays), self.version, self.rule)
 
-    def explain(self, record: dict, max_sentences: int = 64, top: int = 5, validated: bool = False) -> dict:
+    def explain(
+        self, record: dict, max_sentences: int = 64, top: int = 5, validated: bool = False
+    ) -> dict:
         """A `Prediction` plus its `explanation`, by occlusion in one batched model run: the change in
         p_satisfied of the planned (else recommended) treatment when each present modality, each
         recorded structured field and each sentence (at most `max_sentences`) is left out."""
@@ -187,11 +208,22 @@ class Predictor:
         arrays = self.encode(frame)
         variants: list[tuple[str, object, dict[str, np.ndarray]]] = [("base", None, arrays)]
         present = presence(arrays)[0]
-        variants += [("modality", m, remove_modality(arrays, m)) for m, used in zip(MODALITIES, present) if used]
-        variants += [("field", name, arrays_without) for name, arrays_without in self._field_occlusions(arrays)]
+        variants += [
+            ("modality", m, remove_modality(arrays, m))
+            for m, used in zip(MODALITIES, present)
+            if used
+        ]
+        variants += [
+            ("field", name, arrays_without)
+            for name, arrays_without in self._field_occlusions(arrays)
+        ]
         sentences = []
         for name, column in TEXTS:
-            kept = self.window.sentences(frame[column].iloc[0])[0] if isinstance(frame[column].iloc[0], str) else []
+            kept = (
+                self.window.sentences(frame[column].iloc[0])[0]
+                if isinstance(frame[column].iloc[0], str)
+                else []
+            )
             for slot, text in enumerate(kept[: max(0, max_sentences - len(sentences))]):
                 mask = arrays[f"{name}_mask"].copy()
                 mask[0, slot] = 0
@@ -199,7 +231,9 @@ class Predictor:
                 sentences.append((column, slot, text))
         stacked = {k: np.concatenate([v[k] for _, _, v in variants]) for k in INPUTS}
         outcomes = self.run(stacked)
-        [prediction] = predictions(frame, arrays, {k: v[:1] for k, v in outcomes.items()}, self.version, self.rule)
+        [prediction] = predictions(
+            frame, arrays, {k: v[:1] for k, v in outcomes.items()}, self.version, self.rule
+        )
         treatment = prediction["planned_treatment"] or prediction["recommended_treatment"]
         p = outcomes["p_satisfied"][:, TREATMENTS.index(treatment)]
         effects = {"modality": {}, "field": [], "sentence": []}
@@ -210,12 +244,17 @@ class Predictor:
                 effects["field"].append({"field": key, "effect": float(value)})
             else:
                 source, slot, text = sentences[key]
-                effects["sentence"].append({"source": source, "index": slot, "text": text, "effect": float(value)})
+                effects["sentence"].append(
+                    {"source": source, "index": slot, "text": text, "effect": float(value)}
+                )
         by_size = lambda e: -abs(e["effect"])
         prediction["explanation"] = {
-            "treatment": treatment, "modalities": effects["modality"],
+            "treatment": treatment,
+            "modalities": effects["modality"],
             "fields": sorted(effects["field"], key=by_size)[:top],
-            "sentences": sorted(effects["sentence"], key=by_size)[:top], "sentences_scored": len(sentences)}
+            "sentences": sorted(effects["sentence"], key=by_size)[:top],
+            "sentences_scored": len(sentences),
+        }
         return prediction
 
     def _field_occlusions(self, arrays: dict[str, np.ndarray]):
@@ -232,8 +271,13 @@ class Predictor:
                 yield name, {**arrays, "categorical": categorical}
 
 
-def predictions(frame: pd.DataFrame, arrays: dict[str, np.ndarray], outcomes: dict[str, np.ndarray],
-                version: str, rule: DecisionRule) -> list[dict]:
+def predictions(
+    frame: pd.DataFrame,
+    arrays: dict[str, np.ndarray],
+    outcomes: dict[str, np.ndarray],
+    version: str,
+    rule: DecisionRule,
+) -> list[dict]:
     """Model outputs -> `Prediction` dicts: outcomes sorted by p_satisfied, the rule's
     recommendation and its reason, modalities, warnings."""
     present = presence(arrays)
@@ -242,35 +286,57 @@ def predictions(frame: pd.DataFrame, arrays: dict[str, np.ndarray], outcomes: di
     d = decide(outcomes["p_satisfied_members"], outcomes["propensity"], rule)
     out = []
     for i, patient_id in enumerate(frame["patient_id"].tolist()):
-        rows = [{"treatment": t, "p_satisfied": float(outcomes["p_satisfied"][i, k]),
-                 "p_mcid": float(outcomes["p_mcid"][i, k]), "odi_12m": float(outcomes["odi_12m"][i, k]),
-                 "p_satisfied_low": float(d.low[i, k]), "p_satisfied_high": float(d.high[i, k]),
-                 "benefit": float(d.benefit[i, k]), "benefit_low": float(d.benefit_low[i, k]),
-                 "support": float(outcomes["propensity"][i, k]), "supported": bool(d.supported[i, k])}
-                for k, t in enumerate(TREATMENTS)]
+        rows = [
+            {
+                "treatment": t,
+                "p_satisfied": float(outcomes["p_satisfied"][i, k]),
+                "p_mcid": float(outcomes["p_mcid"][i, k]),
+                "odi_12m": float(outcomes["odi_12m"][i, k]),
+                "p_satisfied_low": float(d.low[i, k]),
+                "p_satisfied_high": float(d.high[i, k]),
+                "benefit": float(d.benefit[i, k]),
+                "benefit_low": float(d.benefit_low[i, k]),
+                "support": float(outcomes["propensity"][i, k]),
+                "supported": bool(d.supported[i, k]),
+            }
+            for k, t in enumerate(TREATMENTS)
+        ]
         rows.sort(key=lambda r: r["p_satisfied"], reverse=True)
-        out.append({
-            "patient_id": patient_id,
-            "model_version": version,
-            "outcomes": rows,
-            "recommended_treatment": TREATMENTS[d.recommended[i]],
-            "recommendation_reason": d.reasons[i],
-            "planned_treatment": planned[i] if isinstance(planned[i], str) else None,
-            "modalities_used": [m for m, used in zip(MODALITIES, present[i]) if used],
-            "warnings": _warnings(present[i], arrays, i, [c for c, m in zip(TABULAR_COLUMNS, missing_fields[i]) if m])
-            + d.warnings[i],
-        })
+        out.append(
+            {
+                "patient_id": patient_id,
+                "model_version": version,
+                "outcomes": rows,
+                "recommended_treatment": TREATMENTS[d.recommended[i]],
+                "recommendation_reason": d.reasons[i],
+                "planned_treatment": planned[i] if isinstance(planned[i], str) else None,
+                "modalities_used": [m for m, used in zip(MODALITIES, present[i]) if used],
+                "warnings": _warnings(
+                    present[i],
+                    arrays,
+                    i,
+                    [c for c, m in zip(TABULAR_COLUMNS, missing_fields[i]) if m],
+                )
+                + d.warnings[i],
+            }
+        )
     return out
 
 
-def _warnings(present: np.ndarray, arrays: dict[str, np.ndarray], i: int, missing_fields: list[str]) -> list[str]:
+def _warnings(
+    present: np.ndarray, arrays: dict[str, np.ndarray], i: int, missing_fields: list[str]
+) -> list[str]:
     """What was missing or cut. Names fields only, never their values."""
-    warnings = [f"{m} missing: predicted without it" for m, used in zip(MODALITIES, present) if not used]
+    warnings = [
+        f"{m} missing: predicted without it" for m, used in zip(MODALITIES, present) if not used
+    ]
     for name, column in (("note", "clinical_note"), ("report", "imaging_report")):
         if arrays[f"{name}_truncated"][i]:
             s, t = arrays[f"{name}_ids"].shape[1:]
-            warnings.append(f"{column} truncated to the encoder's window ({s} sentences of at most {t} tokens; "
-                            "the middle sentences or the ends of long sentences were left out)")
+            warnings.append(
+                f"{column} truncated to the encoder's window ({s} sentences of at most {t} tokens; "
+                "the middle sentences or the ends of long sentences were left out)"
+            )
     if missing_fields:
         warnings.append(f"structured fields not recorded: {', '.join(missing_fields)}")
     return warnings

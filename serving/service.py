@@ -74,7 +74,9 @@ MAX_BATCH_BODY_BYTES = int(os.environ.get("SPINECAST_MAX_BATCH_BODY_BYTES", str(
 MAX_REQUEST_PIXELS = int(os.environ.get("SPINECAST_MAX_REQUEST_PIXELS", str(64 << 20)))
 BODY_TIMEOUT_S = float(os.environ.get("SPINECAST_BODY_TIMEOUT_S", "30"))
 WORKERS = int(os.environ.get("SPINECAST_WORKERS", "1"))
-ORT_THREADS = int(os.environ.get("SPINECAST_ORT_THREADS", "0")) or max(1, (os.cpu_count() or 1) // WORKERS)
+ORT_THREADS = int(os.environ.get("SPINECAST_ORT_THREADS", "0")) or max(
+    1, (os.cpu_count() or 1) // WORKERS
+)
 BATCHING = os.environ.get("SPINECAST_BATCHING", "1") != "0"
 MAX_BATCH_SIZE = int(os.environ.get("SPINECAST_MAX_BATCH_SIZE", "32"))
 MAX_LATENCY_MS = int(os.environ.get("SPINECAST_MAX_LATENCY_MS", "20000"))
@@ -90,9 +92,15 @@ BODY_LIMITS = {"/predict_batch": MAX_BATCH_BODY_BYTES}  # every other route: MAX
 
 edge.install()
 # One /explain scores one variant per sentence and field (batched): its prior is a quarter of that in patients.
-CAPACITY = Capacity(MAX_QUEUE_S, SECONDS_PER_PATIENT, explain_units=(EXPLAIN_MAX_SENTENCES + 24) / 4,
-                    workers=WORKERS)
-IMAGES = ThreadPoolExecutor(max_workers=2, thread_name_prefix="spinecast-images")  # decoding, off the event loop
+CAPACITY = Capacity(
+    MAX_QUEUE_S,
+    SECONDS_PER_PATIENT,
+    explain_units=(EXPLAIN_MAX_SENTENCES + 24) / 4,
+    workers=WORKERS,
+)
+IMAGES = ThreadPoolExecutor(
+    max_workers=2, thread_name_prefix="spinecast-images"
+)  # decoding, off the event loop
 
 
 def _verified_bundle() -> Path:
@@ -102,8 +110,10 @@ def _verified_bundle() -> Path:
     try:
         path = Path(bentoml.models.get(MODEL_TAG).path)
     except bentoml.exceptions.NotFound:
-        raise BundleError(f"model {MODEL_TAG} is not in the BentoML model store; save one with "
-                          "`spinecast export --bentoml` (or set SPINECAST_MODEL)") from None
+        raise BundleError(
+            f"model {MODEL_TAG} is not in the BentoML model store; save one with "
+            "`spinecast export --bentoml` (or set SPINECAST_MODEL)"
+        ) from None
     return verify_bundle(path)
 
 
@@ -129,12 +139,24 @@ async def _checked(patients: list[Patient], batch: bool) -> list[dict]:
     batch, and images that decode within the pixel limits (in a thread: never on the event loop)."""
     records = [p.model_dump() for p in patients]
     seen: set[str] = set()
-    problems = [(_field(batch, i, "patient_id"), "must be unique in the batch")
-                for i, r in enumerate(records) if r["patient_id"] in seen or seen.add(r["patient_id"])]
+    problems = [
+        (_field(batch, i, "patient_id"), "must be unique in the batch")
+        for i, r in enumerate(records)
+        if r["patient_id"] in seen or seen.add(r["patient_id"])
+    ]
     if any(r["mri_image"] for r in records):
-        found = await asyncio.get_running_loop().run_in_executor(IMAGES, check_images, records, MAX_REQUEST_PIXELS)
-        problems += [(_field(batch, i, "mri_image") if i is not None else ("patients" if batch else "patient"), rule)
-                     for i, rule in found]
+        found = await asyncio.get_running_loop().run_in_executor(
+            IMAGES, check_images, records, MAX_REQUEST_PIXELS
+        )
+        problems += [
+            (
+                _field(batch, i, "mri_image")
+                if i is not None
+                else ("patients" if batch else "patient"),
+                rule,
+            )
+            for i, rule in found
+        ]
     if problems:
         raise InvalidArgument("; ".join(f"{field}: {rule}" for field, rule in problems))
     return records
@@ -149,7 +171,9 @@ class SpineCastModel:
 
     def __init__(self) -> None:
         # Verified again (it may have changed since the import-time check).
-        self.predictor = Predictor(self.bundle.path, VARIANT, threads=ORT_THREADS, keep_memory=ORT_ARENA)
+        self.predictor = Predictor(
+            self.bundle.path, VARIANT, threads=ORT_THREADS, keep_memory=ORT_ARENA
+        )
         self.predictor.predict([EXAMPLE_PATIENT])  # warm-up: /readyz turns true only after this
         start = time.perf_counter()
         self.predictor.predict([{**EXAMPLE_PATIENT, "patient_id": str(i)} for i in range(8)])
@@ -168,19 +192,29 @@ class SpineCastModel:
         records = _records(patients)
         start = time.perf_counter()
         with _phi_free():
-            out = self.predictor.predict([{**r, "patient_id": str(i)} for i, r in enumerate(records)], validated=True)
+            out = self.predictor.predict(
+                [{**r, "patient_id": str(i)} for i, r in enumerate(records)], validated=True
+            )
         seconds = (time.perf_counter() - start) / max(1, len(records))
-        return [{**o, "patient_id": r["patient_id"], "seconds": seconds} for o, r in zip(out, records)]
+        return [
+            {**o, "patient_id": r["patient_id"], "seconds": seconds} for o, r in zip(out, records)
+        ]
 
     @bentoml.api
     def score_many(self, patients: list[dict], call_id: str = "") -> dict:
-        return self.once(call_id, lambda: self._timed(self.predictor.predict, _records(patients), validated=True))
+        return self.once(
+            call_id, lambda: self._timed(self.predictor.predict, _records(patients), validated=True)
+        )
 
     @bentoml.api
     def explain(self, patient: dict, call_id: str = "") -> dict:
         [record] = _records([patient])
-        return self.once(call_id, lambda: self._timed(self.predictor.explain, record,
-                                                      max_sentences=EXPLAIN_MAX_SENTENCES, validated=True))
+        return self.once(
+            call_id,
+            lambda: self._timed(
+                self.predictor.explain, record, max_sentences=EXPLAIN_MAX_SENTENCES, validated=True
+            ),
+        )
 
     @staticmethod
     def _timed(run, *args, **kwargs) -> dict:
@@ -205,13 +239,25 @@ def _path(loc, body: object) -> str:
     key is client text: it is named by its position among its object's keys, never echoed."""
     parts, node = [], body
     for i, part in enumerate(loc):
-        if i == len(loc) - 1 and isinstance(node, dict) and isinstance(part, str) and part not in _KNOWN_KEYS:
+        if (
+            i == len(loc) - 1
+            and isinstance(node, dict)
+            and isinstance(part, str)
+            and part not in _KNOWN_KEYS
+        ):
             keys = list(node)
-            parts.append(f"(unknown field {keys.index(part) + 1})" if part in keys else "(unknown field)")
+            parts.append(
+                f"(unknown field {keys.index(part) + 1})" if part in keys else "(unknown field)"
+            )
             break
         parts.append(str(part))
-        node = node.get(part) if isinstance(node, dict) else node[part] if isinstance(node, list) and \
-            isinstance(part, int) and part < len(node) else None
+        node = (
+            node.get(part)
+            if isinstance(node, dict)
+            else node[part]
+            if isinstance(node, list) and isinstance(part, int) and part < len(node)
+            else None
+        )
     return ".".join(parts) or "body"
 
 
@@ -226,7 +272,9 @@ def _json_problem(body: bytes) -> tuple[str, str] | None:
     """Where a body that pydantic's parser refused goes wrong, when Python's parser can say: an
     integer literal too long, or a string with an escape that is not valid Unicode (a lone surrogate)."""
     try:
-        data = json.loads(body, parse_int=lambda digits: int(digits) if len(digits) <= 400 else _Huge())
+        data = json.loads(
+            body, parse_int=lambda digits: int(digits) if len(digits) <= 400 else _Huge()
+        )
     except (ValueError, RecursionError):
         return None
     stack = [((), data)]
@@ -238,9 +286,13 @@ def _json_problem(body: bytes) -> tuple[str, str] | None:
             try:
                 node.encode("utf-8")
             except UnicodeEncodeError:
-                return ".".join(map(str, loc)), "must be valid Unicode text (an escape such as \\ud800 is not)"
+                return ".".join(
+                    map(str, loc)
+                ), "must be valid Unicode text (an escape such as \\ud800 is not)"
         elif isinstance(node, dict):
-            stack += [((*loc, k if k in _KNOWN_KEYS else "(unknown field)"), v) for k, v in node.items()]
+            stack += [
+                ((*loc, k if k in _KNOWN_KEYS else "(unknown field)"), v) for k, v in node.items()
+            ]
         elif isinstance(node, list):
             stack += [((*loc, i), v) for i, v in enumerate(node)]
     return None
@@ -267,19 +319,35 @@ def contract_error(body: bytes, request: bytes = b"") -> dict:
                 continue
             errors.append({"field": _path(e.get("loc", ()), sent), "rule": e.get("msg", "invalid")})
     else:  # ours: "field: rule; field: rule"
-        message = data[0].get("error", "") if isinstance(data, list) and data else str(data.get("error", ""))
+        message = (
+            data[0].get("error", "")
+            if isinstance(data, list) and data
+            else str(data.get("error", ""))
+        )
         for part in filter(None, (p.strip() for p in message.split("; "))):
             field, _, rule = part.partition(": ")
-            errors.append({"field": field, "rule": rule} if rule else {"field": "body", "rule": part})
+            errors.append(
+                {"field": field, "rule": rule} if rule else {"field": "body", "rule": part}
+            )
     if not errors:
         errors.append({"field": "body", "rule": "must be a JSON object that follows CONTRACT.md"})
-    return {"error": f"the request breaks the API contract ({len(errors)} problem(s))",
-            "detail": "; ".join(f"{e['field']}: {e['rule']}" for e in errors), "errors": errors}
+    return {
+        "error": f"the request breaks the API contract ({len(errors)} problem(s))",
+        "detail": "; ".join(f"{e['field']}: {e['rule']}" for e in errors),
+        "errors": errors,
+    }
 
 
 def _problem(status: int, field: str, rule: str, **headers: str) -> JSONResponse:
-    return JSONResponse({"error": rule if field == "body" else f"{field}: {rule}", "detail": f"{field}: {rule}",
-                         "errors": [{"field": field, "rule": rule}]}, status_code=status, headers=headers)
+    return JSONResponse(
+        {
+            "error": rule if field == "body" else f"{field}: {rule}",
+            "detail": f"{field}: {rule}",
+            "errors": [{"field": field, "rule": rule}],
+        },
+        status_code=status,
+        headers=headers,
+    )
 
 
 class Guard:
@@ -315,7 +383,9 @@ class Guard:
                     if len(body) > limit:
                         return await too_large(scope, receive, send)
         except TimeoutError:
-            late = _problem(408, "body", f"must arrive within {BODY_TIMEOUT_S:g} s", connection="close")
+            late = _problem(
+                408, "body", f"must arrive within {BODY_TIMEOUT_S:g} s", connection="close"
+            )
             return await late(scope, receive, send)
         body, sent = bytes(body), False
 
@@ -336,9 +406,18 @@ class Guard:
         if len(tokens) > 1:
             return _problem(400, "headers.authorization", "must be sent once")
         if self.key and not (tokens and hmac.compare_digest(tokens[0], self.key)):
-            return JSONResponse({"error": "a valid `Authorization: Bearer <key>` header is required"},
-                                status_code=401, headers={"WWW-Authenticate": "Bearer"})
-        content_type = dict(scope["headers"]).get(b"content-type", b"application/json").split(b";")[0].strip().lower()
+            return JSONResponse(
+                {"error": "a valid `Authorization: Bearer <key>` header is required"},
+                status_code=401,
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+        content_type = (
+            dict(scope["headers"])
+            .get(b"content-type", b"application/json")
+            .split(b";")[0]
+            .strip()
+            .lower()
+        )
         if scope["method"] == "POST" and content_type != b"application/json":
             return _problem(415, "headers.content-type", "must be application/json")
         return None
@@ -354,7 +433,10 @@ def _rewritten(send, request: bytes):
         nonlocal start
         if message["type"] == "http.response.start" and message["status"] in (429, 503):
             headers = [(k, v) for k, v in message["headers"] if k.lower() != b"retry-after"]
-            message = {**message, "headers": [*headers, (b"retry-after", str(CAPACITY.retry_after()).encode())]}
+            message = {
+                **message,
+                "headers": [*headers, (b"retry-after", str(CAPACITY.retry_after()).encode())],
+            }
         if message["type"] == "http.response.start" and message["status"] == 400:
             start = message
             return None
@@ -364,8 +446,15 @@ def _rewritten(send, request: bytes):
         if message.get("more_body", False):
             return None
         body = json.dumps(contract_error(b"".join(chunks), request)).encode()
-        headers = [(k, v) for k, v in start["headers"] if k.lower() not in (b"content-length", b"content-type")]
-        headers += [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+        headers = [
+            (k, v)
+            for k, v in start["headers"]
+            if k.lower() not in (b"content-length", b"content-type")
+        ]
+        headers += [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+        ]
         await send({**start, "headers": headers})
         return await send({"type": "http.response.body", "body": body})
 
@@ -380,7 +469,9 @@ async def _model_card(request):
 
 
 @bentoml.asgi_app(Starlette(routes=[Route("/model", _model_card, methods=["GET"])]), path="/")
-@bentoml.service(name="spinecast", traffic={"timeout": 3600})  # every model call has its own deadline
+@bentoml.service(
+    name="spinecast", traffic={"timeout": 3600}
+)  # every model call has its own deadline
 class SpineCast:
     """SpineCast: predicted 12-month outcomes of every spine treatment for one patient or many."""
 
@@ -406,10 +497,14 @@ class SpineCast:
             except (aiohttp.ClientConnectionError, TimeoutError) as err:
                 timeouts += isinstance(err, TimeoutError)
                 if attempt == CALL_ATTEMPTS - 1 or timeouts == 2 or (timeouts and not resend):
-                    raise ServiceUnavailable(f"the model service did not answer ({type(err).__name__})") from None
+                    raise ServiceUnavailable(
+                        f"the model service did not answer ({type(err).__name__})"
+                    ) from None
                 await asyncio.sleep(0.05 * (attempt + 1))
             except Exception as err:  # noqa: BLE001 - a failed model run: 503 for this request, the next ones go on
-                raise ServiceUnavailable(f"the model could not answer this request ({type(err).__name__})") from None
+                raise ServiceUnavailable(
+                    f"the model could not answer this request ({type(err).__name__})"
+                ) from None
 
     async def _admit(self, kind: str, units: int):
         """Admission (`Capacity.admit`) once the model's speed is known: its first measurement,
@@ -436,7 +531,9 @@ class SpineCast:
         """Predicted outcomes under all four treatments for one patient."""
         records = await _checked([patient], batch=False)
         with await self._admit("patient", 1):
-            [out] = await self._call("patient", 1, lambda: self.model.to_async.score(records), resend=True)
+            [out] = await self._call(
+                "patient", 1, lambda: self.model.to_async.score(records), resend=True
+            )
         CAPACITY.measured("patient", 1, out.pop("seconds"))
         return Prediction(**out)
 
@@ -448,9 +545,17 @@ class SpineCast:
         SIGTERM comes, so the drain answers the whole batch)."""
         records = await _checked(patients, batch=True)
         with await self._admit("patient", len(records)):
-            calls = [asyncio.ensure_future(self._once("patient", len(records[i:i + CHUNK]),
-                                                      self.model.to_async.score_many, patients=records[i:i + CHUNK]))
-                     for i in range(0, len(records), CHUNK)]
+            calls = [
+                asyncio.ensure_future(
+                    self._once(
+                        "patient",
+                        len(records[i : i + CHUNK]),
+                        self.model.to_async.score_many,
+                        patients=records[i : i + CHUNK],
+                    )
+                )
+                for i in range(0, len(records), CHUNK)
+            ]
             try:
                 chunks = await asyncio.gather(*calls)
             finally:  # one failed: the others' answers are not needed

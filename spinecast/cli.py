@@ -33,8 +33,14 @@ def _synth(args: argparse.Namespace) -> int:
         print(f"spinecast synth: --{err}", file=sys.stderr)
         return 2
     start = time.perf_counter()
-    card = generate(args.n, args.seed, args.out, workers=args.workers,
-                    indication=indication, positivity=positivity)
+    card = generate(
+        args.n,
+        args.seed,
+        args.out,
+        workers=args.workers,
+        indication=indication,
+        positivity=positivity,
+    )
     elapsed = time.perf_counter() - start
     print((Path(args.out) / "card.md").read_text())
     print(f"Wrote {card['patients']:,} patients to {args.out} in {elapsed:.1f} s.")
@@ -61,24 +67,46 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--n", type=int, default=10_000, help="number of patients")
     synth.add_argument("--seed", type=int, default=0)
     synth.add_argument("--out", type=Path, required=True, help="output folder")
-    synth.add_argument("--workers", type=int, default=None, help="processes for the images (default: all cores)")
-    synth.add_argument("--indication", type=float, default=None,
-                       help="how strongly treatment follows indication, >= 0: multiplies the assignment "
-                            "logits (default 1.0 = today's practice; 2.0 = stronger; 0.0 = independent of the chart)")
-    synth.add_argument("--positivity", type=float, default=None,
-                       help="share of assignment mixed with a uniform choice, in [0, 1] (default 0.10; every "
-                            "treatment keeps >= positivity / 4; 0 guarantees nothing)")
+    synth.add_argument(
+        "--workers", type=int, default=None, help="processes for the images (default: all cores)"
+    )
+    synth.add_argument(
+        "--indication",
+        type=float,
+        default=None,
+        help="how strongly treatment follows indication, >= 0: multiplies the assignment "
+        "logits (default 1.0 = today's practice; 2.0 = stronger; 0.0 = independent of the chart)",
+    )
+    synth.add_argument(
+        "--positivity",
+        type=float,
+        default=None,
+        help="share of assignment mixed with a uniform choice, in [0, 1] (default 0.10; every "
+        "treatment keeps >= positivity / 4; 0 guarantees nothing)",
+    )
     synth.set_defaults(run=_synth)
 
-    sub.add_parser("train", help="train a model (Lightning CLI; `spinecast train --help`)", add_help=False)
-    sub.add_parser("distill", help="train a smaller student on a teacher's outcomes (Lightning CLI)", add_help=False)
-    sub.add_parser("evaluate", help="score a cohort with a checkpoint, write the report", add_help=False)
+    sub.add_parser(
+        "train", help="train a model (Lightning CLI; `spinecast train --help`)", add_help=False
+    )
+    sub.add_parser(
+        "distill",
+        help="train a smaller student on a teacher's outcomes (Lightning CLI)",
+        add_help=False,
+    )
+    sub.add_parser(
+        "evaluate", help="score a cohort with a checkpoint, write the report", add_help=False
+    )
     sub.add_parser("export", help="checkpoint -> ONNX model bundle, parity-checked", add_help=False)
-    sub.add_parser("predict", help="score a cohort file with a model bundle (no torch)", add_help=False)
+    sub.add_parser(
+        "predict", help="score a cohort file with a model bundle (no torch)", add_help=False
+    )
 
     validate = sub.add_parser("validate", help="check a cohort file against the contract")
     validate.add_argument("file", type=Path)
-    validate.add_argument("--training", action="store_true", help="also require `treatment` on every row")
+    validate.add_argument(
+        "--training", action="store_true", help="also require `treatment` on every row"
+    )
     validate.set_defaults(run=_validate)
     return parser
 

@@ -5,15 +5,21 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).parents[1]
-PACKAGES = {"spinecast.datasets": "datasets", "spinecast.training": "training", "spinecast.serving": "serving",
-            "spinecast": "spinecast"}
+PACKAGES = {
+    "spinecast.datasets": "datasets",
+    "spinecast.training": "training",
+    "spinecast.serving": "serving",
+    "spinecast": "spinecast",
+}
 
 
 def _modules() -> dict[str, Path]:
     out = {}
     for package, folder in PACKAGES.items():
         for path in (ROOT / folder).rglob("*.py"):
-            parts = [p for p in path.relative_to(ROOT / folder).with_suffix("").parts if p != "__init__"]
+            parts = [
+                p for p in path.relative_to(ROOT / folder).with_suffix("").parts if p != "__init__"
+            ]
             out[".".join([package, *parts])] = path
     return out
 
@@ -41,15 +47,21 @@ def test_no_import_cycles():
     modules = _modules()
     graph = {name: _imports(name, path, modules) for name, path in modules.items()}
     # A package's __init__ re-exporting its modules is not a cycle of the modules themselves.
-    graph = {name: {t for t in deps if not (t == name.rsplit(".", 1)[0] and modules[t].name == "__init__.py")}
-             for name, deps in graph.items()}
+    graph = {
+        name: {
+            t
+            for t in deps
+            if not (t == name.rsplit(".", 1)[0] and modules[t].name == "__init__.py")
+        }
+        for name, deps in graph.items()
+    }
     cycles, state = [], {}
 
     def visit(node, stack):
         state[node] = "open"
         for nxt in sorted(graph[node]):
             if state.get(nxt) == "open":
-                cycles.append(stack[stack.index(nxt):] + [nxt])
+                cycles.append(stack[stack.index(nxt) :] + [nxt])
             elif nxt not in state:
                 visit(nxt, [*stack, nxt])
         state[node] = "done"

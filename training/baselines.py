@@ -39,15 +39,19 @@ from threadpoolctl import threadpool_limits
 SVD_DIM = 128
 
 
-def baseline_predictions(train: pd.DataFrame, test: pd.DataFrame, seed: int = 0) -> dict[str, np.ndarray]:
+def baseline_predictions(
+    train: pd.DataFrame, test: pd.DataFrame, seed: int = 0
+) -> dict[str, np.ndarray]:
     """P(satisfied) for every test row under every treatment, one (N, 4) array per baseline."""
     for name, frame in (("train", train), ("test", test)):
         treatment_index(frame, name)
     labeled = train[train["satisfied"].notna()].reset_index(drop=True)
     y = labeled["satisfied"].astype(bool).to_numpy()
     if len(np.unique(y)) < 2:
-        raise ValueError(f"train needs both satisfied and unsatisfied rows; got {len(y)} labeled rows "
-                         f"of a single class")
+        raise ValueError(
+            f"train needs both satisfied and unsatisfied rows; got {len(y)} labeled rows "
+            f"of a single class"
+        )
     return {name: fit(labeled, y, test, seed) for name, fit in BASELINES.items()}
 
 
@@ -70,8 +74,12 @@ class TextFields:
 
     def __call__(self, frame: pd.DataFrame) -> sparse.csr_matrix:
         enc = self.encoding.encode(frame)
-        blocks = [self.text(frame), sparse.csr_matrix(enc["numeric"]),
-                  sparse.csr_matrix(enc["numeric_missing"]), self.one_hot.transform(enc["categorical"])]
+        blocks = [
+            self.text(frame),
+            sparse.csr_matrix(enc["numeric"]),
+            sparse.csr_matrix(enc["numeric_missing"]),
+            self.one_hot.transform(enc["categorical"]),
+        ]
         return sparse.hstack(blocks, format="csr")
 
 
@@ -103,23 +111,39 @@ def s_learner(train: pd.DataFrame, y: np.ndarray, test: pd.DataFrame, seed: int)
     # Shallow, shrunken trees with early stopping on an internal split: the usual tabular baseline,
     # and it does not overfit a few hundred patients.
     model = HistGradientBoostingClassifier(
-        learning_rate=0.05, max_iter=500, max_leaf_nodes=8, min_samples_leaf=20, l2_regularization=1.0,
-        categorical_features=_tree_categorical_mask(features.encoding, svd), early_stopping=True,
-        validation_fraction=0.15, n_iter_no_change=20, random_state=seed)
+        learning_rate=0.05,
+        max_iter=500,
+        max_leaf_nodes=8,
+        min_samples_leaf=20,
+        l2_regularization=1.0,
+        categorical_features=_tree_categorical_mask(features.encoding, svd),
+        early_stopping=True,
+        validation_fraction=0.15,
+        n_iter_no_change=20,
+        random_state=seed,
+    )
     arm = treatment_index(train, "train")
     # One OpenMP thread: with torch loaded in the same process (training, the tests), sklearn's
     # OpenMP pool stalled 8,000 rows from 0.3 s to 47 s on 2 shared cores; one thread is plenty here.
     with threadpool_limits(limits=1, user_api="openmp"):
         model.fit(_tree_features(train, features, svd, arm), y)
-        return np.stack([model.predict_proba(_tree_features(test, features, svd, np.full(len(test), t)))[:, 1]
-                         for t in range(len(TREATMENTS))], axis=1)
+        return np.stack(
+            [
+                model.predict_proba(_tree_features(test, features, svd, np.full(len(test), t)))[
+                    :, 1
+                ]
+                for t in range(len(TREATMENTS))
+            ],
+            axis=1,
+        )
 
 
 BASELINES = {"t_learner": t_learner, "s_learner": s_learner}
 
 
-def _tree_features(frame: pd.DataFrame, features: TextFields, svd: TruncatedSVD | None,
-                   arm: np.ndarray) -> np.ndarray:
+def _tree_features(
+    frame: pd.DataFrame, features: TextFields, svd: TruncatedSVD | None, arm: np.ndarray
+) -> np.ndarray:
     """(B, numeric + svd + categorical + 1): numeric fields with NaN where missing, the text's SVD
     coordinates, category ids (0 = missing, a level of its own) and the treatment index."""
     enc = features.encoding.encode(frame)
@@ -141,8 +165,9 @@ def _fit_svd(text: sparse.csr_matrix, seed: int) -> TruncatedSVD | None:
 
 def _fit_vectorizer(train: pd.DataFrame, col: str) -> TfidfVectorizer | None:
     # min_df drops typos and one-off numbers; sublinear tf keeps a repeated word from dominating.
-    vectorizer = TfidfVectorizer(ngram_range=(1, 3), min_df=2, max_features=50_000, sublinear_tf=True,
-                                 dtype=np.float64)
+    vectorizer = TfidfVectorizer(
+        ngram_range=(1, 3), min_df=2, max_features=50_000, sublinear_tf=True, dtype=np.float64
+    )
     try:
         return vectorizer.fit(_text(train, col))
     except ValueError:  # empty vocabulary: no text in this column, or every term pruned
@@ -164,6 +189,8 @@ def treatment_index(frame: pd.DataFrame, name: str = "frame") -> np.ndarray:
     bad = index.isna().to_numpy()
     if bad.any():
         row = int(np.flatnonzero(bad)[0]) + 1
-        raise ValueError(f"{name}: 'treatment' must be one of {', '.join(TREATMENTS)} in every row; "
-                         f"{int(bad.sum())} rows are missing or unknown (first: row {row})")
+        raise ValueError(
+            f"{name}: 'treatment' must be one of {', '.join(TREATMENTS)} in every row; "
+            f"{int(bad.sum())} rows are missing or unknown (first: row {row})"
+        )
     return index.to_numpy(dtype=np.int64)

@@ -31,8 +31,12 @@ class SpineCastCLI(LightningCLI):
         parser.link_arguments("model.config.text.max_tokens", "data.max_tokens")
         parser.link_arguments("model.config.image.size", "data.image_size")
         parser.link_arguments("data.teacher", "model.teacher")  # the checkpoint records its teacher
-        parser.add_argument("--ckpt_path", type=str | None, default=None,
-                            help="resume from this checkpoint; `last`: the newest last.ckpt under default_root_dir")
+        parser.add_argument(
+            "--ckpt_path",
+            type=str | None,
+            default=None,
+            help="resume from this checkpoint; `last`: the newest last.ckpt under default_root_dir",
+        )
 
 
 def resolve_checkpoint(ckpt_path: str | None, root: str | Path) -> str | None:
@@ -52,9 +56,15 @@ def fit(argv: list[str], callbacks: list | None = None) -> SpineCastCLI:
     warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
     # DDP relaunches `spinecast train ...`, so the arguments arrive both ways; they are the same.
     warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
-    cli = SpineCastCLI(SpineCastModule, CohortDataModule, args=argv, run=False,
-                       save_config_kwargs={"overwrite": True}, seed_everything_default=0,
-                       trainer_defaults={"callbacks": callbacks} if callbacks else None)
+    cli = SpineCastCLI(
+        SpineCastModule,
+        CohortDataModule,
+        args=argv,
+        run=False,
+        save_config_kwargs={"overwrite": True},
+        seed_everything_default=0,
+        trainer_defaults={"callbacks": callbacks} if callbacks else None,
+    )
     trainer = cli.trainer
     resume = resolve_checkpoint(cli.config.get("ckpt_path"), trainer.default_root_dir)
     trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=resume)
@@ -74,7 +84,9 @@ def distill(argv: list[str]) -> int:
     The teacher's cohort and split are the defaults, so the student never trains on a patient the
     teacher was validated or tested on."""
     parser = argparse.ArgumentParser(prog="spinecast distill", add_help=False)
-    parser.add_argument("--teacher", required=True, help="the teacher's checkpoint (spinecast train)")
+    parser.add_argument(
+        "--teacher", required=True, help="the teacher's checkpoint (spinecast train)"
+    )
     args, rest = parser.parse_known_args(argv)
     if not Path(args.teacher).is_file():
         raise SystemExit(f"spinecast distill: --teacher {args.teacher}: no such checkpoint")

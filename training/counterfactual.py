@@ -33,7 +33,9 @@ from spinecast.datasets.schema import DIAGNOSES, TREATMENTS
 from .baselines import TextFields, logistic, t_learner, treatment_index
 
 SURGICAL = tuple(TREATMENTS.index(t) for t in ("decompression", "fusion"))
-NON_SURGICAL = tuple(TREATMENTS.index(t) for t in ("physical_therapy", "epidural_steroid_injection"))
+NON_SURGICAL = tuple(
+    TREATMENTS.index(t) for t in ("physical_therapy", "epidural_steroid_injection")
+)
 CONSERVATIVE = TREATMENTS.index("physical_therapy")
 CALIBRATION_BINS = 10
 PROPENSITY_CLIP = 0.01  # AIPW weights at most 100: one patient cannot carry the estimate
@@ -50,8 +52,14 @@ def as_float(x) -> float | None:
 # ----------------------------------------------------------------------------- against the truth
 
 
-def truth_metrics(true_p: np.ndarray, best: np.ndarray, observed: np.ndarray, predicted: np.ndarray,
-                  recommended: np.ndarray, diagnosis: np.ndarray | None = None) -> dict:
+def truth_metrics(
+    true_p: np.ndarray,
+    best: np.ndarray,
+    observed: np.ndarray,
+    predicted: np.ndarray,
+    recommended: np.ndarray,
+    diagnosis: np.ndarray | None = None,
+) -> dict:
     """Flat scalars over ALL patients (labeled or not), plus `by_diagnosis` (a list of table rows)
     when `diagnosis` is given. `true_p`, `predicted`: (N, 4); `best`, `observed`, `recommended`:
     (N,) indices in TREATMENTS."""
@@ -67,20 +75,31 @@ def truth_metrics(true_p: np.ndarray, best: np.ndarray, observed: np.ndarray, pr
     return out
 
 
-def policy_truth(true_p: np.ndarray, best: np.ndarray, observed: np.ndarray, recommended: np.ndarray) -> dict:
+def policy_truth(
+    true_p: np.ndarray, best: np.ndarray, observed: np.ndarray, recommended: np.ndarray
+) -> dict:
     """A policy against the truth: its true value (mean true P(satisfied) of what it picks), the
     share of the oracle's gain over observed practice it captures ((V - V_obs) / (V_oracle - V_obs)),
     agreement with the oracle, surgery errors and shares, and the mixes."""
     rows = np.arange(len(true_p))
     value = true_p[rows, recommended].mean()
     oracle, usual = true_p[rows, best].mean(), true_p[rows, observed].mean()
-    out = {"true_value": as_float(value), "oracle_value": as_float(oracle), "observed_value": as_float(usual),
-           "policy_capture": as_float((value - usual) / (oracle - usual)) if oracle - usual > 1e-12 else None,
-           "policy_agreement": as_float(np.mean(recommended == best)),
-           **surgery_errors(true_p, recommended),
-           "surgery_share": as_float(np.isin(recommended, SURGICAL).mean()),
-           "oracle_surgery_share": as_float(np.isin(best, SURGICAL).mean())}
-    out |= {f"recommended_mix_{t}": as_float(np.mean(recommended == k)) for k, t in enumerate(TREATMENTS)}
+    out = {
+        "true_value": as_float(value),
+        "oracle_value": as_float(oracle),
+        "observed_value": as_float(usual),
+        "policy_capture": as_float((value - usual) / (oracle - usual))
+        if oracle - usual > 1e-12
+        else None,
+        "policy_agreement": as_float(np.mean(recommended == best)),
+        **surgery_errors(true_p, recommended),
+        "surgery_share": as_float(np.isin(recommended, SURGICAL).mean()),
+        "oracle_surgery_share": as_float(np.isin(best, SURGICAL).mean()),
+    }
+    out |= {
+        f"recommended_mix_{t}": as_float(np.mean(recommended == k))
+        for k, t in enumerate(TREATMENTS)
+    }
     out |= {f"oracle_mix_{t}": as_float(np.mean(best == k)) for k, t in enumerate(TREATMENTS)}
     return out
 
@@ -94,22 +113,34 @@ def surgery_errors(true_p: np.ndarray, recommended: np.ndarray) -> dict:
     surgical = np.isin(recommended, SURGICAL)
     unnecessary = surgical & (got < true_p[:, NON_SURGICAL].max(axis=1))
     missed = ~surgical & (true_p[:, SURGICAL].max(axis=1) > got)
-    return {"unnecessary_surgery": as_float(unnecessary.mean()), "missed_benefit": as_float(missed.mean())}
+    return {
+        "unnecessary_surgery": as_float(unnecessary.mean()),
+        "missed_benefit": as_float(missed.mean()),
+    }
 
 
-def calibration_error(predicted: np.ndarray, true_p: np.ndarray, bins: int = CALIBRATION_BINS) -> float | None:
+def calibration_error(
+    predicted: np.ndarray, true_p: np.ndarray, bins: int = CALIBRATION_BINS
+) -> float | None:
     """ECE against the truth: equal-width bins of the prediction, |mean predicted - mean true P|
     weighted by the bin's share of patients."""
     if len(predicted) == 0:
         return None
     which = np.clip((predicted * bins).astype(int), 0, bins - 1)
-    gap = sum(abs(predicted[which == b].mean() - true_p[which == b].mean()) * np.mean(which == b)
-              for b in np.unique(which))
+    gap = sum(
+        abs(predicted[which == b].mean() - true_p[which == b].mean()) * np.mean(which == b)
+        for b in np.unique(which)
+    )
     return as_float(gap)
 
 
-def by_diagnosis(diagnosis: np.ndarray, predicted: np.ndarray, recommended: np.ndarray,
-                 true_p: np.ndarray | None = None, best: np.ndarray | None = None) -> list[dict]:
+def by_diagnosis(
+    diagnosis: np.ndarray,
+    predicted: np.ndarray,
+    recommended: np.ndarray,
+    true_p: np.ndarray | None = None,
+    best: np.ndarray | None = None,
+) -> list[dict]:
     """One row per contract diagnosis plus "missing": mean predicted (and true) P(satisfied) per
     treatment, recommended (and oracle) mix. Labels come from the contract, never from the data."""
     diagnosis = pd.Series(diagnosis, dtype=object)
@@ -117,9 +148,14 @@ def by_diagnosis(diagnosis: np.ndarray, predicted: np.ndarray, recommended: np.n
     groups.append(("missing", diagnosis.isna().to_numpy()))
     table = []
     for label, member in groups:
-        row = {"diagnosis": label, "n": int(member.sum()),
-               "predicted": _means(predicted, member), "true": _means(true_p, member),
-               "recommended_mix": _mix(recommended, member), "oracle_mix": _mix(best, member)}
+        row = {
+            "diagnosis": label,
+            "n": int(member.sum()),
+            "predicted": _means(predicted, member),
+            "true": _means(true_p, member),
+            "recommended_mix": _mix(recommended, member),
+            "oracle_mix": _mix(best, member),
+        }
         table.append(row)
     return table
 
@@ -144,8 +180,10 @@ def aligned_truth(test: pd.DataFrame, truth: pd.DataFrame) -> tuple[np.ndarray, 
     best = aligned["best_treatment"].map({t: i for i, t in enumerate(TREATMENTS)})
     lacking = aligned[columns].isna().any(axis=1).to_numpy() | best.isna().to_numpy()
     if lacking.any():
-        raise ValueError(f"truth must have a row for every test patient (matched by patient_id); "
-                         f"{int(lacking.sum())} of {len(test)} are missing")
+        raise ValueError(
+            f"truth must have a row for every test patient (matched by patient_id); "
+            f"{int(lacking.sum())} of {len(test)} are missing"
+        )
     return aligned[columns].to_numpy(dtype=float), best.to_numpy(dtype=np.int64)
 
 
@@ -167,7 +205,9 @@ def cross_fit_propensity(frame: pd.DataFrame, folds: int = 5, seed: int = 0) -> 
         features = TextFields(part)
         model = logistic(seed)  # saga, multinomial for 4 classes; lbfgs was ~5x slower here
         model.fit(features(part), observed[fit_rows])
-        out[np.ix_(score_rows, model.classes_)] = model.predict_proba(features(frame.iloc[score_rows]))
+        out[np.ix_(score_rows, model.classes_)] = model.predict_proba(
+            features(frame.iloc[score_rows])
+        )
     present = np.isin(np.arange(len(TREATMENTS)), np.unique(observed))
     out[:, present] = np.clip(out[:, present], PROPENSITY_CLIP, 1.0)
     return out
@@ -194,7 +234,9 @@ def _folds(n: int, folds: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]
     return list(KFold(folds, shuffle=True, random_state=seed).split(np.arange(n)))
 
 
-def dr_scores(y: np.ndarray, observed: np.ndarray, propensity: np.ndarray, mu: np.ndarray) -> np.ndarray:
+def dr_scores(
+    y: np.ndarray, observed: np.ndarray, propensity: np.ndarray, mu: np.ndarray
+) -> np.ndarray:
     """(N, 4) AIPW pseudo-outcomes Γ_it = μ_it + 1[T_i = t] (y_i − μ_it) / e_it. An arm nobody
     received has e = 0 and no correction term (its Γ is μ alone: an extrapolation)."""
     received = observed[:, None] == np.arange(mu.shape[1])[None, :]  # (N, 4)
@@ -208,8 +250,9 @@ def policy_value(scores: np.ndarray, policy: np.ndarray) -> float:
     return float(scores[np.arange(len(scores)), policy].mean())
 
 
-def bootstrap_ci(scores: np.ndarray, policy: np.ndarray, n_boot: int = 1000, seed: int = 0,
-                 level: float = 0.95) -> tuple[float, float]:
+def bootstrap_ci(
+    scores: np.ndarray, policy: np.ndarray, n_boot: int = 1000, seed: int = 0, level: float = 0.95
+) -> tuple[float, float]:
     """Percentile interval of the policy value over `n_boot` resamples of the patients. The same
     seed draws the same resamples for every policy, so intervals of two policies are paired."""
     values = scores[np.arange(len(scores)), policy]
@@ -219,8 +262,16 @@ def bootstrap_ci(scores: np.ndarray, policy: np.ndarray, n_boot: int = 1000, see
     return float(np.quantile(means, tail)), float(np.quantile(means, 1 - tail))
 
 
-def doubly_robust(frame: pd.DataFrame, policies: dict[str, np.ndarray], predicted: np.ndarray | None = None,
-                  *, folds: int = 5, seed: int = 0, n_boot: int = 1000, floor: float = SUPPORT_FLOOR) -> dict:
+def doubly_robust(
+    frame: pd.DataFrame,
+    policies: dict[str, np.ndarray],
+    predicted: np.ndarray | None = None,
+    *,
+    folds: int = 5,
+    seed: int = 0,
+    n_boot: int = 1000,
+    floor: float = SUPPORT_FLOOR,
+) -> dict:
     """DR value with a bootstrap 95 % interval of each policy ((N,) treatment indices), overlap
     diagnostics and, given the (N, 4) predictions behind them, the calibration of predicted benefit
     over physical therapy. A policy that sends anyone to an arm no labeled patient received gets
@@ -228,16 +279,23 @@ def doubly_robust(frame: pd.DataFrame, policies: dict[str, np.ndarray], predicte
     observed = treatment_index(frame, "test")
     labeled = frame["satisfied"].notna().to_numpy()
     if labeled.sum() < 2:
-        return {"skipped": f"DR estimates need labeled rows; {int(labeled.sum())} have a `satisfied` label"}
+        return {
+            "skipped": f"DR estimates need labeled rows; {int(labeled.sum())} have a `satisfied` label"
+        }
     propensity = cross_fit_propensity(frame, folds, seed)
     mu = cross_fit_outcomes(frame, folds, seed)
     y = frame["satisfied"][labeled].astype(bool).to_numpy(dtype=float)
     scores = dr_scores(y, observed[labeled], propensity[labeled], mu[labeled])  # (n_labeled, 4)
     counts = np.bincount(observed[labeled], minlength=len(TREATMENTS))
     result = {
-        "labeled": int(labeled.sum()), "folds": len(_folds(len(frame), folds, seed)), "bootstrap": n_boot,
+        "labeled": int(labeled.sum()),
+        "folds": len(_folds(len(frame), folds, seed)),
+        "bootstrap": n_boot,
         "received_labeled": {t: int(c) for t, c in zip(TREATMENTS, counts)},
-        "values": {name: _policy_estimate(scores, p[labeled], counts, n_boot, seed) for name, p in policies.items()},
+        "values": {
+            name: _policy_estimate(scores, p[labeled], counts, n_boot, seed)
+            for name, p in policies.items()
+        },
         "overlap": overlap(propensity, observed, policies, floor),
     }
     if predicted is not None:
@@ -245,21 +303,31 @@ def doubly_robust(frame: pd.DataFrame, policies: dict[str, np.ndarray], predicte
     return result
 
 
-def _policy_estimate(scores: np.ndarray, policy: np.ndarray, counts: np.ndarray, n_boot: int,
-                     seed: int) -> dict:
+def _policy_estimate(
+    scores: np.ndarray, policy: np.ndarray, counts: np.ndarray, n_boot: int, seed: int
+) -> dict:
     lacking = [t for t in np.unique(policy) if counts[t] == 0]
     if lacking:
         share = np.isin(policy, lacking).mean()
         names = ", ".join(TREATMENTS[t] for t in lacking)
-        return {"value": None, "low": None, "high": None,
-                "reason": f"recommends {names} to {share:.0%} of patients, but no labeled patient in this "
-                          "cohort received it: nothing to correct the outcome model with"}
+        return {
+            "value": None,
+            "low": None,
+            "high": None,
+            "reason": f"recommends {names} to {share:.0%} of patients, but no labeled patient in this "
+            "cohort received it: nothing to correct the outcome model with",
+        }
     low, high = bootstrap_ci(scores, policy, n_boot, seed)
     return {"value": policy_value(scores, policy), "low": low, "high": high, "reason": None}
 
 
-def overlap(propensity: np.ndarray, observed: np.ndarray, policies: dict[str, np.ndarray],
-            floor: float = SUPPORT_FLOOR, bins: int = 20) -> dict:
+def overlap(
+    propensity: np.ndarray,
+    observed: np.ndarray,
+    policies: dict[str, np.ndarray],
+    floor: float = SUPPORT_FLOOR,
+    bins: int = 20,
+) -> dict:
     """Per treatment: how many received it, quantiles of its propensity over all patients and a
     histogram among those who did and did not receive it (the overlap plot, aggregates only); per
     policy: the share of patients whose recommended treatment has propensity below `floor`."""
@@ -273,14 +341,20 @@ def overlap(propensity: np.ndarray, observed: np.ndarray, policies: dict[str, np
             "histogram_received": np.histogram(e[got], edges)[0].tolist(),
             "histogram_others": np.histogram(e[~got], edges)[0].tolist(),
         }
-    return {"floor": floor, "edges": edges.tolist(), "treatments": per_treatment,
-            "unsupported": [t for t, v in per_treatment.items() if v["received"] == 0],
-            "low_support_share": {name: as_float(np.mean(propensity[rows, p] < floor))
-                                  for name, p in policies.items()}}
+    return {
+        "floor": floor,
+        "edges": edges.tolist(),
+        "treatments": per_treatment,
+        "unsupported": [t for t, v in per_treatment.items() if v["received"] == 0],
+        "low_support_share": {
+            name: as_float(np.mean(propensity[rows, p] < floor)) for name, p in policies.items()
+        },
+    }
 
 
-def benefit_calibration(predicted: np.ndarray, scores: np.ndarray, counts: np.ndarray,
-                        bins: int = 5) -> dict:
+def benefit_calibration(
+    predicted: np.ndarray, scores: np.ndarray, counts: np.ndarray, bins: int = 5
+) -> dict:
     """For each treatment vs physical therapy: patients in quintiles of predicted benefit
     (p_t - p_PT), mean predicted vs mean DR benefit (Γ_t - Γ_PT) per quintile, and the BLP-style
     slope of DR benefit on predicted benefit (1 = the predicted differences are right in size,
@@ -295,7 +369,10 @@ def benefit_calibration(predicted: np.ndarray, scores: np.ndarray, counts: np.nd
             continue
         b, d = predicted[:, t] - predicted[:, CONSERVATIVE], scores[:, t] - scores[:, CONSERVATIVE]
         groups = [g for g in np.array_split(np.argsort(b, kind="stable"), bins) if len(g)]
-        table = [{"n": len(g), "predicted": as_float(b[g].mean()), "dr": as_float(d[g].mean())} for g in groups]
+        table = [
+            {"n": len(g), "predicted": as_float(b[g].mean()), "dr": as_float(d[g].mean())}
+            for g in groups
+        ]
         out[TREATMENTS[t]] = {"bins": table, "predicted_mean": as_float(b.mean()), **_blp(b, d)}
     return out
 
@@ -304,10 +381,10 @@ def _blp(b: np.ndarray, d: np.ndarray) -> dict:
     """OLS of d on (b - mean b) with an intercept: intercept = the DR average benefit, slope with
     its heteroskedasticity-robust (HC0) standard error. No slope when the predictions are constant."""
     centered = b - b.mean()
-    ss = float((centered ** 2).sum())
+    ss = float((centered**2).sum())
     if ss < 1e-12:
         return {"dr_mean": as_float(d.mean()), "slope": None, "slope_se": None}
     slope = float((centered * d).sum() / ss)
     residual = d - d.mean() - slope * centered
-    se = float(np.sqrt((centered ** 2 * residual ** 2).sum()) / ss)
+    se = float(np.sqrt((centered**2 * residual**2).sum()) / ss)
     return {"dr_mean": as_float(d.mean()), "slope": slope, "slope_se": se}

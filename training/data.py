@@ -28,16 +28,27 @@ class SplitError(ValueError):
     """The cohort file no longer holds the patients a checkpoint's split recorded."""
 
 
-def split_by_patient(ids: pd.Series, fractions: tuple[float, float], seed: int) -> tuple[np.ndarray, ...]:
+def split_by_patient(
+    ids: pd.Series, fractions: tuple[float, float], seed: int
+) -> tuple[np.ndarray, ...]:
     """Row indices of train / val / test: a seeded permutation of the sorted patient ids, so that
     a patient's split depends on the ids in the file and the seed, never on the order of the rows."""
-    order = np.argsort(ids.to_numpy(dtype=str), kind="stable")[np.random.default_rng(seed).permutation(len(ids))]
+    order = np.argsort(ids.to_numpy(dtype=str), kind="stable")[
+        np.random.default_rng(seed).permutation(len(ids))
+    ]
     n_val, n_test = (round(f * len(ids)) for f in fractions)
-    return order[n_val + n_test:], order[:n_val], order[n_val:n_val + n_test]
+    return order[n_val + n_test :], order[:n_val], order[n_val : n_val + n_test]
 
 
-def split_cohort(train_path, test_path=None, val_fraction: float = 0.15, test_fraction: float = 0.15,
-                 seed: int = 0, record: dict | None = None, **_) -> dict[str, pd.DataFrame]:
+def split_cohort(
+    train_path,
+    test_path=None,
+    val_fraction: float = 0.15,
+    test_fraction: float = 0.15,
+    seed: int = 0,
+    record: dict | None = None,
+    **_,
+) -> dict[str, pd.DataFrame]:
     """The train / val / test frames of a run (a separate test file replaces the test split).
     Takes the data module's hyperparameters. With a checkpoint's split `record` (`split_record`),
     the splits are its patients exactly, looked up by id: a reordered file or one with rows
@@ -45,11 +56,17 @@ def split_cohort(train_path, test_path=None, val_fraction: float = 0.15, test_fr
     cohort = load_cohort(train_path, training=True)
     if record is not None:
         return _recorded(cohort, record, Path(train_path).name) | (
-            {"test": load_cohort(test_path, training=True)} if test_path else {})
+            {"test": load_cohort(test_path, training=True)} if test_path else {}
+        )
     test_fraction = 0.0 if test_path else test_fraction
-    train_idx, val_idx, test_idx = split_by_patient(cohort["patient_id"], (val_fraction, test_fraction), seed)
-    return {"train": cohort.iloc[train_idx], "val": cohort.iloc[val_idx],
-            "test": load_cohort(test_path, training=True) if test_path else cohort.iloc[test_idx]}
+    train_idx, val_idx, test_idx = split_by_patient(
+        cohort["patient_id"], (val_fraction, test_fraction), seed
+    )
+    return {
+        "train": cohort.iloc[train_idx],
+        "val": cohort.iloc[val_idx],
+        "test": load_cohort(test_path, training=True) if test_path else cohort.iloc[test_idx],
+    }
 
 
 def split_record(frames: dict[str, pd.DataFrame], train_path) -> dict:
@@ -57,8 +74,11 @@ def split_record(frames: dict[str, pd.DataFrame], train_path) -> dict:
     with the file's SHA-256 and row count (for the message when it changed)."""
     with Path(train_path).open("rb") as f:
         digest = hashlib.file_digest(f, "sha256").hexdigest()
-    return {"file_sha256": digest, "rows": int(sum(len(f) for f in frames.values())),
-            **{name: frame["patient_id"].astype(str).tolist() for name, frame in frames.items()}}
+    return {
+        "file_sha256": digest,
+        "rows": int(sum(len(f) for f in frames.values())),
+        **{name: frame["patient_id"].astype(str).tolist() for name, frame in frames.items()},
+    }
 
 
 def _recorded(cohort: pd.DataFrame, record: dict, name: str) -> dict[str, pd.DataFrame]:
@@ -71,7 +91,8 @@ def _recorded(cohort: pd.DataFrame, record: dict, name: str) -> dict[str, pd.Dat
             raise SplitError(
                 f"{name} no longer holds {len(missing):,} of the {len(ids):,} {split} patients the checkpoint "
                 f"recorded (the file changed since training: it had {record['rows']:,} rows, SHA-256 "
-                f"{record['file_sha256'][:12]}...); restore it, or pass held-out records explicitly")
+                f"{record['file_sha256'][:12]}...); restore it, or pass held-out records explicitly"
+            )
         out[split] = cohort.iloc[by_id.loc[ids].to_numpy()]
     return out
 
@@ -84,10 +105,22 @@ def recorded_split(checkpoint: dict) -> dict | None:
 class CohortDataModule(L.LightningDataModule):
     """Loads a contract cohort, splits it by patient, encodes every modality once and caches it."""
 
-    def __init__(self, train_path: str, test_path: str | None = None, val_fraction: float = 0.15,
-                 test_fraction: float = 0.15, seed: int = 0, batch_size: int = 64, num_workers: int = 0,
-                 tokenizer: str = "minilm", max_sentences: int = 48, max_tokens: int = 40,
-                 image_size: int = 128, teacher: str | None = None, balance: bool = False):
+    def __init__(
+        self,
+        train_path: str,
+        test_path: str | None = None,
+        val_fraction: float = 0.15,
+        test_fraction: float = 0.15,
+        seed: int = 0,
+        batch_size: int = 64,
+        num_workers: int = 0,
+        tokenizer: str = "minilm",
+        max_sentences: int = 48,
+        max_tokens: int = 40,
+        image_size: int = 128,
+        teacher: str | None = None,
+        balance: bool = False,
+    ):
         super().__init__()
         self.save_hyperparameters()
         self.window = SentenceWindow(max_sentences, max_tokens)
@@ -109,31 +142,50 @@ class CohortDataModule(L.LightningDataModule):
         # A student uses its teacher's recorded split: it never trains on a patient the teacher was
         # validated or tested on, whatever the order of the file's rows.
         record = self.record or (_teacher_split(hp.teacher, hp.train_path) if hp.teacher else None)
-        self.frames = split_cohort(hp.train_path, hp.test_path, hp.val_fraction, hp.test_fraction, hp.seed,
-                                   record=record)
-        self.record = split_record({k: v for k, v in self.frames.items() if k != "test" or not hp.test_path},
-                                   hp.train_path)
+        self.frames = split_cohort(
+            hp.train_path, hp.test_path, hp.val_fraction, hp.test_fraction, hp.seed, record=record
+        )
+        self.record = split_record(
+            {k: v for k, v in self.frames.items() if k != "test" or not hp.test_path}, hp.train_path
+        )
         _check_trainable(self.frames["train"])
         self.feature_encoding = FeatureEncoding.fit(self.frames["train"])
         tokenizer = load_tokenizer(resolve_pretrained(hp.tokenizer))
         for split, frame in self.frames.items():
             if len(frame):
-                self.splits[split] = ArrayDataset(encode_frame(frame, self.feature_encoding, tokenizer, self.window, hp.image_size))
+                self.splits[split] = ArrayDataset(
+                    encode_frame(
+                        frame, self.feature_encoding, tokenizer, self.window, hp.image_size
+                    )
+                )
         # Bootstrap weights of the outcome heads' members (OutcomeHeads), drawn once per patient.
         train = self.splits["train"].arrays
-        train["bootstrap"] = np.random.default_rng(hp.seed).poisson(1.0, (len(train["numeric"]), MAX_MEMBERS)).astype(np.float32)
+        train["bootstrap"] = (
+            np.random.default_rng(hp.seed)
+            .poisson(1.0, (len(train["numeric"]), MAX_MEMBERS))
+            .astype(np.float32)
+        )
         if hp.balance:
             train["ipw"] = balancing_weights(self.frames["train"], hp.seed)
-        if hp.teacher:  # distillation: the teacher's outcomes for every training patient, computed once
+        if (
+            hp.teacher
+        ):  # distillation: the teacher's outcomes for every training patient, computed once
             from .distill import soft_targets
 
             self.splits["train"].arrays |= soft_targets(hp.teacher, self.frames["train"])
-        log.info("cohort %s: %s", Path(hp.train_path).name, {k: len(v) for k, v in self.frames.items()})
+        log.info(
+            "cohort %s: %s", Path(hp.train_path).name, {k: len(v) for k, v in self.frames.items()}
+        )
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        return DataLoader(self.splits[split], batch_size=self.hparams.batch_size, shuffle=shuffle,
-                          num_workers=self.hparams.num_workers, persistent_workers=self.hparams.num_workers > 0,
-                          pin_memory=torch.cuda.is_available())
+        return DataLoader(
+            self.splits[split],
+            batch_size=self.hparams.batch_size,
+            shuffle=shuffle,
+            num_workers=self.hparams.num_workers,
+            persistent_workers=self.hparams.num_workers > 0,
+            pin_memory=torch.cuda.is_available(),
+        )
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)
@@ -163,7 +215,10 @@ def balancing_weights(frame: pd.DataFrame, seed: int, clip: float = MAX_WEIGHT) 
 def _teacher_split(teacher: str | Path, train_path) -> dict | None:
     """The teacher's split record, when the student trains on the teacher's cohort file."""
     saved = torch.load(teacher, map_location="cpu", weights_only=False)
-    same = Path((saved.get("datamodule_hyper_parameters") or {}).get("train_path", "")).resolve() == Path(train_path).resolve()
+    same = (
+        Path((saved.get("datamodule_hyper_parameters") or {}).get("train_path", "")).resolve()
+        == Path(train_path).resolve()
+    )
     return recorded_split(saved) if same else None
 
 
@@ -171,7 +226,11 @@ def _check_trainable(train: pd.DataFrame) -> None:
     """Fail before training, with the reason, on a cohort that cannot teach anything."""
     labels = train["satisfied"].dropna()
     if len(labels) == 0:
-        raise ValueError("the training split has no rows with a `satisfied` label; nothing to learn from")
+        raise ValueError(
+            "the training split has no rows with a `satisfied` label; nothing to learn from"
+        )
     if labels.nunique() < 2:
-        raise ValueError(f"the training split has a single class of `satisfied` (all {bool(labels.iloc[0])}); "
-                         "AUROC and the classifier need both classes")
+        raise ValueError(
+            f"the training split has a single class of `satisfied` (all {bool(labels.iloc[0])}); "
+            "AUROC and the classifier need both classes"
+        )

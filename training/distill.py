@@ -21,10 +21,19 @@ DATA_FROM_TEACHER = ("train_path", "test_path", "val_fraction", "test_fraction",
 def teacher_defaults(teacher: str | Path, argv: list[str]) -> list[str]:
     """`--data.*` arguments that give the student the teacher's cohort and split settings, for those
     `argv` does not set itself."""
-    saved = torch.load(teacher, map_location="cpu", weights_only=False).get("datamodule_hyper_parameters") or {}
+    saved = (
+        torch.load(teacher, map_location="cpu", weights_only=False).get(
+            "datamodule_hyper_parameters"
+        )
+        or {}
+    )
     given = {a.split("=")[0] for a in argv}
-    return [x for k in DATA_FROM_TEACHER if k in saved and f"--data.{k}" not in given
-            for x in (f"--data.{k}", "null" if saved[k] is None else str(saved[k]))]
+    return [
+        x
+        for k in DATA_FROM_TEACHER
+        if k in saved and f"--data.{k}" not in given
+        for x in (f"--data.{k}", "null" if saved[k] is None else str(saved[k]))
+    ]
 
 
 def soft_targets(teacher: str | Path, frame: pd.DataFrame) -> dict[str, np.ndarray]:

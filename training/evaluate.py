@@ -22,8 +22,13 @@ from spinecast.datasets.inputs import MODALITIES, remove_modality
 from .inference import encode_for, load_module, predict
 
 
-def evaluate(ckpt: Path, data: Path, out: Path, truth: Path | None = None,
-             baselines_train: Path | None = None) -> dict:
+def evaluate(
+    ckpt: Path,
+    data: Path,
+    out: Path,
+    truth: Path | None = None,
+    baselines_train: Path | None = None,
+) -> dict:
     from .baselines import baseline_predictions
     from .report import evaluate_predictions, write_report
 
@@ -36,33 +41,54 @@ def evaluate(ckpt: Path, data: Path, out: Path, truth: Path | None = None,
     ablations = {m: predict(module, remove_modality(arrays, m))["p_satisfied"] for m in MODALITIES}
     truth = truth or (data.parent / "truth.parquet")
     truth_frame = pd.read_parquet(truth) if truth.is_file() else None
-    baselines = baseline_predictions(load_cohort(baselines_train, training=True), test) if baselines_train else None
-    rule = getattr(module, "decision_rule", None) or DecisionRule()  # the checkpoint's rule settings
+    baselines = (
+        baseline_predictions(load_cohort(baselines_train, training=True), test)
+        if baselines_train
+        else None
+    )
+    rule = (
+        getattr(module, "decision_rule", None) or DecisionRule()
+    )  # the checkpoint's rule settings
     rule = DecisionRule.from_dict(rule) if isinstance(rule, dict) else rule
-    metrics = evaluate_predictions(test, outcomes, ablations=ablations, baselines=baselines, truth=truth_frame,
-                                   rule=rule)
+    metrics = evaluate_predictions(
+        test, outcomes, ablations=ablations, baselines=baselines, truth=truth_frame, rule=rule
+    )
     metrics["inference_seconds_per_patient"] = seconds / len(test)
-    metrics["text_truncated"] = {"clinical_note": float(arrays["note_truncated"].mean()),
-                                 "imaging_report": float(arrays["report_truncated"].mean())}
+    metrics["text_truncated"] = {
+        "clinical_note": float(arrays["note_truncated"].mean()),
+        "imaging_report": float(arrays["report_truncated"].mean()),
+    }
     write_report(out, metrics, test, outcomes, baselines=baselines, truth=truth_frame)
     return metrics
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="spinecast evaluate", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="spinecast evaluate", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--ckpt", type=Path, required=True)
     parser.add_argument("--data", type=Path, required=True, help="a contract cohort with labels")
-    parser.add_argument("--out", type=Path, required=True, help="folder for report.md, metrics.json, plots")
-    parser.add_argument("--truth", type=Path, default=None, help="truth.parquet of a synthetic cohort")
-    parser.add_argument("--baselines-train", type=Path, default=None,
-                        help="cohort to fit the classical baselines on (omit to skip them)")
+    parser.add_argument(
+        "--out", type=Path, required=True, help="folder for report.md, metrics.json, plots"
+    )
+    parser.add_argument(
+        "--truth", type=Path, default=None, help="truth.parquet of a synthetic cohort"
+    )
+    parser.add_argument(
+        "--baselines-train",
+        type=Path,
+        default=None,
+        help="cohort to fit the classical baselines on (omit to skip them)",
+    )
     args = parser.parse_args(argv)
     metrics = evaluate(args.ckpt, args.data, args.out, args.truth, args.baselines_train)
     from .recommendation import fmt, recommendation_table
 
     counts = metrics["counts"]
-    print(f"\nRecommendations for {counts['patients']:,} patients ({counts['labeled']:,} labeled); "
-          f"AUROC {fmt(metrics['test/auroc'])}, ECE {fmt(metrics['test/ece'])}:")
+    print(
+        f"\nRecommendations for {counts['patients']:,} patients ({counts['labeled']:,} labeled); "
+        f"AUROC {fmt(metrics['test/auroc'])}, ECE {fmt(metrics['test/ece'])}:"
+    )
     print(recommendation_table(metrics))
     print(f"Report: {args.out / 'report.md'}")
     return 0

@@ -43,13 +43,18 @@ from .inference import encode_for, load_module, predict
 
 OPSET = 17
 PARITY_TOLERANCE = 1e-4
-AXES = {"numeric": {0: "batch"}, "numeric_missing": {0: "batch"}, "categorical": {0: "batch"},
-        "note_ids": {0: "batch", 1: "note_sentences", 2: "note_tokens"},
-        "note_mask": {0: "batch", 1: "note_sentences", 2: "note_tokens"},
-        "report_ids": {0: "batch", 1: "report_sentences", 2: "report_tokens"},
-        "report_mask": {0: "batch", 1: "report_sentences", 2: "report_tokens"},
-        "image": {0: "batch"}, "image_present": {0: "batch"},
-        **{k: {0: "batch"} for k in OUTPUTS}}
+AXES = {
+    "numeric": {0: "batch"},
+    "numeric_missing": {0: "batch"},
+    "categorical": {0: "batch"},
+    "note_ids": {0: "batch", 1: "note_sentences", 2: "note_tokens"},
+    "note_mask": {0: "batch", 1: "note_sentences", 2: "note_tokens"},
+    "report_ids": {0: "batch", 1: "report_sentences", 2: "report_tokens"},
+    "report_mask": {0: "batch", 1: "report_sentences", 2: "report_tokens"},
+    "image": {0: "batch"},
+    "image_present": {0: "batch"},
+    **{k: {0: "batch"} for k in OUTPUTS},
+}
 
 
 class ExportError(RuntimeError):
@@ -70,15 +75,25 @@ def to_onnx(net: nn.Module, example: dict[str, np.ndarray], path: Path) -> None:
     and token axes. A text backbone the graph runs as is (not a BERT, see
     `SentenceEncoder._exported`) switches to plain (eager) attention for the trace."""
     net = copy.deepcopy(net).eval().float()
-    for backbone in {id(m): m for m in (net.note.sentences.backbone, net.report.sentences.backbone)}.values():
+    for backbone in {
+        id(m): m for m in (net.note.sentences.backbone, net.report.sentences.backbone)
+    }.values():
         backbone.config._attn_implementation = "eager"
     args = tuple(torch.from_numpy(example[k]) for k in INPUTS)
     # The tracer warns about shape-dependent Python in transformers' mask helpers; the parity check
     # on other batch sizes and lengths is what proves the graph right.
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
-        torch.onnx.export(_Calibrated(net), args, str(path), dynamo=False, opset_version=OPSET,
-                          input_names=list(INPUTS), output_names=list(OUTPUTS), dynamic_axes=AXES)
+        torch.onnx.export(
+            _Calibrated(net),
+            args,
+            str(path),
+            dynamo=False,
+            opset_version=OPSET,
+            input_names=list(INPUTS),
+            output_names=list(OUTPUTS),
+            dynamic_axes=AXES,
+        )
     onnx.checker.check_model(str(path))
 
 
@@ -91,8 +106,13 @@ def optimize(path: Path, net: nn.Module) -> dict:
     # sizes and warns for each; the fused graph is checked against PyTorch afterwards.
     for name in ("onnxruntime.tools.symbolic_shape_infer", "symbolic_shape_infer"):
         logging.getLogger(name).setLevel(logging.ERROR)
-    model = optimize_model(str(path), model_type="bert", num_heads=config.num_attention_heads,
-                           hidden_size=config.hidden_size, opt_level=1)
+    model = optimize_model(
+        str(path),
+        model_type="bert",
+        num_heads=config.num_attention_heads,
+        hidden_size=config.hidden_size,
+        opt_level=1,
+    )
     model.save_model_to_file(str(path))
     return {k: v for k, v in model.get_fused_operator_statistics().items() if v}
 
@@ -105,13 +125,22 @@ def quantize(src: Path, dst: Path) -> None:
     # above, the graph's integer index tensors it has no use for) and suggests its pre-processing
     # (shape inference again): expected here, so hushed.
     def typed(record: logging.LogRecord) -> bool:
-        return not record.getMessage().startswith(("Failed to infer data type", "Inference failed or unsupported type",
-                                                   "Please consider to run pre-processing"))
+        return not record.getMessage().startswith(
+            (
+                "Failed to infer data type",
+                "Inference failed or unsupported type",
+                "Please consider to run pre-processing",
+            )
+        )
 
     logging.getLogger().addFilter(typed)
     try:
-        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8,
-                         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+        quantize_dynamic(
+            str(src),
+            str(dst),
+            weight_type=QuantType.QInt8,
+            extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+        )
     finally:
         logging.getLogger().removeFilter(typed)
 
@@ -123,29 +152,41 @@ def held_out(ckpt: Path, data: Path | None) -> tuple[pd.DataFrame, dict]:
     hp, record = saved.get("datamodule_hyper_parameters"), recorded_split(saved)
     summary = {}
     if hp is not None and record is None and data is None:
-        raise ExportError("the checkpoint records no split by patient (it predates that record); "
-                          "pass held-out labeled records with --data")
+        raise ExportError(
+            "the checkpoint records no split by patient (it predates that record); "
+            "pass held-out labeled records with --data"
+        )
     if hp is not None and Path(hp["train_path"]).is_file() and record is not None:
         try:
             frames = split_cohort(**hp, record=record)
         except SplitError as err:
             raise ExportError(str(err)) from None
         train = frames["train"]
-        summary = {"file": Path(hp["train_path"]).name, "patients": len(train),
-                   "satisfied_rate": round(float(train["satisfied"].dropna().astype(float).mean()), 4),
-                   "treatments": {t: int((train["treatment"] == t).sum()) for t in TREATMENTS}}
+        summary = {
+            "file": Path(hp["train_path"]).name,
+            "patients": len(train),
+            "satisfied_rate": round(float(train["satisfied"].dropna().astype(float).mean()), 4),
+            "treatments": {t: int((train["treatment"] == t).sum()) for t in TREATMENTS},
+        }
         if data is None:
             return frames["val"], summary
     if data is None:
-        raise ExportError("the checkpoint's training cohort is not at its recorded path; "
-                          "pass held-out labeled records with --data")
+        raise ExportError(
+            "the checkpoint's training cohort is not at its recorded path; "
+            "pass held-out labeled records with --data"
+        )
     return load_cohort(data, training=True), summary
 
 
 def auroc(frame: pd.DataFrame, p_satisfied: np.ndarray) -> float | None:
     """AUROC of `satisfied` against the predicted P(satisfied) of the treatment each patient got."""
     labeled = frame["satisfied"].notna().to_numpy()
-    given = frame["treatment"].map({t: i for i, t in enumerate(TREATMENTS)}).to_numpy()[labeled].astype(int)
+    given = (
+        frame["treatment"]
+        .map({t: i for i, t in enumerate(TREATMENTS)})
+        .to_numpy()[labeled]
+        .astype(int)
+    )
     y = frame["satisfied"].to_numpy()[labeled].astype(int)
     if len(np.unique(y)) < 2:
         return None
@@ -157,26 +198,47 @@ def distillation(student, frame: pd.DataFrame, student_auroc: float | None) -> d
     teacher = Path(student.hparams["teacher"])
     found = {"teacher": teacher.name, "distill_weight": student.hparams["distill_weight"]}
     if not teacher.is_file():
-        return found | {"teacher_val_auroc": None, "note": "teacher checkpoint not at its recorded path"}
+        return found | {
+            "teacher_val_auroc": None,
+            "note": "teacher checkpoint not at its recorded path",
+        }
     module = load_module(teacher)
     teacher_auroc = auroc(frame, predict(module, encode_for(module, frame))["p_satisfied"])
     gap = None if None in (teacher_auroc, student_auroc) else teacher_auroc - student_auroc
-    return found | {"teacher_val_auroc": teacher_auroc, "val_auroc": student_auroc, "auroc_gap": gap,
-                    "val_rows": len(frame), "teacher_config": module.hparams["config"]}
+    return found | {
+        "teacher_val_auroc": teacher_auroc,
+        "val_auroc": student_auroc,
+        "auroc_gap": gap,
+        "val_rows": len(frame),
+        "teacher_config": module.hparams["config"],
+    }
 
 
 def _git_commit() -> str | None:
     try:
-        done = subprocess.run(["git", "rev-parse", "HEAD"], check=False, cwd=Path(__file__).parent, capture_output=True,
-                              text=True, timeout=10)
+        done = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            check=False,
+            cwd=Path(__file__).parent,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
     except OSError:
         return None
     return done.stdout.strip() or None if done.returncode == 0 else None
 
 
-def export(ckpt: Path, out: Path, data: Path | None = None, optimize_graph: bool = False,
-           quantize_int8: bool = False, eval_rows: int = 512, parity_rows: int = 64,
-           max_auroc_drop: float = 0.005) -> dict:
+def export(
+    ckpt: Path,
+    out: Path,
+    data: Path | None = None,
+    optimize_graph: bool = False,
+    quantize_int8: bool = False,
+    eval_rows: int = 512,
+    parity_rows: int = 64,
+    max_auroc_drop: float = 0.005,
+) -> dict:
     """Write the bundle to `out`; return its card. Raises ExportError when parity or accuracy fail."""
     module = load_module(ckpt)
     net, text = module.net, module.net.config.text
@@ -192,8 +254,12 @@ def export(ckpt: Path, out: Path, data: Path | None = None, optimize_graph: bool
     from .model import resolve_pretrained
 
     load_tokenizer(resolve_pretrained(text.pretrained)).save(str(out / "tokenizer.json"))
-    (out / "features.json").write_text(json.dumps(module.feature_encoding.to_dict(), indent=1) + "\n")
-    trace = {k: v[:2] for k, v in arrays.items()}  # parity below runs other records, batch sizes and lengths
+    (out / "features.json").write_text(
+        json.dumps(module.feature_encoding.to_dict(), indent=1) + "\n"
+    )
+    trace = {
+        k: v[:2] for k, v in arrays.items()
+    }  # parity below runs other records, batch sizes and lengths
     to_onnx(net, model_inputs(trace), out / "model.onnx")
     fused = optimize(out / "model.onnx", net) if optimize_graph else None
 
@@ -209,11 +275,16 @@ def export(ckpt: Path, out: Path, data: Path | None = None, optimize_graph: bool
         "modalities": list(MODALITIES),
         "treatments": list(TREATMENTS),
         "outputs": {k: "(batch, 4) in `treatments` order" for k in OUTPUTS}
-        | {"p_satisfied_members": f"(batch, {net.config.members}, 4): each bootstrap member's p_satisfied"},
+        | {
+            "p_satisfied_members": f"(batch, {net.config.members}, 4): each bootstrap member's p_satisfied"
+        },
         "decision": module.decision_rule.to_dict(),
-        "inputs": {"max_sentences": text.max_sentences, "max_tokens": text.max_tokens,
-                   "image_size": net.config.image.size,
-                   "max_text_chars": COLUMN_BY_NAME["clinical_note"].max_chars},
+        "inputs": {
+            "max_sentences": text.max_sentences,
+            "max_tokens": text.max_tokens,
+            "image_size": net.config.image.size,
+            "max_text_chars": COLUMN_BY_NAME["clinical_note"].max_chars,
+        },
         "onnx": {"opset": OPSET, "graph_fusion": fused},
         "variants": {"fp32": {"file": "model.onnx"}},
         "serve": "fp32",
@@ -221,20 +292,31 @@ def export(ckpt: Path, out: Path, data: Path | None = None, optimize_graph: bool
     _write(out, card)
 
     reference = predict(module, arrays)  # PyTorch, eval mode, full-width windows
-    held = {k: v[2:2 + parity_rows] for k, v in arrays.items()}
+    held = {k: v[2 : 2 + parity_rows] for k, v in arrays.items()}
     parity_predictor = Predictor(out, "fp32", batch_size=7)
     onnx_out = parity_predictor.run(held)
     # NaN anywhere (either runtime) counts as a failure: `nan > tolerance` is False.
-    diff = max(float(np.nan_to_num(np.abs(onnx_out[k] - reference[k][2:2 + parity_rows]), nan=np.inf).max())
-               for k in ("p_satisfied", "p_mcid", "p_satisfied_members", "propensity"))
-    card["parity"] = {"max_abs_diff_probabilities": diff if np.isfinite(diff) else "non-finite", "tolerance": PARITY_TOLERANCE,
-                      "records": len(held["numeric"]), "batch_size": 7, "trace_batch_size": 2,
-                      "passed": diff <= PARITY_TOLERANCE}
+    diff = max(
+        float(
+            np.nan_to_num(np.abs(onnx_out[k] - reference[k][2 : 2 + parity_rows]), nan=np.inf).max()
+        )
+        for k in ("p_satisfied", "p_mcid", "p_satisfied_members", "propensity")
+    )
+    card["parity"] = {
+        "max_abs_diff_probabilities": diff if np.isfinite(diff) else "non-finite",
+        "tolerance": PARITY_TOLERANCE,
+        "records": len(held["numeric"]),
+        "batch_size": 7,
+        "trace_batch_size": 2,
+        "passed": diff <= PARITY_TOLERANCE,
+    }
     if not diff <= PARITY_TOLERANCE:
         _write(out, card)
         shown = f"by {diff:.2e}" if np.isfinite(diff) else "(NaN in a probability)"
-        raise ExportError(f"ONNX Runtime differs from PyTorch {shown} "
-                          f"(tolerance {PARITY_TOLERANCE:.0e} per probability); the bundle in {out} must not be served")
+        raise ExportError(
+            f"ONNX Runtime differs from PyTorch {shown} "
+            f"(tolerance {PARITY_TOLERANCE:.0e} per probability); the bundle in {out} must not be served"
+        )
 
     fp32_auroc = auroc(frame, reference["p_satisfied"])
     card["variants"]["fp32"].update(val_auroc=fp32_auroc, val_rows=len(frame))
@@ -246,15 +328,23 @@ def export(ckpt: Path, out: Path, data: Path | None = None, optimize_graph: bool
         _write(out, card)
         int8 = Predictor(out, "int8").run(arrays)
         int8_auroc = auroc(frame, int8["p_satisfied"])
-        drop = (fp32_auroc - int8_auroc) if fp32_auroc is not None and int8_auroc is not None else None
+        drop = (
+            (fp32_auroc - int8_auroc) if fp32_auroc is not None and int8_auroc is not None else None
+        )
         card["variants"]["int8"].update(val_auroc=int8_auroc, val_rows=len(frame), auroc_drop=drop)
         if drop is None or drop > max_auroc_drop:
             (out / "model.int8.onnx").unlink()
             del card["variants"]["int8"]
             _write(out, card)
-            shown = "unknown (the held-out records hold a single class)" if drop is None else f"{drop:.4f}"
-            raise ExportError(f"refused the INT8 model: validation AUROC drop {shown} exceeds {max_auroc_drop}; "
-                              f"the fp32 bundle in {out} is complete and verified")
+            shown = (
+                "unknown (the held-out records hold a single class)"
+                if drop is None
+                else f"{drop:.4f}"
+            )
+            raise ExportError(
+                f"refused the INT8 model: validation AUROC drop {shown} exceeds {max_auroc_drop}; "
+                f"the fp32 bundle in {out} is complete and verified"
+            )
         card["serve"] = "int8"
     _write(out, card)
     return card
@@ -275,10 +365,15 @@ def save_to_bentoml(out: Path) -> str:
         bentoml.models.delete(tag)  # a re-export of the same model replaces it
     except NotFound:
         pass
-    metadata = {"serve": card["serve"], "created": card["created"], "git_commit": card["git_commit"] or "",
-                **{f"val_auroc_{k}": v.get("val_auroc") for k, v in card["variants"].items()}}
-    with bentoml.models.create(tag, labels={"framework": "onnxruntime", "project": "spinecast"},
-                               metadata=metadata) as model:
+    metadata = {
+        "serve": card["serve"],
+        "created": card["created"],
+        "git_commit": card["git_commit"] or "",
+        **{f"val_auroc_{k}": v.get("val_auroc") for k, v in card["variants"].items()},
+    }
+    with bentoml.models.create(
+        tag, labels={"framework": "onnxruntime", "project": "spinecast"}, metadata=metadata
+    ) as model:
         for path in out.iterdir():
             shutil.copy2(path, model.path_of(path.name))
     return tag
@@ -293,18 +388,41 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="spinecast export", description=__doc__.split("\n\n")[0])
     parser.add_argument("--ckpt", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True, help="bundle folder")
-    parser.add_argument("--data", type=Path, default=None,
-                        help="labeled held-out records for parity and accuracy (default: the validation split)")
-    parser.add_argument("--optimize", action="store_true", help="ONNX Runtime transformer graph fusion")
-    parser.add_argument("--quantize", choices=["int8"], default=None, help="add a dynamic INT8 variant and serve it")
-    parser.add_argument("--max-auroc-drop", type=float, default=0.005,
-                        help="refuse a quantized model that loses more validation AUROC than this")
-    parser.add_argument("--eval-rows", type=int, default=512, help="held-out records scored per variant")
-    parser.add_argument("--bentoml", action="store_true", help="also save the bundle in the BentoML model store")
+    parser.add_argument(
+        "--data",
+        type=Path,
+        default=None,
+        help="labeled held-out records for parity and accuracy (default: the validation split)",
+    )
+    parser.add_argument(
+        "--optimize", action="store_true", help="ONNX Runtime transformer graph fusion"
+    )
+    parser.add_argument(
+        "--quantize", choices=["int8"], default=None, help="add a dynamic INT8 variant and serve it"
+    )
+    parser.add_argument(
+        "--max-auroc-drop",
+        type=float,
+        default=0.005,
+        help="refuse a quantized model that loses more validation AUROC than this",
+    )
+    parser.add_argument(
+        "--eval-rows", type=int, default=512, help="held-out records scored per variant"
+    )
+    parser.add_argument(
+        "--bentoml", action="store_true", help="also save the bundle in the BentoML model store"
+    )
     args = parser.parse_args(argv)
     try:
-        card = export(args.ckpt, args.out, args.data, args.optimize, args.quantize == "int8", args.eval_rows,
-                      max_auroc_drop=args.max_auroc_drop)
+        card = export(
+            args.ckpt,
+            args.out,
+            args.data,
+            args.optimize,
+            args.quantize == "int8",
+            args.eval_rows,
+            max_auroc_drop=args.max_auroc_drop,
+        )
     except ExportError as err:
         print(f"spinecast export: {err}")
         return 1

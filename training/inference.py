@@ -41,15 +41,26 @@ class ArrayDataset(Dataset):
         return item
 
 
-def encode_frame(frame: pd.DataFrame, encoding: FeatureEncoding, tokenizer, window: SentenceWindow,
-                 image_size: int) -> dict[str, np.ndarray]:
+def encode_frame(
+    frame: pd.DataFrame,
+    encoding: FeatureEncoding,
+    tokenizer,
+    window: SentenceWindow,
+    image_size: int,
+) -> dict[str, np.ndarray]:
     """Validated cohort rows -> model inputs (the encoding serving shares) and labels (numpy)."""
     arrays = encode_inputs(frame, encoding, tokenizer, window, image_size)
     treatment = frame["treatment"].map({t: i for i, t in enumerate(TREATMENTS)})
     arrays["treatment"] = treatment.fillna(-1).to_numpy(dtype=np.int64)
-    for name, values in (("satisfied", frame["satisfied"]), ("mcid", mcid(frame)), ("odi_12m", frame["odi_12m"])):
+    for name, values in (
+        ("satisfied", frame["satisfied"]),
+        ("mcid", mcid(frame)),
+        ("odi_12m", frame["odi_12m"]),
+    ):
         present = values.notna().to_numpy()
-        arrays[name] = np.where(present, values.astype("float64").fillna(0).to_numpy(), 0).astype(np.float32)
+        arrays[name] = np.where(present, values.astype("float64").fillna(0).to_numpy(), 0).astype(
+            np.float32
+        )
         arrays[f"{name}_present"] = present
     return arrays
 
@@ -63,14 +74,18 @@ def encode_for(module: SpineCastModule, frame: pd.DataFrame) -> dict[str, np.nda
     text = module.net.config.text
     tokenizer = load_tokenizer(resolve_pretrained(text.pretrained))
     window = SentenceWindow(text.max_sentences, text.max_tokens)
-    return encode_frame(frame, module.feature_encoding, tokenizer, window, module.net.config.image.size)
+    return encode_frame(
+        frame, module.feature_encoding, tokenizer, window, module.net.config.image.size
+    )
 
 
 PREDICTIONS = ("p_satisfied", "p_mcid", "odi_12m", "p_satisfied_members", "propensity")
 
 
 @torch.no_grad()
-def predict(module: SpineCastModule, arrays: dict[str, np.ndarray], batch_size: int = 256) -> dict[str, np.ndarray]:
+def predict(
+    module: SpineCastModule, arrays: dict[str, np.ndarray], batch_size: int = 256
+) -> dict[str, np.ndarray]:
     """-> `p_satisfied`, `p_mcid`, `odi_12m` (N, 4) calibrated, TREATMENTS order;
     `p_satisfied_members` (N, K, 4) per bootstrap member; `propensity` (N, 4)."""
     parts: list[tuple[torch.Tensor, ...]] = []

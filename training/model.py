@@ -33,8 +33,12 @@ class TextConfig:
     max_tokens: int = 40  # per sentence, [CLS] and [SEP] included
     sentence_layers: int = 1  # transformer layers over the sentence embeddings of a document
     sentence_dropout: float = 0.1  # training only: share of a document's sentences hidden per step
-    cross_layers: int = 1  # layers over the note's and the report's sentences together (side concordance)
-    lexical_dim: int = 32  # a trained word channel beside the frozen encoder (0: off); see DocumentEncoder
+    cross_layers: int = (
+        1  # layers over the note's and the report's sentences together (side concordance)
+    )
+    lexical_dim: int = (
+        32  # a trained word channel beside the frozen encoder (0: off); see DocumentEncoder
+    )
 
 
 @dataclass
@@ -97,16 +101,29 @@ class Block(nn.Module):
     def __init__(self, dim: int, heads: int, dropout: float):
         super().__init__()
         self.heads, self.dropout = heads, dropout
-        self.attn_norm, self.qkv, self.proj = nn.LayerNorm(dim), nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+        self.attn_norm, self.qkv, self.proj = (
+            nn.LayerNorm(dim),
+            nn.Linear(dim, 3 * dim),
+            nn.Linear(dim, dim),
+        )
         self.ff_norm = nn.LayerNorm(dim)
-        self.ff = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(2 * dim, dim))
+        self.ff = nn.Sequential(
+            nn.Linear(dim, 2 * dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(2 * dim, dim)
+        )
         self.drop = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
         """(B, S, D), and optionally (B, S) True where a position may be attended to -> (B, S, D)."""
-        q, k, v = self.qkv(self.attn_norm(x)).unflatten(-1, (3, self.heads, -1)).permute(2, 0, 3, 1, 4).unbind(0)
+        q, k, v = (
+            self.qkv(self.attn_norm(x))
+            .unflatten(-1, (3, self.heads, -1))
+            .permute(2, 0, 3, 1, 4)
+            .unbind(0)
+        )
         mask = None if keep is None else keep[:, None, None, :]  # (B, 1, 1, S)
-        att = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0)
+        att = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0
+        )
         x = x + self.drop(self.proj(att.transpose(1, 2).flatten(2)))
         return x + self.drop(self.ff(self.ff_norm(x)))
 
@@ -149,7 +166,7 @@ class SentenceEncoder(nn.Module):
         layers = backbone.encoder.layer
         for p in backbone.parameters():
             p.requires_grad = False
-        for layer in layers[max(0, len(layers) - trainable_layers):] if trainable_layers else []:
+        for layer in layers[max(0, len(layers) - trainable_layers) :] if trainable_layers else []:
             for p in layer.parameters():
                 p.requires_grad = True
         self.cache: dict[bytes, torch.Tensor] = {}  # frozen only: identical sentences encoded once
@@ -188,8 +205,12 @@ class SentenceEncoder(nn.Module):
         # Traced, max() would freeze which text is wider; a sum is as dynamic as the widths, and
         # the graph trims the distinct rows to the longest again.
         width = sum(widths) if _exporting() else max(widths)
-        ids, mask = (torch.cat([F.pad(pair[i], (0, width - pair[i].shape[2])).reshape(-1, width) for pair in texts])
-                     for i in (0, 1))
+        ids, mask = (
+            torch.cat(
+                [F.pad(pair[i], (0, width - pair[i].shape[2])).reshape(-1, width) for pair in texts]
+            )
+            for i in (0, 1)
+        )
         return list(self(ids, mask).split([ids.shape[0] * ids.shape[1] for ids, _ in texts]))
 
     def _exported(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -204,9 +225,15 @@ class SentenceEncoder(nn.Module):
         lengths = rows[:, length:].sum(dim=1)
         order = torch.argsort(lengths)
         cols = torch.arange(lengths.max().clamp(min=1))
-        ids, mask = rows[order, :length].index_select(1, cols), rows[order, length:].index_select(1, cols)
+        ids, mask = (
+            rows[order, :length].index_select(1, cols),
+            rows[order, length:].index_select(1, cols),
+        )
         config = self.backbone.config
-        bert = config.model_type == "bert" and getattr(config, "position_embedding_type", "absolute") == "absolute"
+        bert = (
+            config.model_type == "bert"
+            and getattr(config, "position_embedding_type", "absolute") == "absolute"
+        )
         encoded = self._unpadded(ids, mask) if bert else self._encode(ids, mask)
         return encoded[torch.argsort(order)[inverse + GROUPS]]
 
@@ -226,11 +253,17 @@ class SentenceEncoder(nn.Module):
             rows = torch.arange(n * g // GROUPS, n * (g + 1) // GROUPS)
             cols = torch.arange(lengths[rows[-1]].clamp(min=1))
             keep = mask.index_select(0, rows).index_select(1, cols)
-            groups.append((slot.index_select(0, rows).index_select(1, cols),
-                           (1.0 - keep[:, None, :].float()) * torch.finfo(torch.float32).min,
-                           keep.reshape(-1).nonzero().squeeze(1)))
+            groups.append(
+                (
+                    slot.index_select(0, rows).index_select(1, cols),
+                    (1.0 - keep[:, None, :].float()) * torch.finfo(torch.float32).min,
+                    keep.reshape(-1).nonzero().squeeze(1),
+                )
+            )
 
-        def padded(x: torch.Tensor) -> torch.Tensor:  # (..., T, F) -> (..., T + 1, F): slots index it
+        def padded(
+            x: torch.Tensor,
+        ) -> torch.Tensor:  # (..., T, F) -> (..., T + 1, F): slots index it
             return torch.cat([x, x.new_zeros(*x.shape[:-2], 1, x.shape[-1])], dim=-2)
 
         emb = self.backbone.embeddings
@@ -238,17 +271,28 @@ class SentenceEncoder(nn.Module):
         x = emb.LayerNorm(x + emb.position_embeddings(real % width))
         for layer in self.backbone.encoder.layer:
             att = layer.attention.self
-            heads, scale = att.num_attention_heads, att.attention_head_size ** -0.5  # scale: in the query weights
+            heads, scale = (
+                att.num_attention_heads,
+                att.attention_head_size**-0.5,
+            )  # scale: in the query weights
             weight = torch.cat([att.query.weight * scale, att.key.weight, att.value.weight])
             bias = torch.cat([att.query.bias * scale, att.key.bias, att.value.bias])
             # heads first, on the real tokens: (3 * heads, T, d); the padded copies need no transpose
-            qkv = F.linear(x, weight, bias).unflatten(1, (3 * heads, att.attention_head_size)).transpose(0, 1)
-            q, k, v = (padded(qkv[i * heads:(i + 1) * heads]) for i in range(3))
+            qkv = (
+                F.linear(x, weight, bias)
+                .unflatten(1, (3 * heads, att.attention_head_size))
+                .transpose(0, 1)
+            )
+            q, k, v = (padded(qkv[i * heads : (i + 1) * heads]) for i in range(3))
             parts = []
             for where, hide, kept in groups:
                 probs = (q[:, where] @ k[:, where].transpose(-1, -2) + hide).softmax(dim=-1)
-                parts.append((probs @ v[:, where]).flatten(1, 2)[:, kept])  # (heads, group tokens, d)
-            a = torch.cat(parts, dim=1).transpose(0, 1).flatten(1)  # (T, heads * d): groups hold tokens in order
+                parts.append(
+                    (probs @ v[:, where]).flatten(1, 2)[:, kept]
+                )  # (heads, group tokens, d)
+            a = (
+                torch.cat(parts, dim=1).transpose(0, 1).flatten(1)
+            )  # (T, heads * d): groups hold tokens in order
             x = layer.attention.output.LayerNorm(layer.attention.output.dense(a) + x)
             x = layer.output.LayerNorm(layer.output.dense(layer.intermediate(x)) + x)
         x = padded(x)
@@ -278,24 +322,31 @@ class DocumentEncoder(nn.Module):
     omitted from the next), which keeps the model from memorising notes.
     """
 
-    def __init__(self, sentences: SentenceEncoder, cfg: TextConfig, dim: int, heads: int, dropout: float):
+    def __init__(
+        self, sentences: SentenceEncoder, cfg: TextConfig, dim: int, heads: int, dropout: float
+    ):
         super().__init__()
         self.sentences = sentences
         self.sentence_dropout = cfg.sentence_dropout
         self.project = nn.Sequential(nn.Linear(sentences.width, dim), nn.GELU(), nn.LayerNorm(dim))
-        self.position = nn.Embedding(cfg.max_sentences, dim)  # where a sentence sits (history vs plan)
+        self.position = nn.Embedding(
+            cfg.max_sentences, dim
+        )  # where a sentence sits (history vs plan)
         # A frozen encoder's mean-pooled sentence embedding barely moves with one word ("left" or
         # "right", "no"): a small trained embedding of every token, max-pooled per sentence, keeps
         # such words visible to the layers above (a fastText-like channel, learned end to end).
         vocab = sentences.backbone.config.vocab_size
         self.lexical = nn.Embedding(vocab, cfg.lexical_dim) if cfg.lexical_dim else None
         self.lexical_project = nn.Linear(cfg.lexical_dim, dim) if cfg.lexical_dim else None
-        self.context = Transformer(dim, heads, cfg.sentence_layers, dropout) if cfg.sentence_layers else None
+        self.context = (
+            Transformer(dim, heads, cfg.sentence_layers, dropout) if cfg.sentence_layers else None
+        )
         self.score = nn.Linear(dim, 1)
         self.out = nn.Linear(2 * dim, dim)
 
-    def contextualize(self, ids: torch.Tensor, mask: torch.Tensor, emb: torch.Tensor | None = None
-                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def contextualize(
+        self, ids: torch.Tensor, mask: torch.Tensor, emb: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(B, S, L) ids and mask -> (B, S, D) sentences in context, (B, S) which may be attended
         to, (B,) presence. `emb`: the (B * S, H) sentence embeddings when the caller has them."""
         b, s, length = ids.shape
@@ -306,7 +357,9 @@ class DocumentEncoder(nn.Module):
         emb = emb.reshape(b, s, -1)
         x = self.project(emb) + self.position.weight[:s]  # (B, S, D)
         if self.lexical is not None:
-            words = self.lexical(ids).masked_fill(~mask.bool().unsqueeze(-1), -1e4).amax(dim=2)  # (B, S, E)
+            words = (
+                self.lexical(ids).masked_fill(~mask.bool().unsqueeze(-1), -1e4).amax(dim=2)
+            )  # (B, S, E)
             x = x + self.lexical_project(torch.where(sentence_mask.unsqueeze(-1), words, 0.0))
         keep = sentence_mask
         if self.training and self.sentence_dropout > 0:
@@ -326,8 +379,9 @@ class DocumentEncoder(nn.Module):
         strongest = x.masked_fill(~keep.unsqueeze(-1), float("-inf")).amax(dim=1)  # (B, D)
         return self.out(torch.cat([attended, strongest], dim=1))
 
-    def forward(self, ids: torch.Tensor, mask: torch.Tensor,
-                emb: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, ids: torch.Tensor, mask: torch.Tensor, emb: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, S, L) ids and mask -> (B, D) embedding and (B,) presence."""
         x, keep, present = self.contextualize(ids, mask, emb)
         return self.pool(x, keep), present
@@ -346,7 +400,7 @@ class CrossDocument(nn.Module):
     def forward(self, note, note_keep, report, report_keep):
         x = torch.cat([note + self.kind[0], report + self.kind[1]], dim=1)  # (B, S_n + S_r, D)
         x = self.body(x, torch.cat([note_keep, report_keep], dim=1))
-        return x[:, :note.shape[1]], x[:, note.shape[1]:]
+        return x[:, : note.shape[1]], x[:, note.shape[1] :]
 
 
 # --- structured fields ----------------------------------------------------------------------
@@ -372,8 +426,13 @@ class TabularEncoder(nn.Module):
             self.body = Transformer(dim, cfg.heads, cfg.layers, dropout)
         else:
             width = 2 * n_num + token_dim * len(cards)
-            self.body = nn.Sequential(nn.Linear(width, 2 * dim), nn.GELU(), nn.Dropout(dropout),
-                                      nn.Linear(2 * dim, dim), nn.GELU())
+            self.body = nn.Sequential(
+                nn.Linear(width, 2 * dim),
+                nn.GELU(),
+                nn.Dropout(dropout),
+                nn.Linear(2 * dim, dim),
+                nn.GELU(),
+            )
 
     def forward(self, numeric, numeric_missing, categorical) -> torch.Tensor:
         cats = self.categories(categorical + self.offsets)  # (B, C, T)
@@ -382,7 +441,9 @@ class TabularEncoder(nn.Module):
         values = numeric.unsqueeze(-1) * self.num_weight + self.num_bias  # (B, N, D)
         missing = numeric_missing.unsqueeze(-1)
         nums = missing * self.num_missing + (1 - missing) * values
-        tokens = torch.cat([self.cls.expand(numeric.shape[0], -1, -1), nums, cats], dim=1)  # (B, 1+N+C, D)
+        tokens = torch.cat(
+            [self.cls.expand(numeric.shape[0], -1, -1), nums, cats], dim=1
+        )  # (B, 1+N+C, D)
         return self.body(tokens)[:, 0]
 
 
@@ -398,7 +459,9 @@ def _resnet18(dim: int) -> nn.Module:
 def _mobilenet_v3_small(dim: int) -> nn.Module:
     net = torchvision.models.mobilenet_v3_small(num_classes=dim)
     first = net.features[0][0]
-    net.features[0][0] = nn.Conv2d(1, first.out_channels, first.kernel_size, first.stride, first.padding, bias=False)
+    net.features[0][0] = nn.Conv2d(
+        1, first.out_channels, first.kernel_size, first.stride, first.padding, bias=False
+    )
     return net
 
 
@@ -406,11 +469,21 @@ def _small_cnn(dim: int) -> nn.Module:
     """Four conv blocks, ~0.1 M parameters: for tests and CPU quickstarts."""
     blocks, channels = [], [1, 16, 32, 64, 96]
     for cin, cout in itertools.pairwise(channels):
-        blocks += [nn.Conv2d(cin, cout, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU()]
-    return nn.Sequential(*blocks, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels[-1], dim))
+        blocks += [
+            nn.Conv2d(cin, cout, 3, stride=2, padding=1, bias=False),
+            nn.BatchNorm2d(cout),
+            nn.ReLU(),
+        ]
+    return nn.Sequential(
+        *blocks, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels[-1], dim)
+    )
 
 
-IMAGE_BACKBONES = {"resnet18": _resnet18, "mobilenet_v3_small": _mobilenet_v3_small, "small_cnn": _small_cnn}
+IMAGE_BACKBONES = {
+    "resnet18": _resnet18,
+    "mobilenet_v3_small": _mobilenet_v3_small,
+    "small_cnn": _small_cnn,
+}
 
 
 class ImageEncoder(nn.Module):
@@ -419,7 +492,9 @@ class ImageEncoder(nn.Module):
     def __init__(self, cfg: ImageConfig, dim: int):
         super().__init__()
         if cfg.backbone not in IMAGE_BACKBONES:
-            raise ValueError(f"image.backbone must be one of {', '.join(IMAGE_BACKBONES)}; got {cfg.backbone!r}")
+            raise ValueError(
+                f"image.backbone must be one of {', '.join(IMAGE_BACKBONES)}; got {cfg.backbone!r}"
+            )
         self.net = IMAGE_BACKBONES[cfg.backbone](dim)
         if cfg.weights:
             self._load(Path(cfg.weights))
@@ -444,7 +519,9 @@ class ImageEncoder(nn.Module):
 class Fusion(nn.Module):
     """Modality tokens (B, M, D) + presence (B, M) -> (B, D). Absent modalities become a learned token."""
 
-    def __init__(self, kind: str, dim: int, layers: int, heads: int, dropout: float, modality_dropout: float):
+    def __init__(
+        self, kind: str, dim: int, layers: int, heads: int, dropout: float, modality_dropout: float
+    ):
         super().__init__()
         if kind not in ("attention", "gated"):
             raise ValueError(f"fusion must be one of attention, gated; got {kind!r}")
@@ -457,12 +534,16 @@ class Fusion(nn.Module):
             self.body = Transformer(dim, heads, layers, dropout)
         else:
             self.gate = nn.Linear(dim, dim)
-            self.body = nn.Sequential(nn.Linear(m * dim, 2 * dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(2 * dim, dim))
+            self.body = nn.Sequential(
+                nn.Linear(m * dim, 2 * dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(2 * dim, dim)
+            )
         self.norm = nn.LayerNorm(dim)
 
     def forward(self, tokens: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
         if self.training and self.modality_dropout > 0:
-            present = present & (torch.rand_like(present, dtype=torch.float) >= self.modality_dropout)
+            present = present & (
+                torch.rand_like(present, dtype=torch.float) >= self.modality_dropout
+            )
         x = torch.where(present.unsqueeze(-1), tokens, self.missing) + self.modality  # (B, M, D)
         if self.kind == "attention":
             x = self.body(torch.cat([self.cls.expand(x.shape[0], -1, -1), x], dim=1))[:, 0]
@@ -532,18 +613,36 @@ class SpineCastNet(nn.Module):
         note_backbone = build_backbone(t, backbone_config)
         report_backbone = note_backbone if t.share_weights else build_backbone(t, backbone_config)
         note_sentences = SentenceEncoder(note_backbone, t.trainable_layers)
-        report_sentences = note_sentences if t.share_weights else SentenceEncoder(report_backbone, t.trainable_layers)
+        report_sentences = (
+            note_sentences
+            if t.share_weights
+            else SentenceEncoder(report_backbone, t.trainable_layers)
+        )
         self.note = DocumentEncoder(note_sentences, t, d, config.heads, config.dropout)
         self.report = DocumentEncoder(report_sentences, t, d, config.heads, config.dropout)
-        self.cross = CrossDocument(d, config.heads, t.cross_layers, config.dropout) if t.cross_layers else None
+        self.cross = (
+            CrossDocument(d, config.heads, t.cross_layers, config.dropout)
+            if t.cross_layers
+            else None
+        )
         self.tabular = TabularEncoder(config.tabular, d, config.dropout, FeatureEncoding())
         self.image = ImageEncoder(config.image, d)
-        self.fusion = Fusion(config.fusion, d, config.fusion_layers, config.heads, config.dropout, config.modality_dropout)
+        self.fusion = Fusion(
+            config.fusion,
+            d,
+            config.fusion_layers,
+            config.heads,
+            config.dropout,
+            config.modality_dropout,
+        )
         self.outcomes = OutcomeHeads(d, config.head_hidden, config.members, config.dropout)
         # DragonNet-style (Shi et al. 2019): predicting the treatment from the same representation
         # keeps the confounders in it, and its estimate tells where a treatment lacks support.
-        self.propensity = nn.Sequential(nn.Linear(d, config.head_hidden), nn.GELU(),
-                                        nn.Linear(config.head_hidden, len(TREATMENTS)))
+        self.propensity = nn.Sequential(
+            nn.Linear(d, config.head_hidden),
+            nn.GELU(),
+            nn.Linear(config.head_hidden, len(TREATMENTS)),
+        )
         # Post-hoc temperature scaling of the satisfied and mcid logits, fitted on validation.
         self.register_buffer("temperature", torch.ones(2))
         # Training patients per treatment (set before fitting): a treatment nobody received gets
@@ -558,24 +657,53 @@ class SpineCastNet(nn.Module):
         """-> note (B, D), report (B, D), their presence (B,) each."""
         note_emb = report_emb = None
         if self.note.sentences is self.report.sentences:  # one backbone: both texts in one run
-            note_emb, report_emb = self.note.sentences.encode_texts((note_ids, note_mask), (report_ids, report_mask))
+            note_emb, report_emb = self.note.sentences.encode_texts(
+                (note_ids, note_mask), (report_ids, report_mask)
+            )
         note, note_keep, note_present = self.note.contextualize(note_ids, note_mask, note_emb)
-        report, report_keep, report_present = self.report.contextualize(report_ids, report_mask, report_emb)
+        report, report_keep, report_present = self.report.contextualize(
+            report_ids, report_mask, report_emb
+        )
         if self.cross is not None:
             note, report = self.cross(note, note_keep, report, report_keep)
-        return self.note.pool(note, note_keep), self.report.pool(report, report_keep), note_present, report_present
+        return (
+            self.note.pool(note, note_keep),
+            self.report.pool(report, report_keep),
+            note_present,
+            report_present,
+        )
 
-    def forward(self, numeric, numeric_missing, categorical, note_ids, note_mask, report_ids,
-                report_mask, image, image_present) -> Outputs:
-        note, report, note_present, report_present = self._texts(note_ids, note_mask, report_ids, report_mask)
+    def forward(
+        self,
+        numeric,
+        numeric_missing,
+        categorical,
+        note_ids,
+        note_mask,
+        report_ids,
+        report_mask,
+        image,
+        image_present,
+    ) -> Outputs:
+        note, report, note_present, report_present = self._texts(
+            note_ids, note_mask, report_ids, report_mask
+        )
         tabular = self.tabular(numeric, numeric_missing, categorical)
         tokens = torch.stack([tabular, note, report, self.image(image)], dim=1)  # (B, M, D)
-        present = torch.stack([torch.ones_like(note_present), note_present, report_present,
-                               image_present.bool()], dim=1)  # (B, M)
+        present = torch.stack(
+            [torch.ones_like(note_present), note_present, report_present, image_present.bool()],
+            dim=1,
+        )  # (B, M)
         h = self.fusion(tokens, present)
         out, effect = self.outcomes(h)  # (B, K, T, 3)
-        return Outputs(out[..., 0], out[..., 1], 100 * torch.sigmoid(out[..., 2]), effect,
-                       self.propensity(h), present)
+        return Outputs(
+            out[..., 0],
+            out[..., 1],
+            100 * torch.sigmoid(out[..., 2]),
+            effect,
+            self.propensity(h),
+            present,
+        )
 
     def probabilities(self, *inputs):
         """Calibrated outputs, as exported: p_satisfied (B, T) (the members' mean), p_mcid (B, T),

@@ -24,11 +24,17 @@ DEFAULT_RULE = DecisionRule()
 
 
 def _metrics(prefix: str) -> MetricCollection:
-    return MetricCollection({
-        "auroc": BinaryAUROC(), "auprc": BinaryAveragePrecision(), "brier": MeanSquaredError(),
-        "ece": BinaryCalibrationError(n_bins=15), "mcid_auroc": BinaryAUROC(),
-        "odi_rmse": MeanSquaredError(squared=False),
-    }, prefix=prefix)
+    return MetricCollection(
+        {
+            "auroc": BinaryAUROC(),
+            "auprc": BinaryAveragePrecision(),
+            "brier": MeanSquaredError(),
+            "ece": BinaryCalibrationError(n_bins=15),
+            "mcid_auroc": BinaryAUROC(),
+            "odi_rmse": MeanSquaredError(squared=False),
+        },
+        prefix=prefix,
+    )
 
 
 def observed(values: torch.Tensor, treatment: torch.Tensor) -> torch.Tensor:
@@ -48,11 +54,21 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
 
 
 class SpineCastModule(L.LightningModule):
-    def __init__(self, config: ModelConfig = DEFAULT_CONFIG, lr: float = 1e-3, backbone_lr: float = 2e-5,
-                 weight_decay: float = 0.05, loss_weights: dict[str, float] | None = None,
-                 backbone_config: dict | None = None, feature_encoding: dict | None = None,
-                 teacher: str | None = None, distill_weight: float = 0.5, effect_penalty: float = 0.02,
-                 propensity_weight: float = 0.3, decision: DecisionRule = DEFAULT_RULE):
+    def __init__(
+        self,
+        config: ModelConfig = DEFAULT_CONFIG,
+        lr: float = 1e-3,
+        backbone_lr: float = 2e-5,
+        weight_decay: float = 0.05,
+        loss_weights: dict[str, float] | None = None,
+        backbone_config: dict | None = None,
+        feature_encoding: dict | None = None,
+        teacher: str | None = None,
+        distill_weight: float = 0.5,
+        effect_penalty: float = 0.02,
+        propensity_weight: float = 0.3,
+        decision: DecisionRule = DEFAULT_RULE,
+    ):
         super().__init__()
         config = ModelConfig.from_dict(config) if isinstance(config, dict) else config
         self.net = SpineCastNet(config, backbone_config)
@@ -65,7 +81,9 @@ class SpineCastModule(L.LightningModule):
         self.hparams["config"] = asdict(config)
         self.hparams["backbone_config"] = self.net.backbone_config
         self.loss_weights = {"satisfied": 1.0, "mcid": 0.5, "odi_12m": 0.5} | (loss_weights or {})
-        self.feature_encoding = FeatureEncoding.from_dict(feature_encoding) if feature_encoding else None
+        self.feature_encoding = (
+            FeatureEncoding.from_dict(feature_encoding) if feature_encoding else None
+        )
         self.val_metrics, self.test_metrics = _metrics("val/"), _metrics("test/")
         self._val_logits: list[tuple[torch.Tensor, ...]] = []
 
@@ -86,16 +104,23 @@ class SpineCastModule(L.LightningModule):
         members = out.satisfied.shape[1]
         # Each member learns from its own bootstrap resample of the training patients (Poisson(1)
         # weights drawn once per patient by the data module); validation and test weigh all as 1.
-        weights = (batch["bootstrap"][:, :members].float() if "bootstrap" in batch
-                   else torch.ones(len(t), members, device=t.device))
+        weights = (
+            batch["bootstrap"][:, :members].float()
+            if "bootstrap" in batch
+            else torch.ones(len(t), members, device=t.device)
+        )
         if "ipw" in batch:  # inverse-propensity weights (the data module's `balance`)
             weights = weights * batch["ipw"][:, None]
         parts = {}
-        for name, pred, fn in (("satisfied", out.satisfied, F.binary_cross_entropy_with_logits),
-                               ("mcid", out.mcid, F.binary_cross_entropy_with_logits),
-                               ("odi_12m", out.odi / 100, F.mse_loss)):
+        for name, pred, fn in (
+            ("satisfied", out.satisfied, F.binary_cross_entropy_with_logits),
+            ("mcid", out.mcid, F.binary_cross_entropy_with_logits),
+            ("odi_12m", out.odi / 100, F.mse_loss),
+        ):
             mask = batch[f"{name}_present"] & known
-            target = (batch[name] / (100 if name == "odi_12m" else 1))[mask, None].expand(-1, members)
+            target = (batch[name] / (100 if name == "odi_12m" else 1))[mask, None].expand(
+                -1, members
+            )
             per = fn(observed(pred, t)[mask], target, reduction="none")  # (n, K)
             w = weights[mask]
             parts[name] = (per * w).sum() / w.sum().clamp(min=1.0) if mask.any() else pred.sum() * 0
@@ -103,29 +128,49 @@ class SpineCastModule(L.LightningModule):
         # Effects shrink toward the shared prognosis where the data do not say otherwise, and the
         # representation also predicts who got which treatment (DragonNet).
         parts["effect"] = out.effect.pow(2).mean()
-        parts["propensity"] = (F.cross_entropy(out.propensity[known], t[known]) if known.any()
-                               else out.propensity.sum() * 0)
-        loss = loss + self.hparams.effect_penalty * parts["effect"] + self.hparams.propensity_weight * parts["propensity"]
+        parts["propensity"] = (
+            F.cross_entropy(out.propensity[known], t[known])
+            if known.any()
+            else out.propensity.sum() * 0
+        )
+        loss = (
+            loss
+            + self.hparams.effect_penalty * parts["effect"]
+            + self.hparams.propensity_weight * parts["propensity"]
+        )
         if "teacher_p_satisfied" in batch and self.hparams.distill_weight > 0:
             # Distillation: the teacher's calibrated outcomes for all four treatments, the
             # treatments the patient did not get included (Hinton et al. 2015, soft targets).
             def soft(target):  # (B, T) -> (B, K, T): every member learns the teacher's outcome
                 return target.unsqueeze(1).expand(-1, members, -1)
 
-            soft_parts = {"satisfied": F.binary_cross_entropy_with_logits(out.satisfied, soft(batch["teacher_p_satisfied"])),
-                          "mcid": F.binary_cross_entropy_with_logits(out.mcid, soft(batch["teacher_p_mcid"])),
-                          "odi_12m": F.mse_loss(out.odi / 100, soft(batch["teacher_odi_12m"]) / 100)}
+            soft_parts = {
+                "satisfied": F.binary_cross_entropy_with_logits(
+                    out.satisfied, soft(batch["teacher_p_satisfied"])
+                ),
+                "mcid": F.binary_cross_entropy_with_logits(out.mcid, soft(batch["teacher_p_mcid"])),
+                "odi_12m": F.mse_loss(out.odi / 100, soft(batch["teacher_odi_12m"]) / 100),
+            }
             w = self.hparams.distill_weight
             loss = (1 - w) * loss + w * sum(self.loss_weights[k] * v for k, v in soft_parts.items())
             parts |= {f"teacher_{k}": v for k, v in soft_parts.items()}
         if not torch.isfinite(loss):
-            raise FloatingPointError(f"non-finite loss ({loss.item()}) in batch {batch_idx} of epoch "
-                                     f"{self.current_epoch}: {({k: v.item() for k, v in parts.items()})}")
+            raise FloatingPointError(
+                f"non-finite loss ({loss.item()}) in batch {batch_idx} of epoch "
+                f"{self.current_epoch}: { ({k: v.item() for k, v in parts.items()}) }"
+            )
         return loss
 
     def training_step(self, batch, batch_idx):
         loss = self._loss(batch, self(batch), batch_idx)
-        self.log("train/loss", loss, prog_bar=True, on_epoch=True, sync_dist=True, batch_size=len(batch["treatment"]))
+        self.log(
+            "train/loss",
+            loss,
+            prog_bar=True,
+            on_epoch=True,
+            sync_dist=True,
+            batch_size=len(batch["treatment"]),
+        )
         return loss
 
     def _eval_step(self, batch, batch_idx, metrics: MetricCollection, stage: str):
@@ -154,17 +199,25 @@ class SpineCastModule(L.LightningModule):
         members = out.satisfied.shape[1]
 
         def flat(logits, rows, labels):  # every member's logit with its patient's label
-            return logits[rows].float().flatten().cpu(), labels[rows, None].expand(-1, members).flatten().cpu()
+            return logits[rows].float().flatten().cpu(), labels[rows, None].expand(
+                -1, members
+            ).flatten().cpu()
 
-        self._val_logits.append((*flat(observed(out.satisfied, t), has, batch["satisfied"]),
-                                 *flat(observed(out.mcid, t), m, batch["mcid"])))
+        self._val_logits.append(
+            (
+                *flat(observed(out.satisfied, t), has, batch["satisfied"]),
+                *flat(observed(out.mcid, t), m, batch["mcid"]),
+            )
+        )
 
     def on_validation_epoch_end(self):
         """Fit the temperatures on this epoch's validation logits; every checkpoint carries its own."""
         if self._val_logits and not self.trainer.sanity_checking:
             parts = [torch.cat(x) for x in zip(*self._val_logits)]
             gathered = [self._gather_ragged(x) for x in parts]
-            for k, (logits, labels) in enumerate(((gathered[0], gathered[1]), (gathered[2], gathered[3]))):
+            for k, (logits, labels) in enumerate(
+                ((gathered[0], gathered[1]), (gathered[2], gathered[3]))
+            ):
                 if labels.numel() and 0 < labels.mean() < 1:
                     self.net.temperature[k] = fit_temperature(logits.cpu(), labels.cpu())
             self.log("val/temperature", self.net.temperature[0].item(), sync_dist=True)
@@ -193,7 +246,9 @@ class SpineCastModule(L.LightningModule):
         metrics.reset()
 
     def configure_optimizers(self):
-        backbone = [p for n, p in self.net.named_parameters() if ".backbone." in n and p.requires_grad]
+        backbone = [
+            p for n, p in self.net.named_parameters() if ".backbone." in n and p.requires_grad
+        ]
         ids = {id(p) for p in backbone}
         rest = [p for p in self.net.parameters() if p.requires_grad and id(p) not in ids]
         groups = [{"params": rest, "lr": self.hparams.lr}]
@@ -207,8 +262,11 @@ class SpineCastModule(L.LightningModule):
         # The random state too, so that a resumed run (`--ckpt_path last`) shuffles and drops out
         # exactly as the uninterrupted run would have.
         _, keys, pos, has_gauss, cached = np.random.get_state()  # plain types: weights-only loading
-        checkpoint["rng_states"] = {"torch": torch.get_rng_state(), "python": random.getstate(),
-                                    "numpy": (torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached)}
+        checkpoint["rng_states"] = {
+            "torch": torch.get_rng_state(),
+            "python": random.getstate(),
+            "numpy": (torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached),
+        }
         if torch.cuda.is_available():
             checkpoint["rng_states"]["cuda"] = torch.cuda.get_rng_state_all()
 

@@ -84,11 +84,17 @@ def _auroc(p: np.ndarray, y: np.ndarray) -> float | None:
     return _num(binary_auroc(preds, target))
 
 
-def evaluate_predictions(test: pd.DataFrame, outcomes: dict[str, np.ndarray], *,
-                         ablations: dict[str, np.ndarray] | None = None,
-                         baselines: dict[str, np.ndarray] | None = None,
-                         truth: pd.DataFrame | None = None, rule: DecisionRule | None = None,
-                         seed: int = 0, n_boot: int = 1000) -> dict:
+def evaluate_predictions(
+    test: pd.DataFrame,
+    outcomes: dict[str, np.ndarray],
+    *,
+    ablations: dict[str, np.ndarray] | None = None,
+    baselines: dict[str, np.ndarray] | None = None,
+    truth: pd.DataFrame | None = None,
+    rule: DecisionRule | None = None,
+    seed: int = 0,
+    n_boot: int = 1000,
+) -> dict:
     """Flat `test/<name>` scalars plus the nested sections counts, ablation, subgroups, baselines,
     recommendation. Rows without a `satisfied` label are left out of every label metric and of the
     doubly robust estimates; truth-based metrics cover every row."""
@@ -99,8 +105,11 @@ def evaluate_predictions(test: pd.DataFrame, outcomes: dict[str, np.ndarray], *,
     y = test["satisfied"][labeled].astype(bool).to_numpy()
     model = binary_metrics(p[labeled], y)
     metrics: dict = {f"test/{k}": v for k, v in model.items()}
-    metrics["counts"] = {"patients": len(test), "labeled": int(labeled.sum()),
-                         "satisfied_rate": _num(y.mean()) if len(y) else None}
+    metrics["counts"] = {
+        "patients": len(test),
+        "labeled": int(labeled.sum()),
+        "satisfied_rate": _num(y.mean()) if len(y) else None,
+    }
     metrics.update(_secondary_outcomes(test, outcomes, observed))
     if ablations:
         metrics["ablation"] = _ablation(model["auroc"], ablations, observed, labeled, y)
@@ -116,8 +125,9 @@ def evaluate_predictions(test: pd.DataFrame, outcomes: dict[str, np.ndarray], *,
             metrics.update({f"test/{name}/{k}": v for k, v in metrics["baselines"][name].items()})
     if truth is not None:
         metrics.update(_bayes_ceiling(test, truth, observed, labeled, y, model["auroc"]))
-    flat, metrics["recommendation"] = evaluate_recommendations(test, outcomes, baselines, truth, rule,
-                                                               seed=seed, n_boot=n_boot)
+    flat, metrics["recommendation"] = evaluate_recommendations(
+        test, outcomes, baselines, truth, rule, seed=seed, n_boot=n_boot
+    )
     metrics.update(flat)
     return metrics
 
@@ -135,13 +145,14 @@ def _secondary_outcomes(test: pd.DataFrame, outcomes: dict, observed: np.ndarray
         actual = test["odi_12m"].astype(float).to_numpy()
         present = ~np.isnan(actual)
         error = outcomes["odi_12m"][rows, observed][present] - actual[present]
-        out["test/odi_rmse"] = _num(np.sqrt(np.mean(error ** 2))) if present.any() else None
+        out["test/odi_rmse"] = _num(np.sqrt(np.mean(error**2))) if present.any() else None
         out["test/odi_n"] = int(present.sum())
     return out
 
 
-def _ablation(full: float | None, ablations: dict, observed: np.ndarray, labeled: np.ndarray,
-              y: np.ndarray) -> dict:
+def _ablation(
+    full: float | None, ablations: dict, observed: np.ndarray, labeled: np.ndarray, y: np.ndarray
+) -> dict:
     """AUROC with each modality removed, and how much it fell (positive = the modality helps)."""
     rows, out = np.arange(len(observed)), {}
     for name, p in ablations.items():
@@ -166,13 +177,26 @@ def _subgroups(test: pd.DataFrame, p: np.ndarray, labeled: np.ndarray) -> list[d
         keep = member & labeled
         y = satisfied[keep]
         rate = _num(y.mean()) if keep.any() else None
-        rows.append({"field": field, "value": value, "n": int(keep.sum()),
-                     "auroc": _auroc(p[keep], y), "satisfied_rate": rate})
+        rows.append(
+            {
+                "field": field,
+                "value": value,
+                "n": int(keep.sum()),
+                "auroc": _auroc(p[keep], y),
+                "satisfied_rate": rate,
+            }
+        )
     return rows
 
 
-def _bayes_ceiling(test: pd.DataFrame, truth: pd.DataFrame, observed: np.ndarray, labeled: np.ndarray,
-                   y: np.ndarray, model_auroc: float | None) -> dict:
+def _bayes_ceiling(
+    test: pd.DataFrame,
+    truth: pd.DataFrame,
+    observed: np.ndarray,
+    labeled: np.ndarray,
+    y: np.ndarray,
+    model_auroc: float | None,
+) -> dict:
     """The Bayes AUROC: the true probabilities scored on the same labeled rows."""
     true_p, _ = aligned_truth(test, truth)
     p_given = true_p[np.arange(len(test)), observed][labeled]  # (n_labeled,)
@@ -189,18 +213,24 @@ def _bayes_ceiling(test: pd.DataFrame, truth: pd.DataFrame, observed: np.ndarray
     }
 
 
-def _check_predictions(test: pd.DataFrame, outcomes: dict, ablations: dict | None,
-                       baselines: dict | None) -> None:
+def _check_predictions(
+    test: pd.DataFrame, outcomes: dict, ablations: dict | None, baselines: dict | None
+) -> None:
     """Say which array is wrong and what was expected; probabilities must lie in [0, 1]."""
     shape = (len(test), len(TREATMENTS))
     if "p_satisfied" not in outcomes:
         raise ValueError(f"outcomes must contain 'p_satisfied'; got keys {sorted(outcomes)}")
     unknown = sorted(set(ablations or {}) - set(MODALITIES))
     if unknown:
-        raise ValueError(f"ablations: unknown modality {unknown[0]!r}; known: {', '.join(MODALITIES)}")
+        raise ValueError(
+            f"ablations: unknown modality {unknown[0]!r}; known: {', '.join(MODALITIES)}"
+        )
     # label -> (array, expected shape, is a probability)
-    arrays = {f"outcomes[{k!r}]": (outcomes[k], shape, k != "odi_12m")
-              for k in OUTCOME_KEYS if k in outcomes}
+    arrays = {
+        f"outcomes[{k!r}]": (outcomes[k], shape, k != "odi_12m")
+        for k in OUTCOME_KEYS
+        if k in outcomes
+    }
     arrays.update({f"ablations[{k!r}]": (v, shape, True) for k, v in (ablations or {}).items()})
     arrays.update({f"baselines[{k!r}]": (v, shape, True) for k, v in (baselines or {}).items()})
     if outcomes.get("propensity") is not None:
@@ -213,14 +243,20 @@ def _check_predictions(test: pd.DataFrame, outcomes: dict, ablations: dict | Non
     for label, (value, expected, probability) in arrays.items():
         value = np.asarray(value, dtype=float)
         if value.shape != expected:
-            raise ValueError(f"{label} must have shape {expected} (rows aligned with test, "
-                             f"columns in TREATMENTS order); got {value.shape}")
+            raise ValueError(
+                f"{label} must have shape {expected} (rows aligned with test, "
+                f"columns in TREATMENTS order); got {value.shape}"
+            )
         if not np.isfinite(value).all():
-            raise ValueError(f"{label} must be finite; got {int((~np.isfinite(value)).sum())} "
-                             "NaN or infinite values")
+            raise ValueError(
+                f"{label} must be finite; got {int((~np.isfinite(value)).sum())} "
+                "NaN or infinite values"
+            )
         if probability and ((value < 0) | (value > 1)).any():
-            raise ValueError(f"{label} must hold probabilities in [0, 1]; got values in "
-                             f"[{value.min():.3g}, {value.max():.3g}]")
+            raise ValueError(
+                f"{label} must hold probabilities in [0, 1]; got values in "
+                f"[{value.min():.3g}, {value.max():.3g}]"
+            )
 
 
 def _equals(frame: pd.DataFrame, column: str, value: str) -> np.ndarray:
@@ -242,8 +278,14 @@ def _minus(a: float | None, b: float | None) -> float | None:
 # ----------------------------------------------------------------------------- files
 
 
-def write_report(out_dir, metrics: dict, test: pd.DataFrame, outcomes: dict[str, np.ndarray],
-                 baselines: dict[str, np.ndarray] | None = None, truth: pd.DataFrame | None = None) -> None:
+def write_report(
+    out_dir,
+    metrics: dict,
+    test: pd.DataFrame,
+    outcomes: dict[str, np.ndarray],
+    baselines: dict[str, np.ndarray] | None = None,
+    truth: pd.DataFrame | None = None,
+) -> None:
     """Write report.md, metrics.json, roc.png and calibration.png (model and baselines, observed
     arm), mix_by_diagnosis.png, propensity.png (with DR estimates) and counterfactual.png (with a
     truth file)."""
@@ -253,8 +295,12 @@ def write_report(out_dir, metrics: dict, test: pd.DataFrame, outcomes: dict[str,
     labeled = test["satisfied"].notna().to_numpy()
     y = test["satisfied"][labeled].astype(bool).to_numpy()
     scores = {"model": outcomes["p_satisfied"][np.arange(len(test)), observed][labeled]}
-    scores.update({k: np.asarray(v, float)[np.arange(len(test)), observed][labeled]
-                   for k, v in (baselines or {}).items()})
+    scores.update(
+        {
+            k: np.asarray(v, float)[np.arange(len(test)), observed][labeled]
+            for k, v in (baselines or {}).items()
+        }
+    )
     _plot_roc(out / "roc.png", y, scores)
     _plot_reliability(out / "calibration.png", y, scores)
     if "recommendation" in metrics:
@@ -274,8 +320,11 @@ def _plot_roc(path: Path, y: np.ndarray, scores: dict[str, np.ndarray]) -> None:
     else:
         ax.text(0.5, 0.5, "ROC needs both satisfied and unsatisfied rows", ha="center")
     ax.plot([0, 1], [0, 1], ls=":", color="grey")
-    ax.set(xlabel="false positive rate", ylabel="true positive rate",
-           title="ROC, satisfied at 12 months")
+    ax.set(
+        xlabel="false positive rate",
+        ylabel="true positive rate",
+        title="ROC, satisfied at 12 months",
+    )
     fig.savefig(path, dpi=110, bbox_inches="tight")
 
 
@@ -287,9 +336,13 @@ def _plot_reliability(path: Path, y: np.ndarray, scores: dict[str, np.ndarray]) 
             observed, predicted = calibration_curve(y, p, n_bins=ECE_BINS, strategy="uniform")
             ax.plot(predicted, observed, marker="o", ms=3, label=name)
     ax.plot([0, 1], [0, 1], ls=":", color="grey", label="perfect calibration")
-    ax.set(xlabel=f"predicted P(satisfied), {ECE_BINS} equal-width bins",
-           ylabel="observed satisfied rate", xlim=(-0.02, 1.02), ylim=(-0.02, 1.02),
-           title="Reliability diagram")
+    ax.set(
+        xlabel=f"predicted P(satisfied), {ECE_BINS} equal-width bins",
+        ylabel="observed satisfied rate",
+        xlim=(-0.02, 1.02),
+        ylim=(-0.02, 1.02),
+        title="Reliability diagram",
+    )
     ax.legend(loc="upper left")
     fig.savefig(path, dpi=110, bbox_inches="tight")
 
@@ -298,70 +351,135 @@ def render_markdown(metrics: dict) -> str:
     """The report from the metrics alone, so it can hold nothing that is not an aggregate. The
     recommendation summary comes first: it is what the model is for."""
     c = metrics["counts"]
-    intro = (f"{c['patients']:,} test patients, {c['labeled']:,} with a `satisfied` label "
-             f"({_f(c['satisfied_rate'], '.1%')} satisfied).")
+    intro = (
+        f"{c['patients']:,} test patients, {c['labeled']:,} with a `satisfied` label "
+        f"({_f(c['satisfied_rate'], '.1%')} satisfied)."
+    )
     plots = "Plots: [ROC curves](roc.png), [reliability diagram](calibration.png)"
     if "test/cf_rmse" in metrics:
         plots += ", [predicted vs true P(satisfied)](counterfactual.png)"
-    lines = ["# SpineCast evaluation report", "", intro, "", *summary_section(metrics),
-             "## Predictions", "", *_summary(metrics), "", plots, "",
-             "![ROC curves](roc.png) ![Reliability diagram](calibration.png)", ""]
+    lines = [
+        "# SpineCast evaluation report",
+        "",
+        intro,
+        "",
+        *summary_section(metrics),
+        "## Predictions",
+        "",
+        *_summary(metrics),
+        "",
+        plots,
+        "",
+        "![ROC curves](roc.png) ![Reliability diagram](calibration.png)",
+        "",
+    ]
     if "test/cf_rmse" in metrics:
         lines += ["![Predicted vs true P(satisfied) per treatment](counterfactual.png)", ""]
-    for section in (diagnosis_section, overlap_section, benefit_section, _ablation_table, _subgroup_table,
-                    _baseline_table):
+    for section in (
+        diagnosis_section,
+        overlap_section,
+        benefit_section,
+        _ablation_table,
+        _subgroup_table,
+        _baseline_table,
+    ):
         lines += section(metrics)
     return "\n".join(lines).rstrip() + "\n"
 
 
 def _summary(m: dict) -> list[str]:
-    rows = [("AUROC, `satisfied`", _f(m["test/auroc"])), ("AUPRC", _f(m["test/auprc"])),
-            ("Brier score", _f(m["test/brier"])),
-            (f"expected calibration error ({ECE_BINS} bins)", _f(m["test/ece"]))]
+    rows = [
+        ("AUROC, `satisfied`", _f(m["test/auroc"])),
+        ("AUPRC", _f(m["test/auprc"])),
+        ("Brier score", _f(m["test/brier"])),
+        (f"expected calibration error ({ECE_BINS} bins)", _f(m["test/ece"])),
+    ]
     if "test/mcid_auroc" in m:
         rows.append((f"AUROC, `mcid` ({m['test/mcid_n']:,} rows)", _f(m["test/mcid_auroc"])))
     if "test/odi_rmse" in m:
-        rows.append((f"ODI at 12 months, RMSE ({m['test/odi_n']:,} rows)",
-                     _f(m["test/odi_rmse"], ".2f")))
+        rows.append(
+            (f"ODI at 12 months, RMSE ({m['test/odi_n']:,} rows)", _f(m["test/odi_rmse"], ".2f"))
+        )
     if "test/bayes_auroc" in m:
-        rows += [("Bayes AUROC: true probabilities (on these labels)",
-                  f"{_f(m['test/bayes_auroc'])} ({_f(m['test/bayes_auroc_on_labels'])})"),
-                 ("gap to the Bayes AUROC (on these labels)",
-                  f"{_f(m['test/bayes_auroc_gap'])} ({_f(m['test/bayes_auroc_gap_on_labels'])})")]
+        rows += [
+            (
+                "Bayes AUROC: true probabilities (on these labels)",
+                f"{_f(m['test/bayes_auroc'])} ({_f(m['test/bayes_auroc_on_labels'])})",
+            ),
+            (
+                "gap to the Bayes AUROC (on these labels)",
+                f"{_f(m['test/bayes_auroc_gap'])} ({_f(m['test/bayes_auroc_gap_on_labels'])})",
+            ),
+        ]
     if "test/cf_rmse" in m:
-        rows += [("RMSE of P(satisfied) vs truth, all patients x all treatments", _f(m["test/cf_rmse"]))]
+        rows += [
+            ("RMSE of P(satisfied) vs truth, all patients x all treatments", _f(m["test/cf_rmse"]))
+        ]
         rows += [(f"... {t}", _f(m[f"test/cf_rmse_{t}"])) for t in TREATMENTS]
-    intro = ("Label metrics score the predicted P(satisfied) of the treatment each patient got; the "
-             "RMSE against the truth scores every treatment.")
+    intro = (
+        "Label metrics score the predicted P(satisfied) of the treatment each patient got; the "
+        "RMSE against the truth scores every treatment."
+    )
     return [intro, "", "| metric | value |", "|---|---|", *(f"| {k} | {v} |" for k, v in rows)]
 
 
 def _ablation_table(m: dict) -> list[str]:
     if "ablation" not in m:
         return []
-    rows = [f"| {k} | {_f(v['auroc'])} | {_f(v['drop'], '+.3f')} |"
-            for k, v in m["ablation"].items()]
-    return ["## Modality ablation", "",
-            "AUROC of `satisfied` with one input removed; the drop is what that modality adds.", "",
-            "| modality removed | AUROC | drop |", "|---|---|---|", *rows, ""]
+    rows = [
+        f"| {k} | {_f(v['auroc'])} | {_f(v['drop'], '+.3f')} |" for k, v in m["ablation"].items()
+    ]
+    return [
+        "## Modality ablation",
+        "",
+        "AUROC of `satisfied` with one input removed; the drop is what that modality adds.",
+        "",
+        "| modality removed | AUROC | drop |",
+        "|---|---|---|",
+        *rows,
+        "",
+    ]
 
 
 def _subgroup_table(m: dict) -> list[str]:
-    rows = [f"| {r['field']} | {r['value']} | {r['n']:,} | {_f(r['auroc'])} "
-            f"| {_f(r['satisfied_rate'], '.1%')} |" for r in m["subgroups"]]
-    return ["## Subgroups", "",
-            "n counts labeled rows; AUROC is n/a where a subgroup holds a single class.", "",
-            "| field | group | n | AUROC | satisfied |", "|---|---|---|---|---|", *rows, ""]
+    rows = [
+        f"| {r['field']} | {r['value']} | {r['n']:,} | {_f(r['auroc'])} "
+        f"| {_f(r['satisfied_rate'], '.1%')} |"
+        for r in m["subgroups"]
+    ]
+    return [
+        "## Subgroups",
+        "",
+        "n counts labeled rows; AUROC is n/a where a subgroup holds a single class.",
+        "",
+        "| field | group | n | AUROC | satisfied |",
+        "|---|---|---|---|---|",
+        *rows,
+        "",
+    ]
 
 
 def _baseline_table(m: dict) -> list[str]:
     if "baselines" not in m:
         return []
-    rmse = {k: m.get("test/cf_rmse" if k == "model" else f"test/{k}/cf_rmse") for k in m["baselines"]}
-    rows = [f"| {k} | {_f(v['auroc'])} | {_f(v['auprc'])} | {_f(v['brier'])} | {_f(v['ece'])} | {_f(rmse[k])} |"
-            for k, v in m["baselines"].items()]
-    return ["## Baselines", "",
-            ("Same rows, same labels: label metrics on the observed treatment's column; RMSE against the "
+    rmse = {
+        k: m.get("test/cf_rmse" if k == "model" else f"test/{k}/cf_rmse") for k in m["baselines"]
+    }
+    rows = [
+        f"| {k} | {_f(v['auroc'])} | {_f(v['auprc'])} | {_f(v['brier'])} | {_f(v['ece'])} | {_f(rmse[k])} |"
+        for k, v in m["baselines"].items()
+    ]
+    return [
+        "## Baselines",
+        "",
+        (
+            "Same rows, same labels: label metrics on the observed treatment's column; RMSE against the "
             "truth over every treatment (n/a without a truth file). Their recommendations (argmax) are in "
-            "the recommendations table."), "",
-            "| model | AUROC | AUPRC | Brier | ECE | RMSE vs truth |", "|---|---|---|---|---|---|", *rows, ""]
+            "the recommendations table."
+        ),
+        "",
+        "| model | AUROC | AUPRC | Brier | ECE | RMSE vs truth |",
+        "|---|---|---|---|---|---|",
+        *rows,
+        "",
+    ]

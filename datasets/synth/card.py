@@ -36,8 +36,10 @@ FACTS: dict[str, tuple] = {
     "listhesis": (lambda s: s["listhesis_grade"] > 0, ()),
 }
 
-NO_POSITIVITY = ("**Positivity is not guaranteed**: positivity = 0, so a treatment can be practically "
-                 "impossible for some patients; estimates of its effect there are extrapolation.")
+NO_POSITIVITY = (
+    "**Positivity is not guaranteed**: positivity = 0, so a treatment can be practically "
+    "impossible for some patients; estimates of its effect there are extrapolation."
+)
 
 
 def expected_auroc(p: np.ndarray) -> float:
@@ -73,7 +75,9 @@ def text_only_facts(state: pd.DataFrame, cohort: pd.DataFrame, in_text: dict[str
         for field in fields:
             recorded &= cohort[field].notna().to_numpy()
         text_only = true & ~recorded & mentioned[name]
-        counts = np.array([(true & recorded).sum(), text_only.sum(), (true & ~recorded & ~mentioned[name]).sum()])
+        counts = np.array(
+            [(true & recorded).sum(), text_only.sum(), (true & ~recorded & ~mentioned[name]).sum()]
+        )
         totals += counts
         per_fact[name] = dict(zip(("structured", "text_only", "nowhere"), map(int, counts)))
     total = int(totals.sum())
@@ -87,7 +91,8 @@ def text_only_facts(state: pd.DataFrame, cohort: pd.DataFrame, in_text: dict[str
             "Each (patient, fact) pair where an outcome-relevant fact holds in the hidden state counts once. "
             "It is 'structured' when every structured field that records it is present, 'text_only' when "
             "those fields are missing (or none exists) but the clinic note or MRI report in the cohort "
-            "states it, and 'nowhere' otherwise."),
+            "states it, and 'nowhere' otherwise."
+        ),
     }
 
 
@@ -99,15 +104,22 @@ def policy_values(truth: pd.DataFrame, observed: pd.DataFrame) -> dict:
     return {k: round(float(v), 4) for k, v in values.items()}
 
 
-def practice(state: pd.DataFrame, observed: pd.DataFrame, indication: float, positivity: float) -> dict:
+def practice(
+    state: pd.DataFrame, observed: pd.DataFrame, indication: float, positivity: float
+) -> dict:
     """How treatment was assigned: the setting, the realised mix and the support of what was given."""
     given = observed["p_assigned"].to_numpy()
     return {
-        "indication": float(indication), "positivity": float(positivity),
+        "indication": float(indication),
+        "positivity": float(positivity),
         "positivity_guaranteed": positivity > 0,
         "guaranteed_min_probability": round(positivity / len(TREATMENTS), 6),
-        "min_probability_any_treatment": _sig(assignment_probabilities(state, indication, positivity).min()),
-        "treatment_mix": {t: round(float((observed["treatment"] == t).mean()), 4) for t in TREATMENTS},
+        "min_probability_any_treatment": _sig(
+            assignment_probabilities(state, indication, positivity).min()
+        ),
+        "treatment_mix": {
+            t: round(float((observed["treatment"] == t).mean()), 4) for t in TREATMENTS
+        },
         "assigned_propensity": {"min": _sig(given.min()), "p01": _sig(np.percentile(given, 1))},
     }
 
@@ -117,38 +129,72 @@ def _sig(x) -> float:
     return float(f"{float(x):.4g}")
 
 
-def build_card(cohort, truth, state, observed, in_text, seed, indication=INDICATION, positivity=POSITIVITY) -> dict:
+def build_card(
+    cohort, truth, state, observed, in_text, seed, indication=INDICATION, positivity=POSITIVITY
+) -> dict:
     labeled = cohort["satisfied"].notna().to_numpy()
     sat = cohort["satisfied"][labeled].astype(bool).to_numpy()
     gain = cohort["baseline_odi"].astype(float) - cohort["odi_12m"].astype(float)
     note_words = cohort["clinical_note"].dropna().str.split().str.len()
     return {
-        "generator": "spinecast.datasets.synth", "seed": seed, "patients": len(cohort),
+        "generator": "spinecast.datasets.synth",
+        "seed": seed,
+        "patients": len(cohort),
         "with_note": int(cohort["clinical_note"].notna().sum()),
         "with_mri_report": int(cohort["imaging_report"].notna().sum()),
         "with_mri_image": int(cohort["mri_image"].notna().sum()),
         "satisfied_rate": round(float(sat.mean()), 4),
         "mcid_rate": round(float((gain.dropna() >= MCID_ODI_POINTS).mean()), 4),
-        "label_counts": {"satisfied": int(sat.sum()), "not_satisfied": int((~sat).sum()),
-                         "missing": int((~labeled).sum())},
-        "diagnosis_mix": state["diagnosis"].value_counts(normalize=True).round(4).sort_index().to_dict(),
+        "label_counts": {
+            "satisfied": int(sat.sum()),
+            "not_satisfied": int((~sat).sum()),
+            "missing": int((~labeled).sum()),
+        },
+        "diagnosis_mix": state["diagnosis"]
+        .value_counts(normalize=True)
+        .round(4)
+        .sort_index()
+        .to_dict(),
         "treatment_counts": cohort["treatment"].value_counts().sort_index().astype(int).to_dict(),
-        "satisfied_rate_by_treatment": (cohort[labeled].groupby("treatment")["satisfied"]
-                                        .apply(lambda x: round(float(x.astype(bool).mean()), 4)).to_dict()),
+        "satisfied_rate_by_treatment": (
+            cohort[labeled]
+            .groupby("treatment")["satisfied"]
+            .apply(lambda x: round(float(x.astype(bool).mean()), 4))
+            .to_dict()
+        ),
         "missingness": {c.name: round(float(cohort[c.name].isna().mean()), 4) for c in COLUMNS},
         "bayes_auroc": round(expected_auroc(observed["p_satisfied_observed"].to_numpy()), 4),
-        "bayes_auroc_on_labels": round(auroc(observed["p_satisfied_observed"].to_numpy()[labeled], sat), 4),
+        "bayes_auroc_on_labels": round(
+            auroc(observed["p_satisfied_observed"].to_numpy()[labeled], sat), 4
+        ),
         "policy_value_p_satisfied": policy_values(truth, observed),
-        "best_treatment_mix": truth["best_treatment"].value_counts(normalize=True).round(4).sort_index().to_dict(),
+        "best_treatment_mix": truth["best_treatment"]
+        .value_counts(normalize=True)
+        .round(4)
+        .sort_index()
+        .to_dict(),
         "min_assignment_probability": round(float(observed["p_assigned"].min()), 4),
         "practice": practice(state, observed, indication, positivity),
-        "note_words": {"min": int(note_words.min()), "median": float(note_words.median()), "max": int(note_words.max())},
+        "note_words": {
+            "min": int(note_words.min()),
+            "median": float(note_words.median()),
+            "max": int(note_words.max()),
+        },
         "facts": text_only_facts(state, cohort, in_text),
     }
 
 
-def write_card(out: Path, cohort, truth, state, observed, in_text, seed: int,
-               indication: float = INDICATION, positivity: float = POSITIVITY) -> dict:
+def write_card(
+    out: Path,
+    cohort,
+    truth,
+    state,
+    observed,
+    in_text,
+    seed: int,
+    indication: float = INDICATION,
+    positivity: float = POSITIVITY,
+) -> dict:
     card = build_card(cohort, truth, state, observed, in_text, seed, indication, positivity)
     (out / "card.json").write_text(json.dumps(card, indent=2, sort_keys=True) + "\n")
     (out / "card.md").write_text(render_markdown(card))
@@ -158,8 +204,10 @@ def write_card(out: Path, cohort, truth, state, observed, in_text, seed: int,
 def render_markdown(card: dict) -> str:
     pv, facts, pr = card["policy_value_p_satisfied"], card["facts"], card["practice"]
     lines = [
-        f"# Synthetic spine cohort (seed {card['seed']}, {card['patients']:,} patients)", "",
-        "| what | value |", "|---|---|",
+        f"# Synthetic spine cohort (seed {card['seed']}, {card['patients']:,} patients)",
+        "",
+        "| what | value |",
+        "|---|---|",
         f"| clinic notes / MRI reports / key images | {card['with_note']:,} / {card['with_mri_report']:,} / {card['with_mri_image']:,} |",
         f"| satisfied at 12 months | {card['satisfied_rate']:.1%} ({card['label_counts']['missing']} unlabeled) |",
         f"| reached ODI MCID (>= 15 points) | {card['mcid_rate']:.1%} |",
@@ -176,14 +224,30 @@ def render_markdown(card: dict) -> str:
     ]
     if not pr["positivity_guaranteed"]:
         lines += [NO_POSITIVITY, ""]
-    lines += ["## Treatments", "", "| treatment | patients | share | satisfied | P(satisfied) if all got it |",
-              "|---|---|---|---|---|"]
+    lines += [
+        "## Treatments",
+        "",
+        "| treatment | patients | share | satisfied | P(satisfied) if all got it |",
+        "|---|---|---|---|---|",
+    ]
     for t in TREATMENTS:
-        lines.append(f"| {t} | {card['treatment_counts'].get(t, 0):,} | {pr['treatment_mix'][t]:.1%} | "
-                     f"{card['satisfied_rate_by_treatment'].get(t, float('nan')):.1%} | {pv[f'always_{t}']:.3f} |")
+        lines.append(
+            f"| {t} | {card['treatment_counts'].get(t, 0):,} | {pr['treatment_mix'][t]:.1%} | "
+            f"{card['satisfied_rate_by_treatment'].get(t, float('nan')):.1%} | {pv[f'always_{t}']:.3f} |"
+        )
     lines += ["", "## Missing values", "", "| column | missing |", "|---|---|"]
     lines += [f"| `{k}` | {v:.1%} |" for k, v in card["missingness"].items()]
-    lines += ["", "## Where the facts are", "", facts["how_counted"], "",
-              "| fact | structured | text only | nowhere |", "|---|---|---|---|"]
-    lines += [f"| {k} | {v['structured']} | {v['text_only']} | {v['nowhere']} |" for k, v in facts["per_fact"].items()]
+    lines += [
+        "",
+        "## Where the facts are",
+        "",
+        facts["how_counted"],
+        "",
+        "| fact | structured | text only | nowhere |",
+        "|---|---|---|---|",
+    ]
+    lines += [
+        f"| {k} | {v['structured']} | {v['text_only']} | {v['nowhere']} |"
+        for k, v in facts["per_fact"].items()
+    ]
     return "\n".join(lines) + "\n"

@@ -28,21 +28,44 @@ from .text import write_note, write_report
 # Structured fields go missing at realistic rates (CLINICAL.md: 10 to 30 %); the note may still
 # mention the fact. Psychosocial and claim fields are the worst coded in real registries.
 MISSING_RATE = {
-    "bmi": 0.15, "smoking": 0.12, "diabetes": 0.10, "depression": 0.22, "anxiety": 0.28,
-    "workers_comp": 0.25, "opioid_use": 0.18, "prior_spine_surgery": 0.12, "asa_class": 0.28,
-    "symptom_duration_weeks": 0.15, "baseline_odi": 0.18, "back_pain_nrs": 0.10,
-    "leg_pain_nrs": 0.12, "diagnosis": 0.10, "odi_12m": 0.12, "satisfied": 0.03,
+    "bmi": 0.15,
+    "smoking": 0.12,
+    "diabetes": 0.10,
+    "depression": 0.22,
+    "anxiety": 0.28,
+    "workers_comp": 0.25,
+    "opioid_use": 0.18,
+    "prior_spine_surgery": 0.12,
+    "asa_class": 0.28,
+    "symptom_duration_weeks": 0.15,
+    "baseline_odi": 0.18,
+    "back_pain_nrs": 0.10,
+    "leg_pain_nrs": 0.12,
+    "diagnosis": 0.10,
+    "odi_12m": 0.12,
+    "satisfied": 0.03,
 }
 MISCODED_DIAGNOSIS = 0.04
 NOTE_MISSING = 0.03
 REPORT_MISSING = 0.05  # MRI done but the report is not in the chart
 IMAGE_MISSING = 0.10  # MRI done but no key image was exported
-_ARROW_TYPE = {"string": pa.string(), "integer": pa.int64(), "float": pa.float64(), "bool": pa.bool_()}
+_ARROW_TYPE = {
+    "string": pa.string(),
+    "integer": pa.int64(),
+    "float": pa.float64(),
+    "bool": pa.bool_(),
+}
 COHORT_SCHEMA = pa.schema([pa.field(c.name, _ARROW_TYPE[c.dtype]) for c in COLUMNS])
 
 
-def generate(n: int, seed: int, out: str | Path, workers: int | None = None,
-             indication: float = INDICATION, positivity: float = POSITIVITY) -> dict:
+def generate(
+    n: int,
+    seed: int,
+    out: str | Path,
+    workers: int | None = None,
+    indication: float = INDICATION,
+    positivity: float = POSITIVITY,
+) -> dict:
     """Write a synthetic cohort of `n` patients to `out`; return the data card as a dict.
 
     `indication` and `positivity` set the clinicians' practice (`outcomes.assignment_probabilities`):
@@ -65,13 +88,26 @@ def generate(n: int, seed: int, out: str | Path, workers: int | None = None,
     cohort["mri_image"] = np.where(with_image, "images/" + state["patient_id"] + ".png", None)
     _render_images(state, np.flatnonzero(with_image), seed, out / "images", workers)
 
-    pq.write_table(pa.Table.from_pandas(cohort, schema=COHORT_SCHEMA, preserve_index=False),
-                   out / "cohort.parquet", compression="zstd")
-    pq.write_table(pa.Table.from_pandas(truth, preserve_index=False), out / "truth.parquet",
-                   compression="zstd")
+    pq.write_table(
+        pa.Table.from_pandas(cohort, schema=COHORT_SCHEMA, preserve_index=False),
+        out / "cohort.parquet",
+        compression="zstd",
+    )
+    pq.write_table(
+        pa.Table.from_pandas(truth, preserve_index=False), out / "truth.parquet", compression="zstd"
+    )
     in_text = {"clinical_note": [f for _, f in notes], "imaging_report": [f for _, f in reports]}
-    return write_card(out, cohort, truth, state, observed, in_text, seed=seed,
-                      indication=indication, positivity=positivity)
+    return write_card(
+        out,
+        cohort,
+        truth,
+        state,
+        observed,
+        in_text,
+        seed=seed,
+        indication=indication,
+        positivity=positivity,
+    )
 
 
 def _drop(texts: list, rate: float, rng: np.random.Generator) -> pd.Series:
@@ -83,19 +119,37 @@ def _rng(seed: int, i: int, stream: int) -> np.random.Generator:
     return np.random.default_rng((seed, stream, i))
 
 
-def structured_view(state: pd.DataFrame, observed: pd.DataFrame, rng: np.random.Generator) -> pd.DataFrame:
+def structured_view(
+    state: pd.DataFrame, observed: pd.DataFrame, rng: np.random.Generator
+) -> pd.DataFrame:
     """The chart's structured fields and labels: rounded as charted, with missing values."""
     n = len(state)
     df = pd.DataFrame({c.name: pd.Series([None] * n, dtype=object) for c in COLUMNS})
-    for col in ("patient_id", "age", "sex", "bmi", "smoking", "diabetes", "depression", "anxiety",
-                "workers_comp", "opioid_use", "prior_spine_surgery", "asa_class",
-                "back_pain_nrs", "leg_pain_nrs", "diagnosis"):
+    for col in (
+        "patient_id",
+        "age",
+        "sex",
+        "bmi",
+        "smoking",
+        "diabetes",
+        "depression",
+        "anxiety",
+        "workers_comp",
+        "opioid_use",
+        "prior_spine_surgery",
+        "asa_class",
+        "back_pain_nrs",
+        "leg_pain_nrs",
+        "diagnosis",
+    ):
         df[col] = state[col].to_numpy()
     df["symptom_duration_weeks"] = state["symptom_duration_weeks"].round().clip(1, None)
     df["baseline_odi"] = (state["baseline_odi"] / 2).round() * 2  # ODI is scored in 2-point steps
     miscoded = rng.random(n) < MISCODED_DIAGNOSIS
     shifted = (state["diagnosis"].map(DIAGNOSES.index) + rng.integers(1, 4, n)) % 4
-    df["diagnosis"] = np.where(miscoded, np.asarray(DIAGNOSES, dtype=object)[shifted], df["diagnosis"])
+    df["diagnosis"] = np.where(
+        miscoded, np.asarray(DIAGNOSES, dtype=object)[shifted], df["diagnosis"]
+    )
     df["treatment"] = observed["treatment"].to_numpy()
     df["satisfied"] = observed["satisfied"].to_numpy()
     df["odi_12m"] = observed["odi_12m"].to_numpy()
@@ -105,7 +159,9 @@ def structured_view(state: pd.DataFrame, observed: pd.DataFrame, rng: np.random.
     return df
 
 
-def _render_images(state: pd.DataFrame, rows: np.ndarray, seed: int, folder: Path, workers: int | None) -> None:
+def _render_images(
+    state: pd.DataFrame, rows: np.ndarray, seed: int, folder: Path, workers: int | None
+) -> None:
     records = state.iloc[rows].to_dict("records")
     jobs = [(r, seed, int(i), folder) for r, i in zip(records, rows)]
     workers = workers or min(os.cpu_count() or 1, 8)

@@ -115,15 +115,30 @@ def _sample_anatomy(rng: np.random.Generator) -> _Anatomy:
     body_h = sc * span(1, 12.5, 14.0) * (0.95 + 0.1 * r[24:32])
     body_h[7] *= 2.0  # S2 reaches past the bottom edge
     return _Anatomy(
-        scale=sc, x0=span(2, 34, 46), y0=span(3, 60, 68), tilt=span(4, -0.12, 0.12),
-        radius=span(5, 250, 450), radius_low=span(22, 110, 160), bend=sc * span(23, 0, 12),
-        body_h=body_h, depth=sc * span(6, 18, 21) * trend * (0.96 + 0.08 * r[32:40]),
-        disc_h=sc * span(7, 5.0, 6.0) * (0.9 + 0.2 * r[40:47]), canal=sc * span(8, 7.5, 10.5),
-        spine_len=sc * span(9, 14, 19), spine_slope=span(10, 0.2, 0.45), conus=span(11, 0, 1),
-        marrow=span(12, -12, 12), fat=span(13, 0.8, 1.2), gain=span(14, 0.82, 1.12),
-        bias=span(15, 0.1, 0.35), sigma=span(16, 3, 8), blur=span(17, 0.12, 0.25),
-        hernia_size=span(18, 0.85, 1.15), hernia_shift=span(19, -1, 1),
-        slip=span(20, -0.04, 0.04), nucleus=span(21, -15, 15),
+        scale=sc,
+        x0=span(2, 34, 46),
+        y0=span(3, 60, 68),
+        tilt=span(4, -0.12, 0.12),
+        radius=span(5, 250, 450),
+        radius_low=span(22, 110, 160),
+        bend=sc * span(23, 0, 12),
+        body_h=body_h,
+        depth=sc * span(6, 18, 21) * trend * (0.96 + 0.08 * r[32:40]),
+        disc_h=sc * span(7, 5.0, 6.0) * (0.9 + 0.2 * r[40:47]),
+        canal=sc * span(8, 7.5, 10.5),
+        spine_len=sc * span(9, 14, 19),
+        spine_slope=span(10, 0.2, 0.45),
+        conus=span(11, 0, 1),
+        marrow=span(12, -12, 12),
+        fat=span(13, 0.8, 1.2),
+        gain=span(14, 0.82, 1.12),
+        bias=span(15, 0.1, 0.35),
+        sigma=span(16, 3, 8),
+        blur=span(17, 0.12, 0.25),
+        hernia_size=span(18, 0.85, 1.15),
+        hernia_shift=span(19, -1, 1),
+        slip=span(20, -0.04, 0.04),
+        nucleus=span(21, -15, 15),
     )
 
 
@@ -155,8 +170,12 @@ def _layout(s: dict, an: _Anatomy) -> _Layout:
     grade = int(s["listhesis_grade"])
     slip = (0.25 * grade - 0.07 + an.slip) * an.depth[j] if grade else 0.0
     geo = _Layout(
-        edges=edges, centers=(tops + bots) / 2, mids=(bots[:-1] + tops[1:]) / 2,
-        half=(tops[1:] - bots[:-1]) / 2, grades=grades, level=j,
+        edges=edges,
+        centers=(tops + bots) / 2,
+        mids=(bots[:-1] + tops[1:]) / 2,
+        half=(tops[1:] - bots[:-1]) / 2,
+        grades=grades,
+        level=j,
         shift=np.where(np.arange(_N_BODIES) <= j, slip, 0.0),  # the vertebra carries those above
     )
     geo.lut = _tables(s, an, geo)
@@ -164,9 +183,26 @@ def _layout(s: dict, an: _Anatomy) -> _Layout:
 
 
 # Rows of the per-image lookup table; each is a function of u (see _tables).
-_ROWS = {name: i for i, name in enumerate((
-    "body_sd", "depth", "shift", "nucleus_u", "cleft", "nucleus", "ext_ant", "ext_post", "narrow",
-    "sacral", "modic", "nerve", "aorta"))}
+_ROWS = {
+    name: i
+    for i, name in enumerate(
+        (
+            "body_sd",
+            "depth",
+            "shift",
+            "nucleus_u",
+            "cleft",
+            "nucleus",
+            "ext_ant",
+            "ext_post",
+            "narrow",
+            "sacral",
+            "modic",
+            "nerve",
+            "aorta",
+        )
+    )
+}
 _UG = (np.arange(_LUT_SIZE) + 0.5) / _LUT_STEP - _LUT_SIZE / (2 * _LUT_STEP)  # u of each entry
 
 
@@ -200,7 +236,9 @@ def _tables(s: dict, an: _Anatomy, geo: _Layout) -> np.ndarray:
         2 - 4 * du * du,  # the nucleus' extent along u (see _discs)
         # The intranuclear cleft of adult discs, a thin dark line at mid-height.
         1 - 0.35 * (float(s["age"]) >= 35) * np.clip(1 - 5 * np.abs(du), 0, 1),
-        nuc, ext_ant * prof, ext_post * prof,
+        nuc,
+        ext_ant * prof,
+        ext_post * prof,
         np.interp(_UG, [mj - reach, mj - hj / 2, mj + hj / 2, mj + reach], [0, f, f, 0]),
         np.interp(_UG, [c[7] - 4 * sc, c[7]], [0, 1]),  # thecal sac ends at S2; epidural fat below
         _MODIC_GAIN[s["modic"]]
@@ -487,8 +525,11 @@ def _acquire(img: np.ndarray, an: _Anatomy, rng: np.random.Generator) -> np.ndar
 def _check(s: dict) -> None:
     """Validate the state fields the image draws; say what was given and what was expected."""
     expected = {
-        "level": LEVELS, "herniation": tuple(_HERNIATION), "central_stenosis": tuple(_STENOSIS),
-        "listhesis_grade": (0, 1, 2), "modic": (0, 1, 2),
+        "level": LEVELS,
+        "herniation": tuple(_HERNIATION),
+        "central_stenosis": tuple(_STENOSIS),
+        "listhesis_grade": (0, 1, 2),
+        "modic": (0, 1, 2),
     }
     for key, allowed in expected.items():
         if s.get(key) not in allowed:
@@ -499,7 +540,8 @@ def _check(s: dict) -> None:
     bulges = s.get("incidental_bulges", ())
     if not set(bulges) <= set(LEVELS):
         raise ValueError(
-            f"state field 'incidental_bulges' must hold names from {LEVELS}; got {bulges!r}")
+            f"state field 'incidental_bulges' must hold names from {LEVELS}; got {bulges!r}"
+        )
 
 
 def render_mri(s: dict, rng: np.random.Generator) -> np.ndarray:
@@ -533,13 +575,16 @@ def landmarks(s: dict, rng: np.random.Generator) -> dict[str, dict]:
         slip = (geo.shift[j] + geo.shift[j + 1]) / 2
         disc, posterior, caudal = _to_pixel(an, m, depth / 2 - slip)
         bodies = [  # above and below the disc
-            _to_pixel(an, geo.centers[i], an.depth[i] / 2 - geo.shift[i])[0]
-            for i in (j, j + 1)
+            _to_pixel(an, geo.centers[i], an.depth[i] / 2 - geo.shift[i])[0] for i in (j, j + 1)
         ]
         out[name] = {
-            "disc": disc, "canal": _to_pixel(an, m, depth + an.scale + an.canal / 2 - slip)[0],
-            "upper_body": bodies[0], "lower_body": bodies[1], "posterior": posterior,
-            "caudal": caudal, "disc_height": 2 * float(geo.half[j]),
+            "disc": disc,
+            "canal": _to_pixel(an, m, depth + an.scale + an.canal / 2 - slip)[0],
+            "upper_body": bodies[0],
+            "lower_body": bodies[1],
+            "posterior": posterior,
+            "caudal": caudal,
+            "disc_height": 2 * float(geo.half[j]),
         }
     return out
 
@@ -549,7 +594,9 @@ def png_bytes(img: np.ndarray) -> bytes:
     if img.dtype != np.uint8 or img.ndim != 2:
         raise ValueError(f"image must be a 2-D uint8 array; got {img.ndim}-D {img.dtype}")
     buffer = io.BytesIO()
-    Image.fromarray(img).save(buffer, format="PNG", compress_level=1)  # fast; noise barely compresses
+    Image.fromarray(img).save(
+        buffer, format="PNG", compress_level=1
+    )  # fast; noise barely compresses
     return buffer.getvalue()
 
 
@@ -560,9 +607,16 @@ def save_png(img: np.ndarray, path) -> None:
 def example_grid(path, seed: int = 0) -> np.ndarray:
     """Eight patients with different findings, 4 x 2, saved as one PNG: a visual check."""
     base = {
-        "level": "L4-L5", "degeneration": [1, 1, 1, 1, 1], "herniation": "none",
-        "herniation_side": "", "central_stenosis": "none", "listhesis_grade": 0, "modic": 0,
-        "incidental_bulges": [], "age": 50, "bmi": 27.0,
+        "level": "L4-L5",
+        "degeneration": [1, 1, 1, 1, 1],
+        "herniation": "none",
+        "herniation_side": "",
+        "central_stenosis": "none",
+        "listhesis_grade": 0,
+        "modic": 0,
+        "incidental_bulges": [],
+        "age": 50,
+        "bmi": 27.0,
     }
     cases = [
         {},

@@ -69,7 +69,9 @@ def _demographics(s: pd.DataFrame, dx_idx: np.ndarray, rng: np.random.Generator)
     current = np.where(young, 0.24, 0.15)
     s["smoking"] = np.where(u < current, "current", np.where(u < current + 0.25, "former", "never"))
     age_excess = np.clip(s["age"].to_numpy() - 40, 0, None)
-    s["diabetes"] = rng.random(n) < 0.04 + 0.0035 * age_excess + 0.01 * np.clip(s["bmi"] - 30, 0, None)
+    s["diabetes"] = rng.random(n) < 0.04 + 0.0035 * age_excess + 0.01 * np.clip(
+        s["bmi"] - 30, 0, None
+    )
     s["depression"] = rng.random(n) < 0.27
     s["anxiety"] = rng.random(n) < np.where(s["depression"], 0.45, 0.12)
     working_age_claim = (s["age"].to_numpy() < 62) & np.isin(dx_idx, (0, 3))
@@ -78,7 +80,8 @@ def _demographics(s: pd.DataFrame, dx_idx: np.ndarray, rng: np.random.Generator)
     s["unrealistic_expectations"] = rng.random(n) < 0.18
     s["prior_spine_surgery"] = rng.random(n) < np.where(dx_idx == 3, 0.06, 0.13)
     s["prior_surgery_level"] = np.where(
-        s["prior_spine_surgery"], np.where(rng.random(n) < 0.55, "L4-L5", "L5-S1"), "")
+        s["prior_spine_surgery"], np.where(rng.random(n) < 0.55, "L4-L5", "L5-S1"), ""
+    )
     asa = 1 + (s["age"] > 50) + (s["diabetes"] | (s["bmi"] > 35)) + (rng.random(n) < 0.2)
     s["asa_class"] = asa.clip(1, 4).astype(int)
 
@@ -102,13 +105,21 @@ def _symptoms(s: pd.DataFrame, dx_idx: np.ndarray, rng: np.random.Generator) -> 
     s["tried_pt"] = rng.random(n) < 0.55 + 0.2 * (weeks > 12)
     s["tried_esi"] = has_leg & (rng.random(n) < 0.15 + 0.25 * (weeks > 12))
     s["tried_nsaids"] = rng.random(n) < 0.75
-    s["opioid_use"] = rng.random(n) < 0.34 + 0.12 * s["depression"] + 0.10 * (weeks > 52) + 0.08 * s["prior_spine_surgery"]
+    s["opioid_use"] = (
+        rng.random(n)
+        < 0.34 + 0.12 * s["depression"] + 0.10 * (weeks > 52) + 0.08 * s["prior_spine_surgery"]
+    )
     odi = rng.normal(_by_diag(dx_idx, (46, 43, 44, 37)), 12.5)
-    odi += 5 * s["depression"] + 4 * s["fear_avoidance"] + 3 * s["workers_comp"] + 3 * s["opioid_use"]
+    odi += (
+        5 * s["depression"] + 4 * s["fear_avoidance"] + 3 * s["workers_comp"] + 3 * s["opioid_use"]
+    )
     s["baseline_odi"] = odi.clip(4, 96).round(1)
     back = rng.normal(np.where(s["leg_dominant"], 4.8, 6.6), 1.6)
-    leg = np.where(s["leg_dominant"], back + rng.uniform(1, 4, n),
-                   np.where(has_leg, back - rng.uniform(0.5, 3.5, n), rng.uniform(0, 2, n)))
+    leg = np.where(
+        s["leg_dominant"],
+        back + rng.uniform(1, 4, n),
+        np.where(has_leg, back - rng.uniform(0.5, 3.5, n), rng.uniform(0, 2, n)),
+    )
     s["back_pain_nrs"] = back.round().clip(0, 10).astype(int)
     s["leg_pain_nrs"] = leg.round().clip(0, 10).astype(int)
 
@@ -126,20 +137,32 @@ def _exam(s: pd.DataFrame, rng: np.random.Generator) -> None:
     s["motor_grade"] = np.where(s["motor_deficit"], np.where(rng.random(n) < 0.8, 4, 3), 5)
     s["sensory_deficit"] = has_leg & (rng.random(n) < np.where(herniation, 0.45, 0.2))
     has_reflex = s["root"].isin(["L4", "S1"]).to_numpy()
-    s["reflex_diminished"] = has_leg & has_reflex & (rng.random(n) < np.where(herniation, 0.45, 0.25))
+    s["reflex_diminished"] = (
+        has_leg & has_reflex & (rng.random(n) < np.where(herniation, 0.45, 0.25))
+    )
 
 
 def _imaging(s: pd.DataFrame, dx_idx: np.ndarray, rng: np.random.Generator) -> None:
     """Imaging findings exist for everyone (hidden); only `has_mri` patients get a report/image."""
     n = len(s)
     s["has_mri"] = rng.random(n) < _by_diag(dx_idx, MRI_RATE)
-    hern_mix = np.asarray([  # over (none, bulge, protrusion, extrusion)
-        (0.00, 0.10, 0.45, 0.45), (0.10, 0.70, 0.20, 0.00),
-        (0.30, 0.70, 0.00, 0.00), (0.55, 0.35, 0.10, 0.00)])[dx_idx]
+    hern_mix = np.asarray(
+        [  # over (none, bulge, protrusion, extrusion)
+            (0.00, 0.10, 0.45, 0.45),
+            (0.10, 0.70, 0.20, 0.00),
+            (0.30, 0.70, 0.00, 0.00),
+            (0.55, 0.35, 0.10, 0.00),
+        ]
+    )[dx_idx]
     s["herniation"] = _pick(rng, ("none", "bulge", "protrusion", "extrusion"), hern_mix)
-    stenosis_mix = np.asarray([  # over (none, mild, moderate, severe)
-        (0.70, 0.25, 0.05, 0.00), (0.00, 0.20, 0.45, 0.35),
-        (0.10, 0.30, 0.45, 0.15), (0.92, 0.08, 0.00, 0.00)])[dx_idx]
+    stenosis_mix = np.asarray(
+        [  # over (none, mild, moderate, severe)
+            (0.70, 0.25, 0.05, 0.00),
+            (0.00, 0.20, 0.45, 0.35),
+            (0.10, 0.30, 0.45, 0.15),
+            (0.92, 0.08, 0.00, 0.00),
+        ]
+    )[dx_idx]
     stenosis = _pick(rng, ("none", "mild", "moderate", "severe"), stenosis_mix)
     extrusion = (s["herniation"] == "extrusion").to_numpy()
     # A large extrusion narrows the canal by itself.
@@ -151,8 +174,9 @@ def _imaging(s: pd.DataFrame, dx_idx: np.ndarray, rng: np.random.Generator) -> N
     spondy = dx_idx == 2
     s["listhesis_grade"] = np.where(spondy, np.where(rng.random(n) < 0.85, 1, 2), 0)
     s["unstable_slip"] = spondy & (rng.random(n) < 0.35)
-    s["translation_mm"] = np.where(s["unstable_slip"], rng.uniform(3.5, 8, n),
-                                   np.where(spondy, rng.uniform(0, 2.5, n), 0.0)).round(1)
+    s["translation_mm"] = np.where(
+        s["unstable_slip"], rng.uniform(3.5, 8, n), np.where(spondy, rng.uniform(0, 2.5, n), 0.0)
+    ).round(1)
     modic = rng.random(n) < _by_diag(dx_idx, (0.20, 0.15, 0.25, 0.25))
     s["modic"] = np.where(modic, np.where(rng.random(n) < 0.4, 1, 2), 0)
     _degeneration(s, dx_idx, rng)
@@ -170,7 +194,9 @@ def _compression(s: pd.DataFrame, dx_idx: np.ndarray, rng: np.random.Generator) 
     n = len(s)
     leg = s["leg_side"].to_numpy()
     focal = s["herniation"].isin(["protrusion", "extrusion"]).to_numpy()
-    rate = np.where(dx_idx == 0, np.where(focal, 0.88, 0.0), _by_diag(dx_idx, (0, 0.45, 0.35, 0.02)))
+    rate = np.where(
+        dx_idx == 0, np.where(focal, 0.88, 0.0), _by_diag(dx_idx, (0, 0.45, 0.35, 0.02))
+    )
     compressed = rng.random(n) < rate
     # Most compressions sit on the symptomatic side; some are contralateral (discordant).
     concordant_side = rng.random(n) < np.where(dx_idx == 0, 0.89, 0.75)

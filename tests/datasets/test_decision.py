@@ -47,16 +47,22 @@ def test_a_treatment_without_support_is_never_recommended_and_is_named():
     d = decide(samples, propensity, DecisionRule(support_floor=0.05))
     assert d.recommended[0] == DECOMPRESSION  # fusion would win by far, but nobody like this got it
     assert not d.supported[0, FUSION] and d.supported[0, DECOMPRESSION]
-    assert len(d.warnings[0]) == 1 and d.warnings[0][0].startswith("fusion: few patients like this one")
+    assert len(d.warnings[0]) == 1 and d.warnings[0][0].startswith(
+        "fusion: few patients like this one"
+    )
     assert decide(samples, propensity, DecisionRule(support_floor=0.0)).recommended[0] == FUSION
 
 
 def test_one_member_is_a_point_estimate():
     d = decide(np.array([[[0.5, 0.5, 0.6, 0.4]]]), None, DecisionRule(margin=0.05))
-    assert d.recommended[0] == DECOMPRESSION and d.benefit_low[0, DECOMPRESSION] == pytest.approx(0.1)
+    assert d.recommended[0] == DECOMPRESSION and d.benefit_low[0, DECOMPRESSION] == pytest.approx(
+        0.1
+    )
 
 
-@pytest.mark.parametrize("field, value", [("margin", 2.0), ("quantile", 0.7), ("support_floor", -0.1)])
+@pytest.mark.parametrize(
+    "field, value", [("margin", 2.0), ("quantile", 0.7), ("support_floor", -0.1)]
+)
 def test_bad_settings_name_the_setting(field, value):
     with pytest.raises(ValueError, match=field):
         DecisionRule(**{field: value})

@@ -13,14 +13,29 @@ SECRET = "SENTINEL-PATIENT-TEXT-7731"
 
 def _record(i: int, **changes) -> dict:
     rec = {
-        "patient_id": f"A-{i:04d}", "age": 40 + i, "sex": "female", "bmi": 27.5, "smoking": "never",
-        "diabetes": False, "depression": True, "anxiety": False, "workers_comp": False,
-        "opioid_use": True, "prior_spine_surgery": False, "asa_class": 2,
-        "symptom_duration_weeks": 12.0, "baseline_odi": 44.0, "back_pain_nrs": 4, "leg_pain_nrs": 7,
-        "diagnosis": "disc_herniation", "treatment": "decompression",
+        "patient_id": f"A-{i:04d}",
+        "age": 40 + i,
+        "sex": "female",
+        "bmi": 27.5,
+        "smoking": "never",
+        "diabetes": False,
+        "depression": True,
+        "anxiety": False,
+        "workers_comp": False,
+        "opioid_use": True,
+        "prior_spine_surgery": False,
+        "asa_class": 2,
+        "symptom_duration_weeks": 12.0,
+        "baseline_odi": 44.0,
+        "back_pain_nrs": 4,
+        "leg_pain_nrs": 7,
+        "diagnosis": "disc_herniation",
+        "treatment": "decompression",
         "clinical_note": f"{SECRET} 45 y/o F with L5 radiculopathy.",
-        "imaging_report": f"{SECRET} L4-L5 extrusion.", "mri_image": "images/a.png",
-        "satisfied": True, "odi_12m": 20.0,
+        "imaging_report": f"{SECRET} L4-L5 extrusion.",
+        "mri_image": "images/a.png",
+        "satisfied": True,
+        "odi_12m": 20.0,
     }
     rec.update(changes)
     return rec
@@ -52,7 +67,10 @@ def test_valid_file_loads_typed_in_every_format(folder, suffix):
     df = load_cohort(path, training=True)
     assert list(df.columns) == [c.name for c in COLUMNS]
     assert str(df["age"].dtype) == "Int64" and df["age"].tolist() == [41, 42]
-    assert str(df["diabetes"].dtype) == "boolean" and df["diabetes"].isna().tolist() == [False, True]
+    assert str(df["diabetes"].dtype) == "boolean" and df["diabetes"].isna().tolist() == [
+        False,
+        True,
+    ]
     assert df["bmi"].dtype == np.float64 and np.isnan(df["bmi"].iloc[1])
     assert df["mri_image"].iloc[0] == str((folder / "images" / "a.png").resolve())
     assert df["clinical_note"].iloc[0].startswith(SECRET)
@@ -109,7 +127,10 @@ def test_got_value_is_shown_for_fields_but_text_only_as_a_length(folder):
 def test_missing_required_column(folder):
     records = [{k: v for k, v in _record(1).items() if k != "sex"}]
     err = _error(folder, records)
-    assert str(err.violations[0]) == "cohort.parquet:-:sex: required column is missing (got no such column)"
+    assert (
+        str(err.violations[0])
+        == "cohort.parquet:-:sex: required column is missing (got no such column)"
+    )
 
 
 def test_treatment_required_only_for_training(folder):
@@ -121,7 +142,9 @@ def test_treatment_required_only_for_training(folder):
 
 def test_duplicate_patient_id(folder):
     err = _error(folder, [_record(1), _record(2), _record(3, patient_id="A-0001")])
-    assert [str(v) for v in err.violations] == ["cohort.parquet:3:patient_id: must be unique in the file (got 'A-0001')"]
+    assert [str(v) for v in err.violations] == [
+        "cohort.parquet:3:patient_id: must be unique in the file (got 'A-0001')"
+    ]
 
 
 def test_unknown_column_is_rejected(folder):
@@ -166,13 +189,22 @@ def test_mcid_is_derived_only_where_both_odis_exist():
 
 
 @pytest.mark.parametrize("suffix", [".jsonl", ".parquet"])
-@pytest.mark.parametrize("change, column", [({"asa_class": "3"}, "asa_class"), ({"age": True}, "age"),
-                                            ({"diabetes": 1}, "diabetes"), ({"diabetes": "yes"}, "diabetes"),
-                                            ({"patient_id": "A-\x00-9"}, "patient_id")])
+@pytest.mark.parametrize(
+    "change, column",
+    [
+        ({"asa_class": "3"}, "asa_class"),
+        ({"age": True}, "age"),
+        ({"diabetes": 1}, "diabetes"),
+        ({"diabetes": "yes"}, "diabetes"),
+        ({"patient_id": "A-\x00-9"}, "patient_id"),
+    ],
+)
 def test_typed_files_hold_json_types(folder, suffix, change, column):
     """Parquet and JSON Lines carry types: "3" is not an integer and 1 is not true (as in the API)."""
     records = [_record(1), _record(2, **change)]
-    if suffix == ".parquet" and column != "patient_id":  # a Parquet column has one type: make it mixed
+    if (
+        suffix == ".parquet" and column != "patient_id"
+    ):  # a Parquet column has one type: make it mixed
         records = [_record(1, **{column: None}), _record(2, **change)]
     err = _error(folder, records, suffix)
     assert any(v.column == column and v.row == 2 for v in err.violations), err

@@ -44,7 +44,9 @@ def test_cohort_passes_the_contract(cohort_dir):
     df = load_cohort(cohort_dir / "cohort.parquet", training=True)
     assert len(df) == N and df["patient_id"].is_unique
     truth = pd.read_parquet(cohort_dir / "truth.parquet")
-    expected = ["patient_id"] + [f"{k}_{t}" for t in TREATMENTS for k in ("p_satisfied", "odi_gain")]
+    expected = ["patient_id"] + [
+        f"{k}_{t}" for t in TREATMENTS for k in ("p_satisfied", "odi_gain")
+    ]
     assert sorted(truth.columns) == sorted(expected + ["best_treatment"])
     assert truth["patient_id"].tolist() == df["patient_id"].tolist()
     p = truth[[f"p_satisfied_{t}" for t in TREATMENTS]].to_numpy()
@@ -69,9 +71,22 @@ def test_enough_outcome_relevant_facts_are_only_in_text(card):
 
 
 def test_structured_fields_go_missing_at_realistic_rates(cohort_dir, card):
-    optional = ["bmi", "smoking", "diabetes", "depression", "anxiety", "workers_comp", "opioid_use",
-                "prior_spine_surgery", "asa_class", "symptom_duration_weeks", "baseline_odi",
-                "back_pain_nrs", "leg_pain_nrs", "diagnosis"]
+    optional = [
+        "bmi",
+        "smoking",
+        "diabetes",
+        "depression",
+        "anxiety",
+        "workers_comp",
+        "opioid_use",
+        "prior_spine_surgery",
+        "asa_class",
+        "symptom_duration_weeks",
+        "baseline_odi",
+        "back_pain_nrs",
+        "leg_pain_nrs",
+        "diagnosis",
+    ]
     for col in optional:
         assert 0.07 <= card["missingness"][col] <= 0.33, col
     assert card["missingness"]["age"] == 0 and card["missingness"]["treatment"] == 0
@@ -91,7 +106,9 @@ def test_herniation_benefit_needs_concordant_compression(world):
     h = world[world["diagnosis"] == "disc_herniation"]
     for metric in ("odi_gain", "p_satisfied"):
         benefit = h[f"{metric}_decompression"] - h[f"{metric}_physical_therapy"]
-        assert benefit[h["concordant"]].mean() > benefit[~h["concordant"]].mean() + (5 if metric == "odi_gain" else 0.05)
+        assert benefit[h["concordant"]].mean() > benefit[~h["concordant"]].mean() + (
+            5 if metric == "odi_gain" else 0.05
+        )
     benefit = h["odi_gain_decompression"] - h["odi_gain_physical_therapy"]
     assert 9 <= benefit[h["concordant"] & h["leg_dominant"]].mean() <= 15  # CLINICAL.md: ~11 to 14
 
@@ -123,7 +140,11 @@ def test_assignment_is_confounded_but_keeps_positivity(world):
     assert p.min() > 0.02
     surgery = p[:, 2] + p[:, 3]
     dx = world["diagnosis"].to_numpy()
-    assert surgery[dx == "nonspecific_low_back_pain"].mean() < 0.25 < surgery[dx == "spinal_stenosis"].mean()
+    assert (
+        surgery[dx == "nonspecific_low_back_pain"].mean()
+        < 0.25
+        < surgery[dx == "spinal_stenosis"].mean()
+    )
 
 
 def test_population_matches_the_literature(world):
@@ -131,7 +152,10 @@ def test_population_matches_the_literature(world):
     assert 0.29 <= mix["disc_herniation"] <= 0.36 and 0.29 <= mix["spinal_stenosis"] <= 0.36
     h = world[world["diagnosis"] == "disc_herniation"]
     assert 0.48 <= (h["level"] == "L5-S1").mean() <= 0.60
-    assert 40 <= h["age"].mean() <= 50 and 60 <= world[world["diagnosis"] == "spinal_stenosis"]["age"].mean() <= 67
+    assert (
+        40 <= h["age"].mean() <= 50
+        and 60 <= world[world["diagnosis"] == "spinal_stenosis"]["age"].mean() <= 67
+    )
     spondy = world[world["diagnosis"] == "spondylolisthesis"]
     assert 0.6 <= (spondy["sex"] == "female").mean() <= 0.74
     assert 0.38 <= world["opioid_use"].mean() <= 0.47 and 0.20 <= world["depression"].mean() <= 0.35
@@ -139,8 +163,11 @@ def test_population_matches_the_literature(world):
 
 
 def _digest(folder) -> dict:
-    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 @pytest.fixture(scope="module")
@@ -181,23 +208,30 @@ def test_stronger_indication_concentrates_treatment(world):
     assert strong[spondy, 3].mean() > today[spondy, 3].mean() + 0.05
     weak = assignment_probabilities(world, indication=0.5)
     assert weak[lbp, 2:].sum(axis=1).mean() > today[lbp, 2:].sum(axis=1).mean() + 0.05
-    np.testing.assert_allclose(assignment_probabilities(world, indication=0.0), 0.25)  # the chart plays no part
+    np.testing.assert_allclose(
+        assignment_probabilities(world, indication=0.0), 0.25
+    )  # the chart plays no part
 
 
-@pytest.mark.parametrize("indication, positivity", [(1.0, 0.10), (3.0, 0.10), (5.0, 0.02), (2.0, 0.5), (1.0, 1.0)])
+@pytest.mark.parametrize(
+    "indication, positivity", [(1.0, 0.10), (3.0, 0.10), (5.0, 0.02), (2.0, 0.5), (1.0, 1.0)]
+)
 def test_positivity_floor_is_respected(world, indication, positivity):
     p = assignment_probabilities(world, indication, positivity)
     assert p.min() >= positivity / len(TREATMENTS)
     np.testing.assert_allclose(p.sum(axis=1), 1.0)
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"indication": -0.5}, "indication must be a finite number >= 0"),
-    ({"indication": float("nan")}, "indication must be a finite number >= 0"),
-    ({"indication": "strong"}, "indication must be a finite number >= 0"),
-    ({"positivity": 1.5}, "positivity must be a number in [0, 1]"),
-    ({"positivity": -0.1}, "positivity must be a number in [0, 1]"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"indication": -0.5}, "indication must be a finite number >= 0"),
+        ({"indication": float("nan")}, "indication must be a finite number >= 0"),
+        ({"indication": "strong"}, "indication must be a finite number >= 0"),
+        ({"positivity": 1.5}, "positivity must be a number in [0, 1]"),
+        ({"positivity": -0.1}, "positivity must be a number in [0, 1]"),
+    ],
+)
 def test_invalid_practice_names_the_argument(world, tmp_path, kwargs, message):
     with pytest.raises(ValueError, match=message.replace("[", r"\[")):
         assignment_probabilities(world.head(5), **kwargs)
@@ -208,21 +242,43 @@ def test_invalid_practice_names_the_argument(world, tmp_path, kwargs, message):
 
 def test_synth_cli_sets_the_practice(seed11, tmp_path, capsys):
     out = tmp_path / "shifted"
-    assert main(["synth", "--n", "300", "--seed", "11", "--out", str(out), "--workers", "1",
-                 "--indication", "2.5", "--positivity", "0"]) == 0
+    assert (
+        main(
+            [
+                "synth",
+                "--n",
+                "300",
+                "--seed",
+                "11",
+                "--out",
+                str(out),
+                "--workers",
+                "1",
+                "--indication",
+                "2.5",
+                "--positivity",
+                "0",
+            ]
+        )
+        == 0
+    )
     card = json.loads((out / "card.json").read_text())
     practice = card["practice"]
     assert practice["indication"] == 2.5 and practice["positivity"] == 0.0
     assert not practice["positivity_guaranteed"]
     assert "Positivity is not guaranteed" in (out / "card.md").read_text()
     assert sum(practice["treatment_mix"].values()) == pytest.approx(1.0, abs=1e-3)
-    assert 0 <= practice["assigned_propensity"]["min"] <= practice["assigned_propensity"]["p01"] <= 1
+    assert (
+        0 <= practice["assigned_propensity"]["min"] <= practice["assigned_propensity"]["p01"] <= 1
+    )
     # A change of practice changes who got what, not the patients or their truth.
     assert (out / "truth.parquet").read_bytes() == (seed11 / "truth.parquet").read_bytes()
     shifted, today = (pd.read_parquet(d / "cohort.parquet") for d in (out, seed11))
     assert (shifted["treatment"] != today["treatment"]).any()
-    pd.testing.assert_frame_equal(shifted.drop(columns=["treatment", "satisfied", "odi_12m"]),
-                                  today.drop(columns=["treatment", "satisfied", "odi_12m"]))
+    pd.testing.assert_frame_equal(
+        shifted.drop(columns=["treatment", "satisfied", "odi_12m"]),
+        today.drop(columns=["treatment", "satisfied", "odi_12m"]),
+    )
     capsys.readouterr()
     assert main(["synth", "--n", "10", "--out", str(tmp_path / "bad"), "--positivity", "1.5"]) == 2
     assert "--positivity must be a number in [0, 1]" in capsys.readouterr().err

@@ -16,11 +16,29 @@ CONFIGS = Path(__file__).parents[2] / "configs"
 def checkpoint(small_cohort, tmp_path_factory, tiny_bert) -> Path:
     """Two epochs of the default architecture (FT-Transformer, attention fusion), tiny sizes."""
     root = tmp_path_factory.mktemp("export_run")
-    args = ["train", "--config", str(CONFIGS / "default.yaml"), "--data.train_path", str(small_cohort / "cohort.parquet"),
-            "--trainer.default_root_dir", str(root), "--trainer.logger.init_args.save_dir", str(root),
-            "--trainer.accelerator", "cpu", "--trainer.max_epochs", "2", "--trainer.enable_progress_bar", "false",
-            "--model.config.text.pretrained", tiny_bert, "--model.config.dim", "32",
-            "--model.config.image.backbone", "small_cnn"]
+    args = [
+        "train",
+        "--config",
+        str(CONFIGS / "default.yaml"),
+        "--data.train_path",
+        str(small_cohort / "cohort.parquet"),
+        "--trainer.default_root_dir",
+        str(root),
+        "--trainer.logger.init_args.save_dir",
+        str(root),
+        "--trainer.accelerator",
+        "cpu",
+        "--trainer.max_epochs",
+        "2",
+        "--trainer.enable_progress_bar",
+        "false",
+        "--model.config.text.pretrained",
+        tiny_bert,
+        "--model.config.dim",
+        "32",
+        "--model.config.image.backbone",
+        "small_cnn",
+    ]
     assert main(args) == 0
     return next(root.rglob("last.ckpt"))
 
@@ -38,8 +56,22 @@ def bentoml_home(checkpoint, tmp_path_factory) -> Path:
     home = tmp_path_factory.mktemp("bentoml_home")
     out = tmp_path_factory.mktemp("bento_bundle")
     spinecast = Path(sys.executable).with_name("spinecast")
-    subprocess.run([str(spinecast), "export", "--ckpt", str(checkpoint), "--out", str(out), "--eval-rows", "80",
-                    "--bentoml"], env={**os.environ, "BENTOML_HOME": str(home)}, check=True, capture_output=True)
+    subprocess.run(
+        [
+            str(spinecast),
+            "export",
+            "--ckpt",
+            str(checkpoint),
+            "--out",
+            str(out),
+            "--eval-rows",
+            "80",
+            "--bentoml",
+        ],
+        env={**os.environ, "BENTOML_HOME": str(home)},
+        check=True,
+        capture_output=True,
+    )
     assert (home / "models" / "spinecast" / "latest").is_file()
     return home
 
@@ -52,6 +84,10 @@ def server(bentoml_home, tmp_path_factory):
     log = tmp_path_factory.mktemp("server") / "server.log"
     port = free_port()
     key = "test-key-123"
-    env = {"BENTOML_HOME": str(bentoml_home), "SPINECAST_API_KEY": key, "SPINECAST_EXPLAIN_MAX_SENTENCES": "12"}
+    env = {
+        "BENTOML_HOME": str(bentoml_home),
+        "SPINECAST_API_KEY": key,
+        "SPINECAST_EXPLAIN_MAX_SENTENCES": "12",
+    }
     with running_server(port, env, log=log):
         yield f"http://127.0.0.1:{port}", log, key

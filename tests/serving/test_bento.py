@@ -9,16 +9,27 @@ import yaml
 
 def test_bento_builds_without_torch_or_training_code(bentoml_home, tmp_path):
     env = {**os.environ, "BENTOML_HOME": str(bentoml_home)}
-    done = subprocess.run([sys.executable, "-m", "spinecast.serving.bento", "--stage", str(tmp_path / "stage")],
-                          env=env, capture_output=True, text=True, check=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "spinecast.serving.bento", "--stage", str(tmp_path / "stage")],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     name, version = done.stdout.strip().splitlines()[-1].split(":")
     bento = bentoml_home / "bentos" / name / version
     requirements = (bento / "env" / "python" / "requirements.txt").read_text().lower()
     assert "onnxruntime==" in requirements and "bentoml==1.4.40" in requirements
-    assert not any(line.startswith(("torch", "lightning", "transformers")) for line in requirements.splitlines())
+    assert not any(
+        line.startswith(("torch", "lightning", "transformers"))
+        for line in requirements.splitlines()
+    )
     sources = {p.relative_to(bento / "src").as_posix() for p in (bento / "src").rglob("*.py")}
     assert "spinecast/serving/service.py" in sources and "spinecast/serving/predictor.py" in sources
-    assert not any(s.startswith(("spinecast/training", "training/", "spinecast/datasets/synth")) for s in sources)
+    assert not any(
+        s.startswith(("spinecast/training", "training/", "spinecast/datasets/synth"))
+        for s in sources
+    )
     manifest = yaml.safe_load((bento / "bento.yaml").read_text())
     models = {m["tag"] for s in manifest["services"] for m in s["models"]}
     assert models and all(tag.startswith("spinecast:spinecast-") for tag in models)

@@ -11,14 +11,20 @@ from spinecast.serving.capacity import BASE_S, Capacity, Once, Saturated
 
 def test_an_idle_model_admits_any_size_and_a_busy_one_refuses_what_would_not_fit():
     cap = Capacity(max_wait_s=10, seconds_per_patient=0.1, explain_units=20)
-    with cap.admit("patient", 256) as cost:  # 25.6 s of work, more than the bound: admitted when idle
+    with cap.admit(
+        "patient", 256
+    ) as cost:  # 25.6 s of work, more than the bound: admitted when idle
         assert cost == pytest.approx(25.6)
         with pytest.raises(Saturated) as err, cap.admit("patient", 1):
             pass
         assert err.value.retry_after == 26
         assert cap.deadline("patient", 32) == pytest.approx(BASE_S + 4 * (25.6 + 3.2))
     assert cap.queued_s == 0
-    with cap.admit("patient", 50), cap.admit("patient", 40), pytest.raises(Saturated):  # 5 s + 4 s fit in 10 s
+    with (
+        cap.admit("patient", 50),
+        cap.admit("patient", 40),
+        pytest.raises(Saturated),
+    ):  # 5 s + 4 s fit in 10 s
         cap.admit("explain", 1)  # 2 s more does not
     assert cap.queued_s == 0
 

@@ -16,12 +16,29 @@ pytestmark = pytest.mark.container
 
 def test_image_builds_without_torch_and_answers_predict(bentoml_home, tmp_path):
     env = {**os.environ, "BENTOML_HOME": str(bentoml_home)}
-    subprocess.run([sys.executable, "-m", "spinecast.serving.bento", "--stage", str(tmp_path / "stage")],
-                   env=env, check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "spinecast.serving.bento", "--stage", str(tmp_path / "stage")],
+        env=env,
+        check=True,
+        capture_output=True,
+    )
     tag = "spinecast:container-test"
     result = tmp_path / "built.json"
-    subprocess.run([sys.executable, "-m", "spinecast.serving.container", "build", "--tag", tag, "--out", str(result)],
-                   env=env, check=True, capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "spinecast.serving.container",
+            "build",
+            "--tag",
+            tag,
+            "--out",
+            str(result),
+        ],
+        env=env,
+        check=True,
+        capture_output=True,
+    )
     built = json.loads(result.read_text())
     assert built["torch_in_image"] is False
 
@@ -37,7 +54,10 @@ def test_image_builds_without_torch_and_answers_predict(bentoml_home, tmp_path):
             except httpx.HTTPError:
                 pass
             time.sleep(1)
-        answer = httpx.post(f"http://127.0.0.1:{port}/predict", timeout=60,
-                            json={"patient": {"patient_id": "C-1", "age": 61, "sex": "male"}})
+        answer = httpx.post(
+            f"http://127.0.0.1:{port}/predict",
+            timeout=60,
+            json={"patient": {"patient_id": "C-1", "age": 61, "sex": "male"}},
+        )
     assert answer.status_code == 200, (tmp_path / "container.log").read_text()[-2000:]
     assert answer.json()["patient_id"] == "C-1" and len(answer.json()["outcomes"]) == 4

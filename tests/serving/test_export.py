@@ -26,26 +26,47 @@ def records(small_cohort) -> pd.DataFrame:
 
 
 def test_bundle_holds_a_checked_graph_with_named_dynamic_axes_and_a_card(bundle):
-    assert {p.name for p in bundle.iterdir()} == {"model.onnx", "tokenizer.json", "features.json", "card.json", "SHA256SUMS"}
+    assert {p.name for p in bundle.iterdir()} == {
+        "model.onnx",
+        "tokenizer.json",
+        "features.json",
+        "card.json",
+        "SHA256SUMS",
+    }
     model = onnx.load(str(bundle / "model.onnx"))
     onnx.checker.check_model(model)
-    inputs = {i.name: [d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim] for i in model.graph.input}
+    inputs = {
+        i.name: [d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim]
+        for i in model.graph.input
+    }
     assert list(inputs) == list(INPUTS)
     assert inputs["note_ids"] == ["batch", "note_sentences", "note_tokens"]
     assert inputs["image"][0] == "batch"
-    assert [o.name for o in model.graph.output] == ["p_satisfied", "p_mcid", "odi_12m", "p_satisfied_members",
-                                                    "propensity"]
+    assert [o.name for o in model.graph.output] == [
+        "p_satisfied",
+        "p_mcid",
+        "odi_12m",
+        "p_satisfied_members",
+        "propensity",
+    ]
     card = json.loads((bundle / "card.json").read_text())
     assert card["version"].startswith("spinecast-") and card["git_commit"]
     assert card["parity"]["passed"] and card["parity"]["max_abs_diff_probabilities"] <= 1e-4
     assert card["training_data"]["patients"] > 0 and 0 < card["variants"]["fp32"]["val_auroc"] <= 1
     assert card["inputs"]["max_sentences"] == 48
-    assert card["decision"] == {"margin": 0.02, "quantile": 0.2, "support_floor": 0.05, "interval": 0.8}
+    assert card["decision"] == {
+        "margin": 0.02,
+        "quantile": 0.2,
+        "support_floor": 0.05,
+        "interval": 0.8,
+    }
 
 
 @pytest.mark.parametrize("batch_size", [1, 5, 33])
 @pytest.mark.parametrize("texts", ["as charted", "none"])
-def test_onnx_matches_pytorch_at_other_batch_sizes_and_lengths(bundle, checkpoint, records, batch_size, texts):
+def test_onnx_matches_pytorch_at_other_batch_sizes_and_lengths(
+    bundle, checkpoint, records, batch_size, texts
+):
     module = load_module(checkpoint)
     if texts == "none":  # no sentence in the whole batch: the graph's text encoder runs on 0 tokens
         records = records.assign(clinical_note=None, imaging_report=None)
@@ -66,24 +87,42 @@ def test_predictor_encodes_records_exactly_as_training_did(bundle, checkpoint, r
         np.testing.assert_array_equal(served[key], trained[key], err_msg=key)
 
 
-def test_predictions_from_records_follow_the_contract_and_match_pytorch(bundle, checkpoint, records, small_cohort):
+def test_predictions_from_records_follow_the_contract_and_match_pytorch(
+    bundle, checkpoint, records, small_cohort
+):
     module = load_module(checkpoint)
     expected = predict(module, encode_for(module, records))["p_satisfied"]
     rows = records.drop(columns=["satisfied", "odi_12m"]).to_dict("records")
     for row in rows:  # the API carries the image itself; the predictor takes its bytes
-        row["mri_image"] = Path(row["mri_image"]).read_bytes() if isinstance(row["mri_image"], str) else None
+        row["mri_image"] = (
+            Path(row["mri_image"]).read_bytes() if isinstance(row["mri_image"], str) else None
+        )
     out = Predictor(bundle).predict(rows)
     assert [p["patient_id"] for p in out] == records["patient_id"].tolist()
     for i, p in enumerate(out):
-        assert [o["p_satisfied"] for o in p["outcomes"]] == sorted((o["p_satisfied"] for o in p["outcomes"]), reverse=True)
+        assert [o["p_satisfied"] for o in p["outcomes"]] == sorted(
+            (o["p_satisfied"] for o in p["outcomes"]), reverse=True
+        )
         recommended = next(o for o in p["outcomes"] if o["treatment"] == p["recommended_treatment"])
         assert recommended["supported"] and p["recommendation_reason"].split(":")[0] in (
-            p["recommended_treatment"], "physical_therapy")
+            p["recommended_treatment"],
+            "physical_therapy",
+        )
         for o in p["outcomes"]:
             assert o["p_satisfied_low"] <= o["p_satisfied_high"] and 0 <= o["support"] <= 1
         assert p["planned_treatment"] == records["treatment"].iloc[i]
         by_treatment = {o["treatment"]: o["p_satisfied"] for o in p["outcomes"]}
-        got = np.array([by_treatment[t] for t in ("physical_therapy", "epidural_steroid_injection", "decompression", "fusion")])
+        got = np.array(
+            [
+                by_treatment[t]
+                for t in (
+                    "physical_therapy",
+                    "epidural_steroid_injection",
+                    "decompression",
+                    "fusion",
+                )
+            ]
+        )
         assert np.abs(got - expected[i]).max() <= 1e-4
         assert all(0 <= o["odi_12m"] <= 100 and 0 <= o["p_mcid"] <= 1 for o in p["outcomes"])
 
@@ -101,21 +140,27 @@ def test_a_record_with_every_optional_field_missing_predicts_with_warnings(bundl
 
 def test_truncated_note_is_reported(bundle):
     note = " ".join(f"Sentence number {i} of a long history." for i in range(80))
-    [p] = Predictor(bundle).predict([{"patient_id": "X-2", "age": 50, "sex": "female", "clinical_note": note}])
+    [p] = Predictor(bundle).predict(
+        [{"patient_id": "X-2", "age": 50, "sex": "female", "clinical_note": note}]
+    )
     assert any(w.startswith("clinical_note truncated") for w in p["warnings"])
     assert "clinical_note" in p["modalities_used"]
 
 
 def test_bad_record_names_the_field_and_hides_the_text(bundle):
     with pytest.raises(CohortError) as err:
-        Predictor(bundle).predict([{"patient_id": "X-3", "age": 7, "sex": "female", "clinical_note": "SENTINEL-PHI"}])
+        Predictor(bundle).predict(
+            [{"patient_id": "X-3", "age": 7, "sex": "female", "clinical_note": "SENTINEL-PHI"}]
+        )
     assert "age" in str(err.value) and "SENTINEL-PHI" not in str(err.value)
 
 
 def test_predictor_never_imports_torch(bundle):
-    code = ("import sys; from spinecast.serving.predictor import Predictor; "
-            f"p = Predictor({str(bundle)!r}).predict([{{'patient_id': 'a', 'age': 40, 'sex': 'male'}}]); "
-            "assert p[0]['outcomes']; print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'lightning', 'transformers')))")
+    code = (
+        "import sys; from spinecast.serving.predictor import Predictor; "
+        f"p = Predictor({str(bundle)!r}).predict([{{'patient_id': 'a', 'age': 40, 'sex': 'male'}}]); "
+        "assert p[0]['outcomes']; print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'lightning', 'transformers')))"
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
 
@@ -140,17 +185,25 @@ def test_damaged_bundle_is_refused(bundle, tmp_path, damage):
 
 def test_optimized_and_quantized_variants_run_and_are_gated(checkpoint, tmp_path, records, caplog):
     out = tmp_path / "int8"
-    card = export(checkpoint, out, optimize_graph=True, quantize_int8=True, eval_rows=120, max_auroc_drop=1.0)
-    assert not [r for r in caplog.records if r.name == "root"]  # the quantizer's expected warnings are hushed
+    card = export(
+        checkpoint, out, optimize_graph=True, quantize_int8=True, eval_rows=120, max_auroc_drop=1.0
+    )
+    assert not [
+        r for r in caplog.records if r.name == "root"
+    ]  # the quantizer's expected warnings are hushed
     assert card["serve"] == "int8" and card["onnx"]["graph_fusion"]
     assert card["parity"]["passed"]  # the fused fp32 graph still matches PyTorch
     # One copy of the text encoder in the graph (note and report run through it together): no
     # weight is stored twice (small constants may be).
-    tensors = collections.Counter(onnx.numpy_helper.to_array(t).tobytes()
-                                  for t in onnx.load(out / "model.onnx").graph.initializer)
+    tensors = collections.Counter(
+        onnx.numpy_helper.to_array(t).tobytes()
+        for t in onnx.load(out / "model.onnx").graph.initializer
+    )
     assert not [t for t, copies in tensors.items() if copies > 1 and len(t) > 1024]
     int8 = Predictor(out).predict(records.drop(columns=["satisfied", "odi_12m"]).to_dict("records"))
-    assert Predictor(out).variant == "int8" and all(0 <= o["p_satisfied"] <= 1 for p in int8 for o in p["outcomes"])
+    assert Predictor(out).variant == "int8" and all(
+        0 <= o["p_satisfied"] <= 1 for p in int8 for o in p["outcomes"]
+    )
     assert abs(card["variants"]["int8"]["auroc_drop"]) < 0.1
 
     strict = tmp_path / "strict"
@@ -160,18 +213,44 @@ def test_optimized_and_quantized_variants_run_and_are_gated(checkpoint, tmp_path
 
 
 @pytest.mark.parametrize("suffix", ["parquet", "csv", "jsonl"])
-def test_batch_scoring_streams_a_cohort_in_chunks_and_keeps_order(bundle, small_cohort, tmp_path, suffix):
+def test_batch_scoring_streams_a_cohort_in_chunks_and_keeps_order(
+    bundle, small_cohort, tmp_path, suffix
+):
     frame = pd.read_parquet(small_cohort / "cohort.parquet").iloc[:45]
-    frame["mri_image"] = frame["mri_image"].map(lambda p: str(small_cohort / p) if isinstance(p, str) else None)
+    frame["mri_image"] = frame["mri_image"].map(
+        lambda p: str(small_cohort / p) if isinstance(p, str) else None
+    )
     src = tmp_path / f"cohort.{suffix}"
-    {"parquet": lambda: frame.to_parquet(src), "csv": lambda: frame.to_csv(src, index=False),
-     "jsonl": lambda: frame.to_json(src, orient="records", lines=True)}[suffix]()
+    {
+        "parquet": lambda: frame.to_parquet(src),
+        "csv": lambda: frame.to_csv(src, index=False),
+        "jsonl": lambda: frame.to_json(src, orient="records", lines=True),
+    }[suffix]()
     dst = tmp_path / "out" / "predictions.parquet"
-    assert main(["predict", "--model", str(bundle), "--in", str(src), "--out", str(dst), "--chunk-rows", "10"]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                "--model",
+                str(bundle),
+                "--in",
+                str(src),
+                "--out",
+                str(dst),
+                "--chunk-rows",
+                "10",
+            ]
+        )
+        == 0
+    )
     scored = pd.read_parquet(dst)
     assert scored["patient_id"].tolist() == frame["patient_id"].tolist()
-    whole = Predictor(bundle).predict(load_cohort(small_cohort / "cohort.parquet").iloc[:45].to_dict("records"))
-    expected = [next(o["p_satisfied"] for o in p["outcomes"] if o["treatment"] == "fusion") for p in whole]
+    whole = Predictor(bundle).predict(
+        load_cohort(small_cohort / "cohort.parquet").iloc[:45].to_dict("records")
+    )
+    expected = [
+        next(o["p_satisfied"] for o in p["outcomes"] if o["treatment"] == "fusion") for p in whole
+    ]
     np.testing.assert_allclose(scored["p_satisfied_fusion"], expected, atol=1e-5)
     assert not dst.with_name(dst.name + ".partial").exists()
 
@@ -182,7 +261,22 @@ def test_batch_scoring_reports_bad_rows_by_their_file_row(bundle, small_cohort, 
     src = tmp_path / "bad.parquet"
     frame.to_parquet(src)
     dst = tmp_path / "pred.parquet"
-    assert main(["predict", "--model", str(bundle), "--in", str(src), "--out", str(dst), "--chunk-rows", "10"]) == 1
+    assert (
+        main(
+            [
+                "predict",
+                "--model",
+                str(bundle),
+                "--in",
+                str(src),
+                "--out",
+                str(dst),
+                "--chunk-rows",
+                "10",
+            ]
+        )
+        == 1
+    )
     assert "bad.parquet:24:age" in capsys.readouterr().err
     assert not dst.exists()
 
@@ -205,7 +299,10 @@ def test_records_already_checked_by_the_api_schema_predict_the_same(bundle, reco
     from spinecast.serving.schemas import Patient
 
     rows = records.drop(columns=["satisfied", "odi_12m", "mri_image"]).to_dict("records")
-    api = [Patient.model_validate({k: v for k, v in r.items() if not pd.isna(v)}).model_dump() for r in rows]
+    api = [
+        Patient.model_validate({k: v for k, v in r.items() if not pd.isna(v)}).model_dump()
+        for r in rows
+    ]
     predictor = Predictor(bundle)
     assert predictor.predict(api, validated=True) == predictor.predict(api)
 
@@ -222,8 +319,9 @@ def _with_cohort(checkpoint, tmp_path, frame) -> Path:
     return tmp_path / "moved.ckpt"
 
 
-def test_the_held_out_split_is_recorded_by_patient_and_survives_reordering_and_appending(checkpoint, tmp_path,
-                                                                                        small_cohort):
+def test_the_held_out_split_is_recorded_by_patient_and_survives_reordering_and_appending(
+    checkpoint, tmp_path, small_cohort
+):
     import torch
     from spinecast.training.data import recorded_split
     from spinecast.training.export import held_out
@@ -235,9 +333,13 @@ def test_the_held_out_split_is_recorded_by_patient_and_survives_reordering_and_a
     val, _ = held_out(checkpoint, None)
     assert val["patient_id"].tolist() == record["val"]
     appended = original.assign(patient_id=original["patient_id"] + "-new")
-    changed = pd.concat([original.sample(frac=1.0, random_state=3), appended])  # reordered, then rows appended
+    changed = pd.concat(
+        [original.sample(frac=1.0, random_state=3), appended]
+    )  # reordered, then rows appended
     val, summary = held_out(_with_cohort(checkpoint, tmp_path, changed), None)
-    assert val["patient_id"].tolist() == record["val"] and summary["patients"] == len(record["train"])
+    assert val["patient_id"].tolist() == record["val"] and summary["patients"] == len(
+        record["train"]
+    )
     lost = original[original["patient_id"] != record["val"][0]]  # one validation patient gone
     with pytest.raises(ExportError, match="no longer holds 1 of the"):
         held_out(_with_cohort(checkpoint, tmp_path, lost), None)

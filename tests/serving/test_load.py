@@ -14,7 +14,11 @@ def test_load_with_invalid_requests_mixed_in(bentoml_home, small_cohort):
     port = free_port()
     with running_server(port, {"BENTOML_HOME": str(bentoml_home)}):
         patients = cohort_patients(small_cohort / "cohort.parquet", 100)
-        result = asyncio.run(run(f"http://127.0.0.1:{port}", patients, seconds=30, concurrency=32, invalid=0.1))
+        result = asyncio.run(
+            run(f"http://127.0.0.1:{port}", patients, seconds=30, concurrency=32, invalid=0.1)
+        )
     assert result["5xx"] == 0 and result["other"] == 0, result["unexpected"]
-    assert result["valid"] > 0 and result["valid_correct"] == result["valid"]  # every valid request, right answer
+    assert (
+        result["valid"] > 0 and result["valid_correct"] == result["valid"]
+    )  # every valid request, right answer
     assert result["invalid"] > 0 and result["invalid_400"] == result["invalid"]

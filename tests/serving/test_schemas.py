@@ -17,9 +17,14 @@ def test_patient_has_exactly_the_contract_fields_with_their_rules():
         assert prop["description"]
         options = prop.get("anyOf", [prop])
         if col.is_number:
-            assert any(o.get("minimum") == col.low and o.get("maximum") == col.high for o in options), col.name
+            assert any(
+                o.get("minimum") == col.low and o.get("maximum") == col.high for o in options
+            ), col.name
         if col.categories:
-            assert any([v for v in o.get("enum", []) if v is not None] == list(col.categories) for o in options), col.name
+            assert any(
+                [v for v in o.get("enum", []) if v is not None] == list(col.categories)
+                for o in options
+            ), col.name
         if col.kind == "text":
             assert any(o.get("maxLength") == col.max_chars for o in options), col.name
 
@@ -28,8 +33,18 @@ def test_the_example_patient_is_valid():
     assert Patient.model_validate(EXAMPLE_PATIENT).patient_id == EXAMPLE_PATIENT["patient_id"]
 
 
-@pytest.mark.parametrize("change", [{"age": 17}, {"age": 30.5}, {"smoking": "sometimes"}, {"bmi": float("nan")},
-                                    {"diabetes": "yes"}, {"extra": 1}, {"clinical_note": "x" * 20_001}])
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"age": 17},
+        {"age": 30.5},
+        {"smoking": "sometimes"},
+        {"bmi": float("nan")},
+        {"diabetes": "yes"},
+        {"extra": 1},
+        {"clinical_note": "x" * 20_001},
+    ],
+)
 def test_violations_name_the_field_and_hide_the_value(change):
     with pytest.raises(ValidationError) as err:
         Patient.model_validate({**EXAMPLE_PATIENT, **change})

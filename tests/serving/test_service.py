@@ -22,9 +22,13 @@ def patients(small_cohort) -> list[dict]:
     frame = pd.read_parquet(small_cohort / "cohort.parquet").head(40)
     out = []
     for row in frame.drop(columns=["satisfied", "odi_12m"]).to_dict("records"):
-        patient = {k: (v.item() if hasattr(v, "item") else v) for k, v in row.items() if not pd.isna(v)}
+        patient = {
+            k: (v.item() if hasattr(v, "item") else v) for k, v in row.items() if not pd.isna(v)
+        }
         if "mri_image" in patient:
-            patient["mri_image"] = base64.b64encode((small_cohort / patient["mri_image"]).read_bytes()).decode()
+            patient["mri_image"] = base64.b64encode(
+                (small_cohort / patient["mri_image"]).read_bytes()
+            ).decode()
         out.append(patient)
     return out
 
@@ -39,8 +43,13 @@ def auth(server) -> dict:
 
 def post(server, path, body, headers=None, **kw) -> httpx.Response:
     """POST with the server's key unless `headers` says otherwise."""
-    return httpx.post(server[0] + path, json=body, headers=auth(server) if headers is None else headers,
-                      timeout=60, **kw)
+    return httpx.post(
+        server[0] + path,
+        json=body,
+        headers=auth(server) if headers is None else headers,
+        timeout=60,
+        **kw,
+    )
 
 
 def test_sync_client_calls_every_endpoint(server, patients):
@@ -51,21 +60,35 @@ def test_sync_client_calls_every_endpoint(server, patients):
         explained = client.explain(patient=patient)
     assert prediction["patient_id"] == patient["patient_id"]
     assert sorted(o["treatment"] for o in prediction["outcomes"]) == sorted(TREATMENTS)
-    assert prediction["modalities_used"] == ["tabular", "clinical_note", "imaging_report", "mri_image"]
+    assert prediction["modalities_used"] == [
+        "tabular",
+        "clinical_note",
+        "imaging_report",
+        "mri_image",
+    ]
     assert prediction["planned_treatment"] == patient["treatment"]
-    assert [p["patient_id"] for p in batch["predictions"]] == [p["patient_id"] for p in patients[:5]]
+    assert [p["patient_id"] for p in batch["predictions"]] == [
+        p["patient_id"] for p in patients[:5]
+    ]
     e = explained["explanation"]
     assert set(e["modalities"]) == {"tabular", "clinical_note", "imaging_report", "mri_image"}
     assert e["treatment"] == patient["treatment"] and 0 < len(e["fields"]) <= 5
     assert e["sentences_scored"] == 12 and len(e["sentences"]) == 5
     assert all(s["text"] for s in e["sentences"])
     card = httpx.get(server[0] + "/model", headers=auth(server)).json()
-    assert card["version"] == prediction["model_version"] and "age" in card["input_schema"]["properties"]
+    assert (
+        card["version"] == prediction["model_version"]
+        and "age" in card["input_schema"]["properties"]
+    )
     for probe in ("/readyz", "/livez", "/metrics"):
-        assert httpx.get(server[0] + probe).status_code == 200  # no key needed for probes and metrics
+        assert (
+            httpx.get(server[0] + probe).status_code == 200
+        )  # no key needed for probes and metrics
 
 
-@pytest.mark.parametrize("absent", [c for r in range(4) for c in itertools.combinations(OPTIONAL, r)])
+@pytest.mark.parametrize(
+    "absent", [c for r in range(4) for c in itertools.combinations(OPTIONAL, r)]
+)
 def test_every_subset_of_modalities_predicts(server, patients, absent):
     patient = {k: v for k, v in _full(patients).items() if k not in absent}
     r = post(server, "/predict", {"patient": patient})
@@ -91,7 +114,10 @@ BAD = {  # name -> (body builder, field the message must name)
     "blank patient id": (lambda p: _bad(p, patient_id="   "), "patient_id"),
     "note too long": (lambda p: _bad(p, clinical_note=SENTINEL + "x" * 20_001), "clinical_note"),
     "image not base64": (lambda p: _bad(p, mri_image="%%%not-base64%%%"), "mri_image"),
-    "image not an image": (lambda p: _bad(p, mri_image=base64.b64encode(SENTINEL.encode() * 10).decode()), "mri_image"),
+    "image not an image": (
+        lambda p: _bad(p, mri_image=base64.b64encode(SENTINEL.encode() * 10).decode()),
+        "mri_image",
+    ),
     "unknown top-level field": (lambda p: {"patient": p, "extra": 1}, "(unknown field 2)"),
 }
 
@@ -106,7 +132,9 @@ def test_contract_violations_get_400_naming_the_field(server, patients, case):
     assert isinstance(body["error"], str) and isinstance(body["detail"], str)
     assert any(field in e["field"] and e["rule"] for e in body["errors"]), body
     assert SENTINEL not in r.text
-    assert "favourite_colour" not in r.text and '"extra"' not in r.text  # a key's name is client text
+    assert (
+        "favourite_colour" not in r.text and '"extra"' not in r.text
+    )  # a key's name is client text
 
 
 def test_batch_limits_and_duplicate_ids_get_400(server, patients):
@@ -117,46 +145,78 @@ def test_batch_limits_and_duplicate_ids_get_400(server, patients):
     assert r.status_code == 400 and "patients" in r.text
     r = post(server, "/predict_batch", {"patients": [p, p]})
     assert r.status_code == 400
-    assert {"field": "patients.1.patient_id", "rule": "must be unique in the batch"} in r.json()["errors"]
+    assert {"field": "patients.1.patient_id", "rule": "must be unique in the batch"} in r.json()[
+        "errors"
+    ]
 
 
 def test_nan_is_rejected(server, patients):
-    body = json.dumps({"patient": {"patient_id": "N-1", "age": 50, "sex": "male"}}).replace("50", "NaN")
-    r = httpx.post(server[0] + "/predict", content=body, headers={**auth(server), "Content-Type": "application/json"})
+    body = json.dumps({"patient": {"patient_id": "N-1", "age": 50, "sex": "male"}}).replace(
+        "50", "NaN"
+    )
+    r = httpx.post(
+        server[0] + "/predict",
+        content=body,
+        headers={**auth(server), "Content-Type": "application/json"},
+    )
     assert r.status_code == 400
 
 
 def test_oversized_body_gets_413(server):
-    body = {"patient": {"patient_id": "L-1", "age": 50, "sex": "male", "clinical_note": "x" * 1_100_000}}
+    body = {
+        "patient": {"patient_id": "L-1", "age": 50, "sex": "male", "clinical_note": "x" * 1_100_000}
+    }
     assert post(server, "/predict", body).status_code == 413
 
 
 def test_bearer_token_is_required_when_configured(server, patients):
     body = {"patient": {"patient_id": "K-1", "age": 50, "sex": "male"}}
     assert post(server, "/predict", body, headers={}).status_code == 401
-    assert post(server, "/predict", body, headers={"Authorization": "Bearer wrong"}).status_code == 401
+    assert (
+        post(server, "/predict", body, headers={"Authorization": "Bearer wrong"}).status_code == 401
+    )
     assert httpx.get(server[0] + "/model").status_code == 401
     assert post(server, "/predict", body).status_code == 200
 
 
 def test_concurrent_requests_are_answered_correctly_and_batched(server, patients):
-    expected = {p["patient_id"]: post(server, "/predict", {"patient": p}).json() for p in patients[:24]}
+    expected = {
+        p["patient_id"]: post(server, "/predict", {"patient": p}).json() for p in patients[:24]
+    }
     with ThreadPoolExecutor(24) as pool:
-        answers = list(pool.map(lambda p: post(server, "/predict", {"patient": p}).json(), patients[:24]))
+        answers = list(
+            pool.map(lambda p: post(server, "/predict", {"patient": p}).json(), patients[:24])
+        )
     for patient, answer in zip(patients[:24], answers):
         assert answer["patient_id"] == patient["patient_id"]
         for got, want in zip(answer["outcomes"], expected[patient["patient_id"]]["outcomes"]):
-            assert got["treatment"] == want["treatment"] and abs(got["p_satisfied"] - want["p_satisfied"]) < 1e-4
+            assert (
+                got["treatment"] == want["treatment"]
+                and abs(got["p_satisfied"] - want["p_satisfied"]) < 1e-4
+            )
     with ThreadPoolExecutor(4) as pool:
-        batches = list(pool.map(lambda i: post(server, "/predict_batch", {"patients": patients[i:i + 10]}).json(),
-                                range(0, 40, 10)))
+        batches = list(
+            pool.map(
+                lambda i: post(server, "/predict_batch", {"patients": patients[i : i + 10]}).json(),
+                range(0, 40, 10),
+            )
+        )
     for i, batch in zip(range(0, 40, 10), batches):
-        assert [p["patient_id"] for p in batch["predictions"]] == [p["patient_id"] for p in patients[i:i + 10]]
+        assert [p["patient_id"] for p in batch["predictions"]] == [
+            p["patient_id"] for p in patients[i : i + 10]
+        ]
     metrics = httpx.get(server[0] + "/metrics").text
-    sizes = [line for line in metrics.splitlines() if "adaptive_batch_size_count" in line and "score" in line]
+    sizes = [
+        line
+        for line in metrics.splitlines()
+        if "adaptive_batch_size_count" in line and "score" in line
+    ]
     assert sizes, "the batchable score API reports its batch sizes"
-    buckets = [line for line in metrics.splitlines()
-               if "adaptive_batch_size_bucket" in line and 'le="1.0"' in line and "score" in line]
+    buckets = [
+        line
+        for line in metrics.splitlines()
+        if "adaptive_batch_size_bucket" in line and 'le="1.0"' in line and "score" in line
+    ]
     count = sum(float(line.rsplit(" ", 1)[1]) for line in sizes)
     ones = sum(float(line.rsplit(" ", 1)[1]) for line in buckets)
     assert ones < count, "some concurrent /predict calls were merged into one model run"
@@ -194,14 +254,21 @@ RAW = {  # name -> (raw body bytes, expected status)
     "invalid JSON": (b'{"patient": {"patient_id": "R-1", "age": 50,', 400),
     "JSON array": (b"[1, 2, 3]", 400),
     "Infinity": (b'{"patient": {"patient_id": "R-1", "age": Infinity, "sex": "male"}}', 400),
-    "non-UTF-8 bytes": (b'{"patient": {"patient_id": "R-1", "age": 50, "sex": "male", "clinical_note": "\xff\xfe"}}', 400),
+    "non-UTF-8 bytes": (
+        b'{"patient": {"patient_id": "R-1", "age": 50, "sex": "male", "clinical_note": "\xff\xfe"}}',
+        400,
+    ),
 }
 
 
 @pytest.mark.parametrize("case", list(RAW))
 def test_malformed_bodies_get_400(server, case):
     body, status = RAW[case]
-    r = httpx.post(server[0] + "/predict", content=body, headers={**auth(server), "Content-Type": "application/json"})
+    r = httpx.post(
+        server[0] + "/predict",
+        content=body,
+        headers={**auth(server), "Content-Type": "application/json"},
+    )
     assert r.status_code == status, r.text
     assert r.json()["errors"]
 
@@ -210,12 +277,32 @@ def test_hostile_values_are_refused_or_handled_never_500(server, patients):
     base = {k: v for k, v in _full(patients).items() if k != "mri_image"}
     bomb = post(server, "/predict", {"patient": {**base, "mri_image": _bomb()}})
     assert bomb.status_code == 400 and "pixels" in bomb.text
-    control = post(server, "/predict", {"patient": {**base, "clinical_note": "Pain\u0000\u0007\u001b[31m at night.\r\n"}})
-    assert control.status_code == 200  # control characters are text; they are encoded, not interpreted
-    empty = post(server, "/predict", {"patient": {**base, "clinical_note": "", "imaging_report": "   "}})
+    control = post(
+        server,
+        "/predict",
+        {"patient": {**base, "clinical_note": "Pain\u0000\u0007\u001b[31m at night.\r\n"}},
+    )
+    assert (
+        control.status_code == 200
+    )  # control characters are text; they are encoded, not interpreted
+    empty = post(
+        server, "/predict", {"patient": {**base, "clinical_note": "", "imaging_report": "   "}}
+    )
     assert empty.status_code == 200
     assert {"clinical_note", "imaging_report"}.isdisjoint(empty.json()["modalities_used"])
     assert post(server, "/predict", {"patient": {**base, "sex": ""}}).status_code == 400
-    assert post(server, "/predict", {"patient": {**base, "clinical_note": "x" * 1_048_576}}).status_code == 413
-    assert post(server, "/predict", {"patient": {**base}}, headers={**auth(server), "Content-Type": "text/plain"}
-                ).status_code == 415
+    assert (
+        post(
+            server, "/predict", {"patient": {**base, "clinical_note": "x" * 1_048_576}}
+        ).status_code
+        == 413
+    )
+    assert (
+        post(
+            server,
+            "/predict",
+            {"patient": {**base}},
+            headers={**auth(server), "Content-Type": "text/plain"},
+        ).status_code
+        == 415
+    )

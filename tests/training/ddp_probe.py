@@ -31,16 +31,24 @@ class TrainRowsProbe(Callback):
         ids = data.frames["train"]["patient_id"].astype(str).tolist()
         self.patient_of = dict(zip(row_keys(data.splits["train"].arrays), ids))
         if len(self.patient_of) != len(ids):
-            raise ValueError(f"{len(ids) - len(self.patient_of)} training rows share their inputs; "
-                             "the probe cannot tell them apart")
+            raise ValueError(
+                f"{len(ids) - len(self.patient_of)} training rows share their inputs; "
+                "the probe cannot tell them apart"
+            )
         self.seen: dict[int, list[str]] = {}
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         batch = {k: batch[k].cpu() for k in KEYS}
-        self.seen.setdefault(trainer.current_epoch, []).extend(self.patient_of[k] for k in row_keys(batch))
+        self.seen.setdefault(trainer.current_epoch, []).extend(
+            self.patient_of[k] for k in row_keys(batch)
+        )
 
     def on_train_end(self, trainer, pl_module) -> None:
-        record = {"rank": trainer.global_rank, "world_size": trainer.world_size,
-                  "backend": torch.distributed.get_backend(), "epochs": self.seen}
+        record = {
+            "rank": trainer.global_rank,
+            "world_size": trainer.world_size,
+            "backend": torch.distributed.get_backend(),
+            "epochs": self.seen,
+        }
         path = Path(trainer.default_root_dir) / f"train_rows_rank{trainer.global_rank}.json"
         path.write_text(json.dumps(record))

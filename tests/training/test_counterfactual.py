@@ -29,17 +29,28 @@ def simulated():
     x = rng.normal(size=n)
     logits = np.stack([np.zeros(n), 0.5 + 0.8 * x, 1.5 * x, -1.0 - 1.2 * x], axis=1)
     e = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
-    p = 1 / (1 + np.exp(-np.stack([-0.5 + 0.3 * x, 0.5 * x, 0.2 + 1.5 * x, -0.3 - 1.0 * x], axis=1)))
+    p = 1 / (
+        1 + np.exp(-np.stack([-0.5 + 0.3 * x, 0.5 * x, 0.2 + 1.5 * x, -0.3 - 1.0 * x], axis=1))
+    )
     t = (rng.random(n)[:, None] > np.cumsum(e, axis=1)).sum(axis=1).clip(max=3)
     y = (rng.random(n) < p[np.arange(n), t]).astype(float)
     policy = np.where(x > 0, DECOMPRESSION, FUSION)
-    return {"x": x, "e": e, "p": p, "t": t, "y": y, "policy": policy,
-            "true": p[np.arange(n), policy].mean()}
+    return {
+        "x": x,
+        "e": e,
+        "p": p,
+        "t": t,
+        "y": y,
+        "policy": policy,
+        "true": p[np.arange(n), policy].mean(),
+    }
 
 
 def test_aipw_recovers_a_known_policy_value_where_the_naive_mean_is_biased(simulated):
     s = simulated
-    naive = s["y"][s["t"] == s["policy"]].mean()  # observed outcomes of those who happened to get it
+    naive = s["y"][
+        s["t"] == s["policy"]
+    ].mean()  # observed outcomes of those who happened to get it
     assert abs(naive - s["true"]) > 0.04
     # Double robustness: right propensities with a useless outcome model, and the reverse.
     for e, mu in ((s["e"], np.full_like(s["p"], 0.5)), (np.full_like(s["e"], 0.25), s["p"])):
@@ -54,7 +65,9 @@ def test_dr_scores_add_the_weighted_residual_only_on_the_received_arm():
     e = np.array([[0.5, 0.2, 0.2, 0.1], [0.5, 0.2, 0.3, 0.0]])  # nobody like row 2 gets fusion
     mu = np.full((2, 4), 0.6)
     scores = dr_scores(y, t, e, mu)
-    np.testing.assert_allclose(scores, [[0.6, 0.6, 0.6, 0.6 + 0.4 / 0.1], [0.6 - 0.6 / 0.5, 0.6, 0.6, 0.6]])
+    np.testing.assert_allclose(
+        scores, [[0.6, 0.6, 0.6, 0.6 + 0.4 / 0.1], [0.6 - 0.6 / 0.5, 0.6, 0.6, 0.6]]
+    )
 
 
 def test_benefit_calibration_slope_is_one_for_true_benefits_and_zero_for_noise(simulated):
@@ -72,24 +85,46 @@ def test_benefit_calibration_slope_is_one_for_true_benefits_and_zero_for_noise(s
 
 
 def test_truth_metrics_count_unnecessary_surgery_and_missed_benefit_exactly():
-    true_p = np.array([
-        [0.6, 0.5, 0.4, 0.3],  # PT best: surgery here is unnecessary
-        [0.3, 0.5, 0.4, 0.2],  # ESI best: decompression unnecessary
-        [0.2, 0.3, 0.8, 0.6],  # decompression best: PT misses benefit
-        [0.2, 0.3, 0.4, 0.7],  # fusion best: decompression is still surgery, not unnecessary
-        [0.5, 0.4, 0.45, 0.3],  # PT best, PT recommended
-    ])
+    true_p = np.array(
+        [
+            [0.6, 0.5, 0.4, 0.3],  # PT best: surgery here is unnecessary
+            [0.3, 0.5, 0.4, 0.2],  # ESI best: decompression unnecessary
+            [0.2, 0.3, 0.8, 0.6],  # decompression best: PT misses benefit
+            [0.2, 0.3, 0.4, 0.7],  # fusion best: decompression is still surgery, not unnecessary
+            [0.5, 0.4, 0.45, 0.3],  # PT best, PT recommended
+        ]
+    )
     best = true_p.argmax(axis=1)
     observed = np.array([PT, PT, PT, PT, PT])
     recommended = np.array([FUSION, DECOMPRESSION, PT, DECOMPRESSION, PT])
-    m = truth_metrics(true_p, best, observed, true_p.copy(), recommended,
-                      np.array(["nonspecific_low_back_pain", None, "spinal_stenosis", "spondylolisthesis",
-                                "nonspecific_low_back_pain"], dtype=object))
+    m = truth_metrics(
+        true_p,
+        best,
+        observed,
+        true_p.copy(),
+        recommended,
+        np.array(
+            [
+                "nonspecific_low_back_pain",
+                None,
+                "spinal_stenosis",
+                "spondylolisthesis",
+                "nonspecific_low_back_pain",
+            ],
+            dtype=object,
+        ),
+    )
     assert m["unnecessary_surgery"] == pytest.approx(2 / 5)
     assert m["missed_benefit"] == pytest.approx(1 / 5)
-    assert m["surgery_share"] == pytest.approx(3 / 5) and m["oracle_surgery_share"] == pytest.approx(2 / 5)
+    assert m["surgery_share"] == pytest.approx(3 / 5) and m[
+        "oracle_surgery_share"
+    ] == pytest.approx(2 / 5)
     assert m["policy_agreement"] == pytest.approx(1 / 5)
-    values = true_p[np.arange(5), recommended].mean(), true_p.max(axis=1).mean(), true_p[:, PT].mean()
+    values = (
+        true_p[np.arange(5), recommended].mean(),
+        true_p.max(axis=1).mean(),
+        true_p[:, PT].mean(),
+    )
     assert m["true_value"] == pytest.approx(values[0])
     assert m["policy_capture"] == pytest.approx((values[0] - values[2]) / (values[1] - values[2]))
     assert m["cf_rmse"] == 0 and all(m[f"cf_rmse_{t}"] == 0 for t in TREATMENTS)
@@ -98,8 +133,14 @@ def test_truth_metrics_count_unnecessary_surgery_and_missed_benefit_exactly():
     assert rows["nonspecific_low_back_pain"]["n"] == 2 and rows["missing"]["n"] == 1
     assert rows["nonspecific_low_back_pain"]["recommended_mix"]["fusion"] == 0.5
     assert rows["nonspecific_low_back_pain"]["oracle_mix"]["physical_therapy"] == 1.0
-    assert rows["disc_herniation"] == {"diagnosis": "disc_herniation", "n": 0, "predicted": None, "true": None,
-                                       "recommended_mix": None, "oracle_mix": None}
+    assert rows["disc_herniation"] == {
+        "diagnosis": "disc_herniation",
+        "n": 0,
+        "predicted": None,
+        "true": None,
+        "recommended_mix": None,
+        "oracle_mix": None,
+    }
 
 
 def test_truth_metrics_score_every_patient_not_only_the_observed_arm():
@@ -127,14 +168,22 @@ def test_a_treatment_nobody_received_gets_zero_propensity_and_no_dr_value(cohort
     observed = frame["treatment"].map(TREATMENTS.index).to_numpy()
     assert e[np.arange(len(frame)), observed].mean() > 0.35  # informative: above the 1/3 of chance
     n = len(frame)
-    policies = {"pt": np.zeros(n, int), "some_fusion": np.where(np.arange(n) % 4 == 0, FUSION, DECOMPRESSION)}
+    policies = {
+        "pt": np.zeros(n, int),
+        "some_fusion": np.where(np.arange(n) % 4 == 0, FUSION, DECOMPRESSION),
+    }
     dr = doubly_robust(frame, policies, np.full((n, 4), 0.5), folds=3, n_boot=200)
     assert dr["overlap"]["unsupported"] == ["fusion"]
-    assert dr["values"]["some_fusion"]["value"] is None and "fusion" in dr["values"]["some_fusion"]["reason"]
+    assert (
+        dr["values"]["some_fusion"]["value"] is None
+        and "fusion" in dr["values"]["some_fusion"]["reason"]
+    )
     pt = dr["values"]["pt"]
     assert pt["reason"] is None and pt["low"] < pt["value"] < pt["high"]
     assert "reason" in dr["benefit_calibration"]["fusion"]
-    assert dr["benefit_calibration"]["decompression"]["slope"] is None  # constant predictions: no slope
+    assert (
+        dr["benefit_calibration"]["decompression"]["slope"] is None
+    )  # constant predictions: no slope
 
 
 def test_unlabeled_rows_are_left_out_of_dr_estimates(cohort_without_fusion):

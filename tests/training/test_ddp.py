@@ -20,8 +20,18 @@ CONFIGS = Path(__file__).parents[2] / "configs"
 EPOCHS = 2
 # Set by an earlier in-process DDP run (tests/training/test_train.py), or by a SLURM or torchrun allocation
 # the tests run in: Lightning would then join that job instead of starting its own two processes.
-LAUNCHER_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE", "RANK", "GROUP_RANK",
-                "LOCAL_WORLD_SIZE", "SLURM_", "TORCHELASTIC_")
+LAUNCHER_ENV = (
+    "MASTER_ADDR",
+    "MASTER_PORT",
+    "NODE_RANK",
+    "LOCAL_RANK",
+    "WORLD_SIZE",
+    "RANK",
+    "GROUP_RANK",
+    "LOCAL_WORLD_SIZE",
+    "SLURM_",
+    "TORCHELASTIC_",
+)
 
 
 @pytest.fixture(scope="module")
@@ -29,21 +39,59 @@ def ddp_run(small_cohort, tmp_path_factory, tiny_bert):
     """`spinecast train --config configs/ddp.yaml` with 2 CPU processes; the DDP launcher starts the second."""
     root = tmp_path_factory.mktemp("ddp")
     # 600 patients, no test split: 510 train and 90 val, both even, so DistributedSampler pads nothing.
-    args = ["train", "--config", str(CONFIGS / "ddp.yaml"), "--data.train_path", str(small_cohort / "cohort.parquet"),
-            "--trainer.default_root_dir", str(root), "--trainer.logger.init_args.save_dir", str(root),
-            "--trainer.accelerator", "cpu", "--trainer.devices", "2",  # strategy: the config's ddp
-            "--trainer.precision", "32-true", "--trainer.sync_batchnorm", "false",  # SyncBatchNorm needs GPUs
-            "--trainer.max_epochs", str(EPOCHS), "--trainer.enable_progress_bar", "false",
-            "--trainer.callbacks+=ddp_probe.TrainRowsProbe",
-            "--model.config.text.pretrained", tiny_bert, "--model.config.dim", "32",
-            "--model.config.text.max_sentences", "16", "--model.config.text.max_tokens", "32",
-            "--model.config.image.backbone", "small_cnn", "--model.config.image.size", "64",
-            "--data.test_fraction", "0", "--data.batch_size", "32", "--data.num_workers", "0"]
+    args = [
+        "train",
+        "--config",
+        str(CONFIGS / "ddp.yaml"),
+        "--data.train_path",
+        str(small_cohort / "cohort.parquet"),
+        "--trainer.default_root_dir",
+        str(root),
+        "--trainer.logger.init_args.save_dir",
+        str(root),
+        "--trainer.accelerator",
+        "cpu",
+        "--trainer.devices",
+        "2",  # strategy: the config's ddp
+        "--trainer.precision",
+        "32-true",
+        "--trainer.sync_batchnorm",
+        "false",  # SyncBatchNorm needs GPUs
+        "--trainer.max_epochs",
+        str(EPOCHS),
+        "--trainer.enable_progress_bar",
+        "false",
+        "--trainer.callbacks+=ddp_probe.TrainRowsProbe",
+        "--model.config.text.pretrained",
+        tiny_bert,
+        "--model.config.dim",
+        "32",
+        "--model.config.text.max_sentences",
+        "16",
+        "--model.config.text.max_tokens",
+        "32",
+        "--model.config.image.backbone",
+        "small_cnn",
+        "--model.config.image.size",
+        "64",
+        "--data.test_fraction",
+        "0",
+        "--data.batch_size",
+        "32",
+        "--data.num_workers",
+        "0",
+    ]
     env = {k: v for k, v in os.environ.items() if not k.startswith(LAUNCHER_ENV)}
-    env |= {"PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).parent), env.get("PYTHONPATH")])),
-            "OMP_NUM_THREADS": "1"}  # one core per process
+    env |= {
+        "PYTHONPATH": os.pathsep.join(
+            filter(None, [str(Path(__file__).parent), env.get("PYTHONPATH")])
+        ),
+        "OMP_NUM_THREADS": "1",
+    }  # one core per process
     spinecast = Path(sys.executable).with_name("spinecast")
-    done = subprocess.run([str(spinecast), *args], env=env, capture_output=True, text=True, timeout=300, check=False)
+    done = subprocess.run(
+        [str(spinecast), *args], env=env, capture_output=True, text=True, timeout=300, check=False
+    )
     assert done.returncode == 0, done.stderr[-4000:]
     return root, next((root / "lightning_logs").iterdir())
 
@@ -55,7 +103,10 @@ def test_each_process_trains_on_its_own_shard(ddp_run):
     train = split_cohort(**ckpt["datamodule_hyper_parameters"])["train"]
     everyone = set(train["patient_id"].astype(str))
     records = [json.loads((root / f"train_rows_rank{rank}.json").read_text()) for rank in (0, 1)]
-    assert [(r["rank"], r["world_size"], r["backend"]) for r in records] == [(0, 2, "gloo"), (1, 2, "gloo")]
+    assert [(r["rank"], r["world_size"], r["backend"]) for r in records] == [
+        (0, 2, "gloo"),
+        (1, 2, "gloo"),
+    ]
     for epoch in map(str, range(EPOCHS)):
         first, second = (r["epochs"][epoch] for r in records)
         assert len(first) == len(set(first)) == len(second) == len(set(second)) == len(train) // 2

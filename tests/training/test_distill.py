@@ -16,64 +16,113 @@ pytestmark = pytest.mark.slow
 
 
 def _common(root: Path, tiny_bert: str, epochs: int) -> list[str]:
-    return ["--trainer.default_root_dir", str(root), "--trainer.logger.init_args.save_dir", str(root),
-            "--trainer.accelerator", "cpu", "--trainer.max_epochs", str(epochs), "--trainer.enable_progress_bar",
-            "false", "--model.config.text.pretrained", tiny_bert, "--model.config.dim", "32"]
+    return [
+        "--trainer.default_root_dir",
+        str(root),
+        "--trainer.logger.init_args.save_dir",
+        str(root),
+        "--trainer.accelerator",
+        "cpu",
+        "--trainer.max_epochs",
+        str(epochs),
+        "--trainer.enable_progress_bar",
+        "false",
+        "--model.config.text.pretrained",
+        tiny_bert,
+        "--model.config.dim",
+        "32",
+    ]
 
 
 @pytest.fixture(scope="module")
 def teacher(small_cohort, tmp_path_factory, tiny_bert) -> Path:
     root = tmp_path_factory.mktemp("teacher")
-    args = ["train", "--config", str(CONFIGS / "quickstart.yaml"), "--data.train_path",
-            str(small_cohort / "cohort.parquet"), "--data.seed", "3", *_common(root, tiny_bert, 4)]
+    args = [
+        "train",
+        "--config",
+        str(CONFIGS / "quickstart.yaml"),
+        "--data.train_path",
+        str(small_cohort / "cohort.parquet"),
+        "--data.seed",
+        "3",
+        *_common(root, tiny_bert, 4),
+    ]
     assert main(args) == 0
     return next(root.rglob("best.ckpt"))
 
 
 def _distill(teacher: Path, root: Path, tiny_bert: str, weight: float) -> Path:
-    args = ["distill", "--teacher", str(teacher), "--config", str(CONFIGS / "distill.yaml"),
-            *_common(root, tiny_bert, 3), "--model.config.text.num_layers", "1", "--model.distill_weight", str(weight)]
+    args = [
+        "distill",
+        "--teacher",
+        str(teacher),
+        "--config",
+        str(CONFIGS / "distill.yaml"),
+        *_common(root, tiny_bert, 3),
+        "--model.config.text.num_layers",
+        "1",
+        "--model.distill_weight",
+        str(weight),
+    ]
     assert main(args) == 0
     return next(root.rglob("last.ckpt"))
 
 
 @pytest.fixture(scope="module")
 def students(teacher, tmp_path_factory, tiny_bert) -> dict[float, Path]:
-    return {w: _distill(teacher, tmp_path_factory.mktemp(f"student{w}"), tiny_bert, w) for w in (0.0, 1.0)}
+    return {
+        w: _distill(teacher, tmp_path_factory.mktemp(f"student{w}"), tiny_bert, w)
+        for w in (0.0, 1.0)
+    }
 
 
 def test_student_trains_on_the_teachers_cohort_and_split_and_records_its_teacher(teacher, students):
-    saved = torch.load(teacher, map_location="cpu", weights_only=False)["datamodule_hyper_parameters"]
+    saved = torch.load(teacher, map_location="cpu", weights_only=False)[
+        "datamodule_hyper_parameters"
+    ]
     for ckpt in students.values():
         state = torch.load(ckpt, map_location="cpu", weights_only=False)
         data = state["datamodule_hyper_parameters"]
-        assert {k: data[k] for k in ("train_path", "seed", "val_fraction", "test_fraction")} == \
-               {k: saved[k] for k in ("train_path", "seed", "val_fraction", "test_fraction")}
+        assert {k: data[k] for k in ("train_path", "seed", "val_fraction", "test_fraction")} == {
+            k: saved[k] for k in ("train_path", "seed", "val_fraction", "test_fraction")
+        }
         assert data["seed"] == 3  # the teacher's, not the config's default
-        assert recorded_split(state) == recorded_split(torch.load(teacher, map_location="cpu", weights_only=False))
+        assert recorded_split(state) == recorded_split(
+            torch.load(teacher, map_location="cpu", weights_only=False)
+        )
         assert state["hyper_parameters"]["teacher"] == str(teacher)
         config = state["hyper_parameters"]["config"]
-        assert config["text"]["max_sentences"] == 32 and state["hyper_parameters"]["backbone_config"]["num_hidden_layers"] == 1
+        assert (
+            config["text"]["max_sentences"] == 32
+            and state["hyper_parameters"]["backbone_config"]["num_hidden_layers"] == 1
+        )
 
 
 def test_soft_targets_pull_the_student_toward_the_teacher_on_every_treatment(teacher, students):
     """With the whole loss on the teacher's outcomes, the student's predictions for all four
     treatments (three of them never observed for a patient) sit closer to the teacher's than those
     of the same student trained on the labels alone."""
-    saved = torch.load(teacher, map_location="cpu", weights_only=False)["datamodule_hyper_parameters"]
+    saved = torch.load(teacher, map_location="cpu", weights_only=False)[
+        "datamodule_hyper_parameters"
+    ]
     val = split_cohort(**saved)["val"]
     reference = predict(t := load_module(teacher), encode_for(t, val))["p_satisfied"]
     gaps = {}
     for weight, ckpt in students.items():
         student = load_module(ckpt)
-        gaps[weight] = float(np.abs(predict(student, encode_for(student, val))["p_satisfied"] - reference).mean())
+        gaps[weight] = float(
+            np.abs(predict(student, encode_for(student, val))["p_satisfied"] - reference).mean()
+        )
     # The shared prognosis of the heads already brings a label-only student part of the way (measured:
     # 0.052 vs 0.071 mean gap); a student whose soft targets did nothing would sit at or beyond 0.071.
     assert gaps[1.0] < 0.8 * gaps[0.0], gaps
 
 
 def test_the_exported_students_card_names_the_teacher_and_the_gap(teacher, students, tmp_path):
-    assert main(["export", "--ckpt", str(students[1.0]), "--out", str(tmp_path), "--eval-rows", "90"]) == 0
+    assert (
+        main(["export", "--ckpt", str(students[1.0]), "--out", str(tmp_path), "--eval-rows", "90"])
+        == 0
+    )
     card = json.loads((tmp_path / "card.json").read_text())
     gap = card["distillation"]
     assert gap["teacher"] == teacher.name and gap["distill_weight"] == 1.0
@@ -84,4 +133,12 @@ def test_the_exported_students_card_names_the_teacher_and_the_gap(teacher, stude
 
 def test_distill_without_a_teacher_checkpoint_says_so(tmp_path):
     with pytest.raises(SystemExit, match="no such checkpoint"):
-        main(["distill", "--teacher", str(tmp_path / "missing.ckpt"), "--config", str(CONFIGS / "distill.yaml")])
+        main(
+            [
+                "distill",
+                "--teacher",
+                str(tmp_path / "missing.ckpt"),
+                "--config",
+                str(CONFIGS / "distill.yaml"),
+            ]
+        )

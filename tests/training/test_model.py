@@ -26,17 +26,31 @@ B = 6
 
 
 def tiny_config(tiny_bert, **changes) -> ModelConfig:
-    text = TextConfig(pretrained=tiny_bert, max_sentences=16, max_tokens=24,
-                      **changes.pop("text", {}))
-    return ModelConfig(dim=32, text=text, image=ImageConfig(backbone="small_cnn"), heads=2,
-                       fusion_layers=1, modality_dropout=0.0, **changes)
+    text = TextConfig(
+        pretrained=tiny_bert, max_sentences=16, max_tokens=24, **changes.pop("text", {})
+    )
+    return ModelConfig(
+        dim=32,
+        text=text,
+        image=ImageConfig(backbone="small_cnn"),
+        heads=2,
+        fusion_layers=1,
+        modality_dropout=0.0,
+        **changes,
+    )
 
 
 @pytest.fixture(scope="module")
 def batch(tiny_bert, small_cohort):
     frame = load_cohort(small_cohort / "cohort.parquet", training=True)
-    frame = frame[frame["clinical_note"].notna() & frame["imaging_report"].notna() & frame["mri_image"].notna()].head(B)
-    arrays = encode_frame(frame, FeatureEncoding.fit(frame), load_tokenizer(tiny_bert), SentenceWindow(16, 24), 128)
+    frame = frame[
+        frame["clinical_note"].notna()
+        & frame["imaging_report"].notna()
+        & frame["mri_image"].notna()
+    ].head(B)
+    arrays = encode_frame(
+        frame, FeatureEncoding.fit(frame), load_tokenizer(tiny_bert), SentenceWindow(16, 24), 128
+    )
     out = {k: torch.from_numpy(np.asarray(v)) for k, v in arrays.items()}
     out["image"] = out["image"].float().div(255).unsqueeze(1)
     for k in ("note_ids", "note_mask", "report_ids", "report_mask"):
@@ -68,16 +82,27 @@ SUBSETS = [s for r in range(len(OPTIONAL) + 1) for s in itertools.combinations(O
 @pytest.mark.parametrize("tabular", ["ft_transformer", "mlp"])
 def test_any_subset_of_modalities_can_be_missing(tiny_bert, batch, fusion, tabular):
     torch.manual_seed(0)
-    net = SpineCastNet(tiny_config(tiny_bert, fusion=fusion, tabular=TabularConfig(kind=tabular))).eval()
+    net = SpineCastNet(
+        tiny_config(tiny_bert, fusion=fusion, tabular=TabularConfig(kind=tabular))
+    ).eval()
     for missing in SUBSETS:
         b = drop(batch, missing)
         satisfied, mcid, odi, _, propensity, present = run(net, b)
         members = net.config.members
-        assert satisfied.shape == mcid.shape == odi.shape == (B, members, 4) and propensity.shape == (B, 4)
+        assert satisfied.shape == mcid.shape == odi.shape == (
+            B,
+            members,
+            4,
+        ) and propensity.shape == (B, 4)
         assert torch.isfinite(satisfied).all() and ((odi >= 0) & (odi <= 100)).all()
         assert present[:, 0].all() and present[:, 1:].sum().item() == B * (3 - len(missing))
         # An absent modality's content cannot leak into the prediction...
-        scrambled = dict(b, note_ids=b["note_ids"].flip(0), report_ids=b["report_ids"].flip(0), image=b["image"].flip(0))
+        scrambled = dict(
+            b,
+            note_ids=b["note_ids"].flip(0),
+            report_ids=b["report_ids"].flip(0),
+            image=b["image"].flip(0),
+        )
         again = run(net, scrambled)[0]
         if len(missing) == 3:
             assert torch.allclose(satisfied, again, atol=1e-6)
@@ -91,13 +116,20 @@ def test_gradient_reaches_every_encoder(tiny_bert, batch):
     net.train()
     out = run(net, batch)
     (out.satisfied.sum() + out.mcid.sum() + out.odi.sum()).backward()
-    for name, module in [("note backbone", net.note.sentences.backbone.encoder.layer[-1]),
-                         ("report backbone", net.report.sentences.backbone.encoder.layer[-1]),
-                         ("note pooling", net.note.project), ("tabular", net.tabular),
-                         ("image", net.image), ("fusion", net.fusion), ("note and report together", net.cross),
-                         ("trained word channel", net.note.lexical)]:
+    for name, module in [
+        ("note backbone", net.note.sentences.backbone.encoder.layer[-1]),
+        ("report backbone", net.report.sentences.backbone.encoder.layer[-1]),
+        ("note pooling", net.note.project),
+        ("tabular", net.tabular),
+        ("image", net.image),
+        ("fusion", net.fusion),
+        ("note and report together", net.cross),
+        ("trained word channel", net.note.lexical),
+    ]:
         grads = [p.grad for p in module.parameters() if p.requires_grad]
-        assert grads and all(g is not None for g in grads) and any(g.abs().sum() > 0 for g in grads), name
+        assert (
+            grads and all(g is not None for g in grads) and any(g.abs().sum() > 0 for g in grads)
+        ), name
     frozen = net.note.sentences.backbone.encoder.layer[0]
     assert all(p.grad is None for p in frozen.parameters())
 
@@ -107,8 +139,17 @@ def test_frozen_backbone_caches_identical_sentences(tiny_bert, batch):
     cache = net.note.sentences.cache
     first = run(net.eval(), batch)[0]
     n_cached = len(cache)
-    unique = len({row.numpy().tobytes() for row in batch["note_ids"].flatten(0, 1)[batch["note_mask"].flatten(0, 1).any(1)]})
-    assert 0 < n_cached <= unique + len({row.numpy().tobytes() for row in batch["report_ids"].flatten(0, 1)})
+    unique = len(
+        {
+            row.numpy().tobytes()
+            for row in batch["note_ids"].flatten(0, 1)[batch["note_mask"].flatten(0, 1).any(1)]
+        }
+    )
+    assert (
+        0
+        < n_cached
+        <= unique + len({row.numpy().tobytes() for row in batch["report_ids"].flatten(0, 1)})
+    )
     assert len(cache) == n_cached and torch.allclose(run(net, batch)[0], first)
     net.load_state_dict(net.state_dict())  # new weights invalidate the cache
     assert len(cache) == 0
@@ -118,7 +159,9 @@ def test_loss_uses_only_the_observed_treatments_effect(tiny_bert, batch):
     """Outcome losses reach the shared prognosis and the observed treatment's effect only; the
     effect penalty alone moves the other effects, and only toward zero."""
     torch.manual_seed(0)
-    module = SpineCastModule(tiny_config(tiny_bert), effect_penalty=0.0, propensity_weight=0.0).eval()
+    module = SpineCastModule(
+        tiny_config(tiny_bert), effect_penalty=0.0, propensity_weight=0.0
+    ).eval()
     b = dict(batch, treatment=torch.full((B,), 2))  # everyone had decompression
     out = module(b)
     out.effect.retain_grad()
@@ -127,7 +170,9 @@ def test_loss_uses_only_the_observed_treatments_effect(tiny_bert, batch):
     assert grad[:, :, 1].abs().sum() > 0  # decompression's effect
     assert grad[:, :, [0, 2]].abs().sum() == 0  # injection's and fusion's effects
     assert module.net.outcomes.prognosis.weight.grad.abs().sum() > 0
-    shrink = SpineCastModule(tiny_config(tiny_bert), effect_penalty=1.0, propensity_weight=0.0).eval()
+    shrink = SpineCastModule(
+        tiny_config(tiny_bert), effect_penalty=1.0, propensity_weight=0.0
+    ).eval()
     out = shrink(b)
     out.effect.retain_grad()
     shrink._loss(b, out, 0).backward()
@@ -139,7 +184,9 @@ def test_loss_uses_only_the_observed_treatments_effect(tiny_bert, batch):
 def test_each_member_learns_from_its_own_bootstrap_resample(tiny_bert, batch):
     """A member whose bootstrap weights are zero for every patient gets no gradient."""
     torch.manual_seed(0)
-    module = SpineCastModule(tiny_config(tiny_bert), effect_penalty=0.0, propensity_weight=0.0).eval()
+    module = SpineCastModule(
+        tiny_config(tiny_bert), effect_penalty=0.0, propensity_weight=0.0
+    ).eval()
     members = module.net.config.members
     weights = torch.ones(B, members)
     weights[:, 3] = 0
@@ -167,8 +214,12 @@ def test_propensity_head_learns_who_got_which_treatment(tiny_bert, batch):
 def test_missing_labels_are_masked(tiny_bert, batch):
     """Without labels only the propensity and effect terms remain (they need no outcome)."""
     module = SpineCastModule(tiny_config(tiny_bert), effect_penalty=0.0, propensity_weight=0.0)
-    none = dict(batch, satisfied_present=torch.zeros(B, dtype=torch.bool),
-                mcid_present=torch.zeros(B, dtype=torch.bool), odi_12m_present=torch.zeros(B, dtype=torch.bool))
+    none = dict(
+        batch,
+        satisfied_present=torch.zeros(B, dtype=torch.bool),
+        mcid_present=torch.zeros(B, dtype=torch.bool),
+        odi_12m_present=torch.zeros(B, dtype=torch.bool),
+    )
     assert module._loss(none, module(none), 0).item() == 0.0
 
 
@@ -183,13 +234,21 @@ def test_document_encoder_without_context_layers(tiny_bert, batch):
     net = SpineCastNet(tiny_config(tiny_bert, text={"sentence_layers": 0})).eval()
     assert net.note.context is None
     satisfied = run(net, batch)[0]
-    assert torch.isfinite(satisfied).all() and not torch.allclose(satisfied, run(net, drop(batch, OPTIONAL))[0])
+    assert torch.isfinite(satisfied).all() and not torch.allclose(
+        satisfied, run(net, drop(batch, OPTIONAL))[0]
+    )
 
 
 def tiny_roberta() -> RobertaModel:
     """A randomly initialised 2-layer RoBERTa (hidden 32): a text encoder that is not a BERT."""
-    config = RobertaConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                           intermediate_size=64, max_position_embeddings=66)
+    config = RobertaConfig(
+        vocab_size=30522,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=66,
+    )
     return RobertaModel(config, add_pooling_layer=False)
 
 
@@ -206,10 +265,18 @@ def test_exported_sentence_encoding_matches_eager(tiny_bert, batch, kind):
     with torch.no_grad():
         if kind == "bert":  # rows sorted by length, as `_exported` hands them over
             order = mask.sum(dim=1).argsort()
-            assert torch.allclose(sentences._unpadded(ids[order], mask[order]), sentences._encode(ids[order], mask[order]),
-                                  atol=1e-5)
+            assert torch.allclose(
+                sentences._unpadded(ids[order], mask[order]),
+                sentences._encode(ids[order], mask[order]),
+                atol=1e-5,
+            )
         zeros = torch.zeros_like(ids[:3])
-        cases = [(ids, mask), (ids[:1], mask[:1]), (zeros, zeros), (torch.cat([zeros, ids]), torch.cat([zeros, mask]))]
+        cases = [
+            (ids, mask),
+            (ids[:1], mask[:1]),
+            (zeros, zeros),
+            (torch.cat([zeros, ids]), torch.cat([zeros, mask])),
+        ]
         for i, m in cases:
             sentences.cache.clear()
             assert torch.allclose(sentences._exported(i, m), sentences(i, m), atol=1e-5)

@@ -19,10 +19,23 @@ from spinecast.training.recommendation import recommendation_table
 from spinecast.training.report import evaluate_predictions, write_report
 
 P_COLUMNS = [f"p_satisfied_{t}" for t in TREATMENTS]
-ACCEPTANCE = ["auroc", "ece", "policy_capture", "policy_capture_argmax", "policy_agreement", "cf_rmse",
-              *(f"cf_rmse_{t}" for t in TREATMENTS), "unnecessary_surgery", "missed_benefit", "surgery_share",
-              "oracle_surgery_share", "dr_value_model", "dr_value_model_low", "dr_value_model_high",
-              "true_value_model"]
+ACCEPTANCE = [
+    "auroc",
+    "ece",
+    "policy_capture",
+    "policy_capture_argmax",
+    "policy_agreement",
+    "cf_rmse",
+    *(f"cf_rmse_{t}" for t in TREATMENTS),
+    "unnecessary_surgery",
+    "missed_benefit",
+    "surgery_share",
+    "oracle_surgery_share",
+    "dr_value_model",
+    "dr_value_model_low",
+    "dr_value_model_high",
+    "true_value_model",
+]
 
 
 @pytest.fixture(scope="module")
@@ -89,8 +102,14 @@ def test_true_probabilities_reach_the_bayes_ceiling_and_the_oracle_policy(cohort
     assert m["test/unnecessary_surgery"] == 0 == m["test/missed_benefit"] == m["test/cf_rmse"]
     assert m["test/surgery_share"] == m["test/oracle_surgery_share"]
     assert m["test/true_value_model"] == pytest.approx(m["test/true_value_oracle"])
-    assert m["test/true_value_oracle"] > m["test/true_value_observed"] > m["test/true_value_always_physical_therapy"]
-    assert m["test/true_value_always_physical_therapy"] == pytest.approx(truth["p_satisfied_physical_therapy"].mean())
+    assert (
+        m["test/true_value_oracle"]
+        > m["test/true_value_observed"]
+        > m["test/true_value_always_physical_therapy"]
+    )
+    assert m["test/true_value_always_physical_therapy"] == pytest.approx(
+        truth["p_satisfied_physical_therapy"].mean()
+    )
     # The default rule keeps physical therapy unless a gain clears the margin: never more surgery.
     default = evaluate_predictions(test, outcomes, truth=truth)
     assert default["test/surgery_share"] <= m["test/surgery_share"]
@@ -107,12 +126,24 @@ def test_random_recommendations_capture_none_of_the_oracle_gain(cohort):
 
 
 def test_ablation_drop_on_a_constructed_example():
-    test = pd.DataFrame({"patient_id": list("abcd"), "age": [30, 45, 65, 80], "sex": ["female", "male"] * 2,
-                         "treatment": ["fusion"] * 4, "satisfied": [False, False, True, True]})
+    test = pd.DataFrame(
+        {
+            "patient_id": list("abcd"),
+            "age": [30, 45, 65, 80],
+            "sex": ["female", "male"] * 2,
+            "treatment": ["fusion"] * 4,
+            "satisfied": [False, False, True, True],
+        }
+    )
     full = np.tile(np.array([[0.1], [0.2], [0.8], [0.9]]), (1, 4))  # ranks the labels perfectly
-    m = evaluate_predictions(test, {"p_satisfied": full}, ablations={
-        "clinical_note": full[::-1].copy(),  # ranks them backwards
-        "tabular": np.tile(np.array([[0.1], [0.8], [0.2], [0.9]]), (1, 4))})  # one pair swapped
+    m = evaluate_predictions(
+        test,
+        {"p_satisfied": full},
+        ablations={
+            "clinical_note": full[::-1].copy(),  # ranks them backwards
+            "tabular": np.tile(np.array([[0.1], [0.8], [0.2], [0.9]]), (1, 4)),
+        },
+    )  # one pair swapped
     assert m["test/auroc"] == 1.0
     assert m["ablation"]["clinical_note"] == {"auroc": 0.0, "drop": 1.0}
     assert m["ablation"]["tabular"]["auroc"] == pytest.approx(0.75)
@@ -130,7 +161,10 @@ def test_a_subgroup_with_one_class_gets_no_auroc(cohort):
     assert male["n"] + female["n"] == test["satisfied"].notna().sum()
     assert sum(r["n"] for (f, _), r in rows.items() if f == "age") == male["n"] + female["n"]
     assert sum(r["n"] for (f, _), r in rows.items() if f == "diagnosis") == male["n"] + female["n"]
-    assert rows[("diagnosis", "missing")]["n"] == test["diagnosis"][test["satisfied"].notna()].isna().sum()
+    assert (
+        rows[("diagnosis", "missing")]["n"]
+        == test["diagnosis"][test["satisfied"].notna()].isna().sum()
+    )
 
 
 def test_wrong_shapes_and_non_probabilities_are_refused(cohort):
@@ -141,8 +175,12 @@ def test_wrong_shapes_and_non_probabilities_are_refused(cohort):
         evaluate_predictions(test, outcomes, baselines={"gb": np.full((len(test), 4), 1.5)})
     with pytest.raises(ValueError, match=r"baselines\['gb'\] must have shape \(200, 4\)"):
         evaluate_predictions(test, outcomes, baselines={"gb": np.full(len(test), 0.5)})
-    with pytest.raises(ValueError, match=r"outcomes\['p_satisfied_heads'\] must have shape \(200, 3, 4\)"):
-        evaluate_predictions(test, {**outcomes, "p_satisfied_heads": np.full((len(test), 3, 2), 0.5)})
+    with pytest.raises(
+        ValueError, match=r"outcomes\['p_satisfied_heads'\] must have shape \(200, 3, 4\)"
+    ):
+        evaluate_predictions(
+            test, {**outcomes, "p_satisfied_heads": np.full((len(test), 3, 2), 0.5)}
+        )
     with pytest.raises(ValueError, match="unknown modality 'notes'"):
         evaluate_predictions(test, outcomes, ablations={"notes": outcomes["p_satisfied"]})
 
@@ -153,22 +191,60 @@ def test_report_files_hold_the_numbers_and_no_patient_text(cohort, tmp_path):
     test["clinical_note"] = test["clinical_note"].astype(object)
     test.loc[0, "clinical_note"] = "SENTINEL-NOTE-QZX patient reports pain"
     test.loc[1, "imaging_report"] = "SENTINEL-REPORT-QZX L4-5 stenosis"
-    baselines = {"t_learner": np.full((len(test), 4), 0.6), "s_learner": outcomes["p_satisfied"][:, ::-1].copy()}
-    m = evaluate_predictions(test, outcomes, baselines=baselines, truth=truth,
-                             ablations={"clinical_note": outcomes["p_satisfied"][::-1].copy()})
+    baselines = {
+        "t_learner": np.full((len(test), 4), 0.6),
+        "s_learner": outcomes["p_satisfied"][:, ::-1].copy(),
+    }
+    m = evaluate_predictions(
+        test,
+        outcomes,
+        baselines=baselines,
+        truth=truth,
+        ablations={"clinical_note": outcomes["p_satisfied"][::-1].copy()},
+    )
     write_report(tmp_path, m, test, outcomes, baselines=baselines, truth=truth)
-    for name in ("roc.png", "calibration.png", "counterfactual.png", "mix_by_diagnosis.png", "propensity.png"):
+    for name in (
+        "roc.png",
+        "calibration.png",
+        "counterfactual.png",
+        "mix_by_diagnosis.png",
+        "propensity.png",
+    ):
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert json.loads((tmp_path / "metrics.json").read_text()) == m
     report = (tmp_path / "report.md").read_text()
-    for value in (m["test/auroc"], m["test/brier"], m["test/bayes_auroc"], m["baselines"]["s_learner"]["auroc"],
-                  m["test/cf_rmse"], m["test/s_learner/cf_rmse"], m["test/dr_value_model_low"]):
+    for value in (
+        m["test/auroc"],
+        m["test/brier"],
+        m["test/bayes_auroc"],
+        m["baselines"]["s_learner"]["auroc"],
+        m["test/cf_rmse"],
+        m["test/s_learner/cf_rmse"],
+        m["test/dr_value_model_low"],
+    ):
         assert f"{value:.3f}" in report
-    assert f"{m['test/policy_capture']:.1%}" in report and f"{m['test/t_learner/unnecessary_surgery']:.1%}" in report
-    for plot in ("roc.png", "calibration.png", "counterfactual.png", "mix_by_diagnosis.png", "propensity.png"):
+    assert (
+        f"{m['test/policy_capture']:.1%}" in report
+        and f"{m['test/t_learner/unnecessary_surgery']:.1%}" in report
+    )
+    for plot in (
+        "roc.png",
+        "calibration.png",
+        "counterfactual.png",
+        "mix_by_diagnosis.png",
+        "propensity.png",
+    ):
         assert f"]({plot})" in report
-    order = ["## Recommendations", "| AUROC, `satisfied`", "## By diagnosis", "## Overlap and support",
-             "## Calibration of predicted benefit", "## Modality ablation", "## Subgroups", "## Baselines"]
+    order = [
+        "## Recommendations",
+        "| AUROC, `satisfied`",
+        "## By diagnosis",
+        "## Overlap and support",
+        "## Calibration of predicted benefit",
+        "## Modality ablation",
+        "## Subgroups",
+        "## Baselines",
+    ]
     assert [report.index(h) for h in order] == sorted(report.index(h) for h in order)
     everything = report + (tmp_path / "metrics.json").read_text()
     assert "SENTINEL" not in everything and "QZX" not in everything
@@ -177,22 +253,36 @@ def test_report_files_hold_the_numbers_and_no_patient_text(cohort, tmp_path):
 
 def test_metrics_hold_the_acceptance_keys_for_the_model_and_each_baseline(cohort):
     test, truth, outcomes = cohort
-    noisy = np.clip(outcomes["p_satisfied"] + np.random.default_rng(2).normal(0, 0.1, (len(test), 4)), 0, 1)
+    noisy = np.clip(
+        outcomes["p_satisfied"] + np.random.default_rng(2).normal(0, 0.1, (len(test), 4)), 0, 1
+    )
     baselines = {"t_learner": noisy, "s_learner": np.full((len(test), 4), 0.5)}
     m = evaluate_predictions(test, outcomes, baselines=baselines, truth=truth, n_boot=200)
     for prefix in ("test/", "test/t_learner/", "test/s_learner/"):
         missing = [k for k in ACCEPTANCE if prefix + k not in m]
         assert not missing, (prefix, missing)
-    assert m["test/t_learner/cf_rmse"] == pytest.approx(np.sqrt(((noisy - outcomes["p_satisfied"]) ** 2).mean(0)).mean())
+    assert m["test/t_learner/cf_rmse"] == pytest.approx(
+        np.sqrt(((noisy - outcomes["p_satisfied"]) ** 2).mean(0)).mean()
+    )
     assert m["test/cf_rmse"] == 0 < m["test/t_learner/cf_rmse"]
     # A constant baseline's argmax is physical therapy for everyone: no surgery at all.
     assert m["test/s_learner/surgery_share"] == 0 and m["test/s_learner/unnecessary_surgery"] == 0
-    assert m["test/s_learner/true_value_model"] == pytest.approx(m["test/true_value_always_physical_therapy"])
+    assert m["test/s_learner/true_value_model"] == pytest.approx(
+        m["test/true_value_always_physical_therapy"]
+    )
     assert m["test/dr_value_model_low"] < m["test/dr_value_model"] < m["test/dr_value_model_high"]
     table = recommendation_table(m).splitlines()  # what `spinecast evaluate` prints
-    assert [line.split("  ")[0] for line in table] == ["policy", "model: decision rule", "T-learner (argmax)",
-                                                        "S-learner (argmax)", "oracle: best_treatment"]
-    assert f"{m['test/t_learner/policy_capture']:.1%}" in table[2] and f"{m['test/dr_value_model']:.3f}" in table[1]
+    assert [line.split("  ")[0] for line in table] == [
+        "policy",
+        "model: decision rule",
+        "T-learner (argmax)",
+        "S-learner (argmax)",
+        "oracle: best_treatment",
+    ]
+    assert (
+        f"{m['test/t_learner/policy_capture']:.1%}" in table[2]
+        and f"{m['test/dr_value_model']:.3f}" in table[1]
+    )
 
 
 def test_the_support_floor_keeps_the_rule_off_a_treatment_without_support(cohort):
@@ -203,7 +293,8 @@ def test_the_support_floor_keeps_the_rule_off_a_treatment_without_support(cohort
     mix = m["recommendation"]["policies"]["model"]["mix"]
     assert mix["fusion"] == 0 < m["recommendation"]["policies"]["model_argmax"]["mix"]["fusion"]
     assert m["recommendation"]["argmax_unsupported_share"] == pytest.approx(
-        m["recommendation"]["policies"]["model_argmax"]["mix"]["fusion"])
+        m["recommendation"]["policies"]["model_argmax"]["mix"]["fusion"]
+    )
 
 
 def _all_numbers(tree):
@@ -244,9 +335,13 @@ def test_without_a_truth_file_only_the_dr_part_runs(cohort, tmp_path):
     assert not any(k.startswith(("test/cf_", "test/true_value")) for k in m)
     assert "test/policy_capture" not in m and "test/unnecessary_surgery" not in m
     assert m["test/dr_value_model_low"] < m["test/dr_value_model"] < m["test/dr_value_model_high"]
-    assert m["test/dr_value_observed"] == pytest.approx(test["satisfied"].dropna().astype(float).mean(), abs=0.08)
+    assert m["test/dr_value_observed"] == pytest.approx(
+        test["satisfied"].dropna().astype(float).mean(), abs=0.08
+    )
     write_report(tmp_path, m, test, outcomes)
-    assert not (tmp_path / "counterfactual.png").exists() and (tmp_path / "propensity.png").is_file()
+    assert (
+        not (tmp_path / "counterfactual.png").exists() and (tmp_path / "propensity.png").is_file()
+    )
     report = (tmp_path / "report.md").read_text()
     assert "## Recommendations" in report and "counterfactual.png" not in report
 
@@ -256,20 +351,46 @@ def test_the_accuracy_benchmark_checks_the_acceptance_targets():
     spec = importlib.util.spec_from_file_location("accuracy_benchmark", path)
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
-    good = {"test/policy_capture": 0.85, "test/policy_agreement": 0.75, "test/cf_rmse": 0.12,
-            **{f"test/cf_rmse_{t}": 0.15 for t in TREATMENTS}, "test/unnecessary_surgery": 0.04,
-            "test/surgery_share": 0.70, "test/oracle_surgery_share": 0.72, "test/auroc": 0.82, "test/ece": 0.02,
-            "test/t_learner/policy_capture": 0.70, "test/s_learner/policy_capture": 0.66,
-            "test/t_learner/cf_rmse": 0.19, "test/s_learner/cf_rmse": 0.19, "test/dr_value_model_low": 0.70,
-            "test/dr_value_model_high": 0.76, "test/true_value_model": 0.74,
-            **bench.renamed({"test/policy_capture": 0.65, "test/unnecessary_surgery": 0.08, "val/x": 1}, "shift_strong"),
-            **bench.renamed({"test/policy_capture": 0.61, "test/unnecessary_surgery": 0.02}, "shift_weak")}
+    good = {
+        "test/policy_capture": 0.85,
+        "test/policy_agreement": 0.75,
+        "test/cf_rmse": 0.12,
+        **{f"test/cf_rmse_{t}": 0.15 for t in TREATMENTS},
+        "test/unnecessary_surgery": 0.04,
+        "test/surgery_share": 0.70,
+        "test/oracle_surgery_share": 0.72,
+        "test/auroc": 0.82,
+        "test/ece": 0.02,
+        "test/t_learner/policy_capture": 0.70,
+        "test/s_learner/policy_capture": 0.66,
+        "test/t_learner/cf_rmse": 0.19,
+        "test/s_learner/cf_rmse": 0.19,
+        "test/dr_value_model_low": 0.70,
+        "test/dr_value_model_high": 0.76,
+        "test/true_value_model": 0.74,
+        **bench.renamed(
+            {"test/policy_capture": 0.65, "test/unnecessary_surgery": 0.08, "val/x": 1},
+            "shift_strong",
+        ),
+        **bench.renamed(
+            {"test/policy_capture": 0.61, "test/unnecessary_surgery": 0.02}, "shift_weak"
+        ),
+    }
     assert "shift_strong/val/x" not in good and good["shift_weak/policy_capture"] == 0.61
     checks = bench.targets(good)
     assert len(checks) == 15 and all(checks.values())
-    worse = {**good, "test/cf_rmse_fusion": 0.17, "test/true_value_model": 0.77, "test/t_learner/cf_rmse": 0.11,
-             "shift_weak/unnecessary_surgery": None}
+    worse = {
+        **good,
+        "test/cf_rmse_fusion": 0.17,
+        "test/true_value_model": 0.77,
+        "test/t_learner/cf_rmse": 0.11,
+        "shift_weak/unnecessary_surgery": None,
+    }
     failed = {k for k, ok in bench.targets(worse).items() if not ok}
-    assert failed == {"cf_rmse_each_0.16", "dr_interval_contains_true_value", "cf_rmse_beats_baselines",
-                      "shift_weak_unnecessary_surgery_0.10"}
+    assert failed == {
+        "cf_rmse_each_0.16",
+        "dr_interval_contains_true_value",
+        "cf_rmse_beats_baselines",
+        "shift_weak_unnecessary_surgery_0.10",
+    }
     assert set(bench.targets({"test/auroc": 0.9, "test/ece": 0.01})) == {"auroc_0.81", "ece_0.03"}

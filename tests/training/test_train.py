@@ -22,25 +22,57 @@ CONFIGS = Path(__file__).parents[2] / "configs"
 
 
 def train_args(config: str, cohort: Path, root: Path, tiny_bert: str, *extra: str) -> list[str]:
-    return ["train", "--config", str(CONFIGS / config), "--data.train_path", str(cohort),
-            "--trainer.default_root_dir", str(root), "--trainer.logger.init_args.save_dir", str(root),
-            "--trainer.accelerator", "cpu", "--trainer.devices", "1", "--trainer.enable_progress_bar", "false",
-            "--model.config.text.pretrained", tiny_bert, "--data.num_workers", "0", *extra]
+    return [
+        "train",
+        "--config",
+        str(CONFIGS / config),
+        "--data.train_path",
+        str(cohort),
+        "--trainer.default_root_dir",
+        str(root),
+        "--trainer.logger.init_args.save_dir",
+        str(root),
+        "--trainer.accelerator",
+        "cpu",
+        "--trainer.devices",
+        "1",
+        "--trainer.enable_progress_bar",
+        "false",
+        "--model.config.text.pretrained",
+        tiny_bert,
+        "--data.num_workers",
+        "0",
+        *extra,
+    ]
 
 
 @pytest.mark.parametrize("config", ["quickstart.yaml", "default.yaml", "gpu.yaml", "ddp.yaml"])
 def test_fast_dev_run_through_each_config(config, small_cohort, tmp_path, tiny_bert):
     extra = ["--trainer.fast_dev_run", "2", "--data.batch_size", "16"]
-    if config == "ddp.yaml":  # one CPU process through the DDP strategy (gloo); SyncBatchNorm needs GPUs
+    if (
+        config == "ddp.yaml"
+    ):  # one CPU process through the DDP strategy (gloo); SyncBatchNorm needs GPUs
         extra += ["--trainer.precision", "32-true", "--trainer.sync_batchnorm", "false"]
-    assert main(train_args(config, small_cohort / "cohort.parquet", tmp_path, tiny_bert, *extra)) == 0
+    assert (
+        main(train_args(config, small_cohort / "cohort.parquet", tmp_path, tiny_bert, *extra)) == 0
+    )
 
 
 @pytest.fixture(scope="module")
 def trained(small_cohort, tmp_path_factory, tiny_bert):
     root = tmp_path_factory.mktemp("run")
-    args = train_args("quickstart.yaml", small_cohort / "cohort.parquet", root, tiny_bert,
-                      "--trainer.max_epochs", "8", "--model.config.dim", "32", "--data.test_fraction", "0.3")
+    args = train_args(
+        "quickstart.yaml",
+        small_cohort / "cohort.parquet",
+        root,
+        tiny_bert,
+        "--trainer.max_epochs",
+        "8",
+        "--model.config.dim",
+        "32",
+        "--data.test_fraction",
+        "0.3",
+    )
     assert main(args) == 0
     version = next((root / "lightning_logs").iterdir())
     metrics = pd.read_csv(version / "metrics.csv")
@@ -76,20 +108,30 @@ def test_checkpoint_alone_rebuilds_the_model(trained):
     b = SpineCastModule.load_from_checkpoint(ckpt, map_location="cpu").eval()
     state = torch.load(ckpt, map_location="cpu", weights_only=False)
     assert state["hyper_parameters"]["feature_encoding"]["mean"]["age"] > 18
-    assert a.feature_encoding is not None and a.feature_encoding.mean == state["hyper_parameters"]["feature_encoding"]["mean"]
+    assert (
+        a.feature_encoding is not None
+        and a.feature_encoding.mean == state["hyper_parameters"]["feature_encoding"]["mean"]
+    )
     batch = _val_batch(a, version)
     with torch.no_grad():
-        for x, y in zip(a.net.probabilities(*(batch[k] for k in INPUTS)), b.net.probabilities(*(batch[k] for k in INPUTS))):
+        for x, y in zip(
+            a.net.probabilities(*(batch[k] for k in INPUTS)),
+            b.net.probabilities(*(batch[k] for k in INPUTS)),
+        ):
             assert torch.equal(x, y)
         assert torch.equal(a.net.temperature, state["state_dict"]["net.temperature"])
 
 
 def test_temperature_scaling_lowers_validation_nll(trained):
     version, _ = trained
-    module = SpineCastModule.load_from_checkpoint(version / "checkpoints" / "last.ckpt", map_location="cpu").eval()
+    module = SpineCastModule.load_from_checkpoint(
+        version / "checkpoints" / "last.ckpt", map_location="cpu"
+    ).eval()
     batch = _val_batch(module, version)
     with torch.no_grad():
-        logits = observed(module(batch).satisfied, batch["treatment"])[batch["satisfied_present"]]  # (n, K)
+        logits = observed(module(batch).satisfied, batch["treatment"])[
+            batch["satisfied_present"]
+        ]  # (n, K)
     labels = batch["satisfied"][batch["satisfied_present"], None].expand_as(logits)
     temperature = module.net.temperature[0]
     assert temperature != 1.0
@@ -117,7 +159,9 @@ def _cohort_variant(small_cohort: Path, tmp_path: Path, **changes) -> Path:
     frame = pd.read_parquet(small_cohort / "cohort.parquet")
     for col, value in changes.items():
         frame[col] = value
-    frame["mri_image"] = [str(small_cohort / p) if isinstance(p, str) else None for p in frame["mri_image"]]
+    frame["mri_image"] = [
+        str(small_cohort / p) if isinstance(p, str) else None for p in frame["mri_image"]
+    ]
     path = tmp_path / "variant.parquet"
     frame.to_parquet(path)
     return path
@@ -126,25 +170,49 @@ def _cohort_variant(small_cohort: Path, tmp_path: Path, **changes) -> Path:
 def test_single_class_cohort_fails_with_the_reason(small_cohort, tmp_path, tiny_bert):
     path = _cohort_variant(small_cohort, tmp_path, satisfied=True)
     with pytest.raises(ValueError, match="single class of `satisfied`"):
-        main(train_args("quickstart.yaml", path, tmp_path, tiny_bert, "--trainer.fast_dev_run", "1"))
+        main(
+            train_args("quickstart.yaml", path, tmp_path, tiny_bert, "--trainer.fast_dev_run", "1")
+        )
 
 
 def test_empty_cohort_fails_with_the_reason(tmp_path, tiny_bert):
     path = tmp_path / "empty.csv"
     path.write_text("patient_id,age,sex,treatment\n")
     with pytest.raises(CohortError, match="at least one row"):
-        main(train_args("quickstart.yaml", path, tmp_path, tiny_bert, "--trainer.fast_dev_run", "1"))
+        main(
+            train_args("quickstart.yaml", path, tmp_path, tiny_bert, "--trainer.fast_dev_run", "1")
+        )
 
 
 def test_cohort_without_any_text_still_trains(small_cohort, tmp_path, tiny_bert):
-    path = _cohort_variant(small_cohort, tmp_path, clinical_note=None, imaging_report=None, mri_image=None)
-    assert main(train_args("quickstart.yaml", path, tmp_path, tiny_bert, "--trainer.max_epochs", "1",
-                           "--model.config.dim", "32")) == 0
+    path = _cohort_variant(
+        small_cohort, tmp_path, clinical_note=None, imaging_report=None, mri_image=None
+    )
+    assert (
+        main(
+            train_args(
+                "quickstart.yaml",
+                path,
+                tmp_path,
+                tiny_bert,
+                "--trainer.max_epochs",
+                "1",
+                "--model.config.dim",
+                "32",
+            )
+        )
+        == 0
+    )
     metrics = pd.read_csv(next((tmp_path / "lightning_logs").iterdir()) / "metrics.csv")
-    assert np.isfinite(metrics["train/loss_epoch"].dropna()).all() and metrics["test/auroc"].notna().any()
+    assert (
+        np.isfinite(metrics["train/loss_epoch"].dropna()).all()
+        and metrics["test/auroc"].notna().any()
+    )
 
 
-def test_a_treatment_nobody_received_trains_and_is_never_recommended(small_cohort, tmp_path, tiny_bert):
+def test_a_treatment_nobody_received_trains_and_is_never_recommended(
+    small_cohort, tmp_path, tiny_bert
+):
     """No fusion in the training cohort: training works (no NaN), fusion gets no support (the
     model records who was treated how), so the rule never recommends it and every prediction says so."""
     from spinecast.datasets import load_cohort
@@ -152,9 +220,26 @@ def test_a_treatment_nobody_received_trains_and_is_never_recommended(small_cohor
     from spinecast.training.inference import encode_for, load_module, predict
 
     frame = pd.read_parquet(small_cohort / "cohort.parquet")
-    path = _cohort_variant(small_cohort, tmp_path, treatment=frame["treatment"].replace("fusion", "decompression"))
-    assert main(train_args("quickstart.yaml", path, tmp_path, tiny_bert, "--trainer.max_epochs", "6",
-                           "--model.config.dim", "32", "--data.test_fraction", "0")) == 0
+    path = _cohort_variant(
+        small_cohort, tmp_path, treatment=frame["treatment"].replace("fusion", "decompression")
+    )
+    assert (
+        main(
+            train_args(
+                "quickstart.yaml",
+                path,
+                tmp_path,
+                tiny_bert,
+                "--trainer.max_epochs",
+                "6",
+                "--model.config.dim",
+                "32",
+                "--data.test_fraction",
+                "0",
+            )
+        )
+        == 0
+    )
     module = load_module(next(tmp_path.rglob("best.ckpt")))
     records = load_cohort(path, training=True).iloc[:100]
     out = predict(module, encode_for(module, records))
@@ -162,17 +247,35 @@ def test_a_treatment_nobody_received_trains_and_is_never_recommended(small_cohor
     assert module.net.treated[3] == 0 and (out["propensity"][:, 3] == 0).all()
     d = decide(out["p_satisfied_members"], out["propensity"], module.decision_rule)
     assert (d.recommended != 3).all() and not d.supported[:, 3].any()
-    assert all(any(w.startswith("fusion: few patients like this one") for w in ws) for ws in d.warnings)
+    assert all(
+        any(w.startswith("fusion: few patients like this one") for w in ws) for ws in d.warnings
+    )
 
 
-def test_evaluate_writes_report_with_ablation_baselines_and_ceiling(trained, small_cohort, tmp_path):
+def test_evaluate_writes_report_with_ablation_baselines_and_ceiling(
+    trained, small_cohort, tmp_path
+):
     import json
 
     version, _ = trained
     cohort = small_cohort / "cohort.parquet"
     out = tmp_path / "eval"
-    assert main(["evaluate", "--ckpt", str(version / "checkpoints" / "best.ckpt"), "--data", str(cohort),
-                 "--out", str(out), "--baselines-train", str(cohort)]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--ckpt",
+                str(version / "checkpoints" / "best.ckpt"),
+                "--data",
+                str(cohort),
+                "--out",
+                str(out),
+                "--baselines-train",
+                str(cohort),
+            ]
+        )
+        == 0
+    )
     metrics = json.loads((out / "metrics.json").read_text())
     assert 0.5 < metrics["test/auroc"] <= 1 and 0.78 <= metrics["test/bayes_auroc"] <= 0.9
     for modality in ("tabular", "clinical_note", "imaging_report", "mri_image"):
@@ -188,7 +291,9 @@ def _last_epoch_metrics(root: Path) -> pd.Series:
     return metrics.sort_values("epoch").iloc[-1]
 
 
-def test_a_killed_run_resumes_from_its_last_checkpoint_to_the_same_metrics(small_cohort, tmp_path, tiny_bert):
+def test_a_killed_run_resumes_from_its_last_checkpoint_to_the_same_metrics(
+    small_cohort, tmp_path, tiny_bert
+):
     """SIGKILL a training process once its first epoch is checkpointed, resume with `--ckpt_path last`:
     the final metrics equal those of the same run left alone (random state is in the checkpoint)."""
     cohort = small_cohort / "cohort.parquet"
@@ -198,15 +303,25 @@ def test_a_killed_run_resumes_from_its_last_checkpoint_to_the_same_metrics(small
 
     killed = tmp_path / "killed"
     spinecast = Path(sys.executable).with_name("spinecast")
-    proc = subprocess.Popen([str(spinecast), *train_args("quickstart.yaml", cohort, killed, tiny_bert, *extra)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [str(spinecast), *train_args("quickstart.yaml", cohort, killed, tiny_bert, *extra)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 300
-    while not list(killed.rglob("last.ckpt")) and proc.poll() is None and time.monotonic() < deadline:
+    while (
+        not list(killed.rglob("last.ckpt")) and proc.poll() is None and time.monotonic() < deadline
+    ):
         time.sleep(0.1)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert list(killed.rglob("last.ckpt")), "the run was killed before its first checkpoint"
-    assert main(train_args("quickstart.yaml", cohort, killed, tiny_bert, *extra, "--ckpt_path", "last")) == 0
+    assert (
+        main(
+            train_args("quickstart.yaml", cohort, killed, tiny_bert, *extra, "--ckpt_path", "last")
+        )
+        == 0
+    )
 
     resumed, reference = _last_epoch_metrics(killed), _last_epoch_metrics(whole)
     assert resumed["epoch"] == reference["epoch"] == 3
@@ -216,4 +331,13 @@ def test_a_killed_run_resumes_from_its_last_checkpoint_to_the_same_metrics(small
 
 def test_resume_without_a_checkpoint_says_so(small_cohort, tmp_path, tiny_bert):
     with pytest.raises(FileNotFoundError, match="no last.ckpt"):
-        main(train_args("quickstart.yaml", small_cohort / "cohort.parquet", tmp_path, tiny_bert, "--ckpt_path", "last"))
+        main(
+            train_args(
+                "quickstart.yaml",
+                small_cohort / "cohort.parquet",
+                tmp_path,
+                tiny_bert,
+                "--ckpt_path",
+                "last",
+            )
+        )
