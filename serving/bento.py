@@ -2,45 +2,83 @@
 
     .venv/bin/python -m spinecast.serving.bento [--stage build/bento]
 
-Copies exactly the modules serving imports into a staging folder, in the `spinecast.*` layout the
-service imports (the repository maps folders to packages; a Bento copies files), with
-`bentofile.yaml`, and runs `bentoml build` there. Training code, the generator and torch stay out.
+Copies exactly the modules serving imports (`modules`: followed through the imports from the
+service and the batch CLI) into a staging folder, in the `spinecast.*` layout the service imports
+(the repository maps folders to packages; a Bento copies files), with `bentofile.yaml`, and runs
+`bentoml build` there. Training code, the generator and torch stay out.
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import shutil
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SOURCES = {  # repository folder -> package folder in the Bento, and the modules serving needs
-    "spinecast": ("spinecast", ("__init__.py",)),
-    "datasets": (
-        "spinecast/datasets",
-        (
-            "__init__.py",
-            "schema.py",
-            "io.py",
-            "features.py",
-            "images.py",
-            "inputs.py",
-            "sentences.py",
-        ),
-    ),
-    "serving": (
-        "spinecast/serving",
-        ("__init__.py", "predictor.py", "schemas.py", "service.py", "batch.py"),
-    ),
+PACKAGES = {
+    "spinecast": "spinecast",
+    "spinecast.datasets": "datasets",
+    "spinecast.serving": "serving",
 }
+ENTRY = ("spinecast.serving.service", "spinecast.serving.batch")
+OPTIONAL = {"spinecast.serving.distributed"}  # the `ray` extra: not in the Bento
+
+
+def _path(module: str) -> Path | None:
+    """The repository file of a `spinecast.*` module the Bento may hold (None: not one of them)."""
+    package = max(
+        (p for p in PACKAGES if module == p or module.startswith(p + ".")), key=len, default=None
+    )
+    if package is None:
+        return None
+    rest = module[len(package) :].lstrip(".").split(".") if module != package else []
+    base = ROOT / PACKAGES[package] / Path(*rest) if rest else ROOT / PACKAGES[package]
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _imported(path: Path, module: str) -> set[str]:
+    """`spinecast.*` modules that `path` imports anywhere in its body (absolute and relative)."""
+    package = module if path.name == "__init__.py" else module.rsplit(".", 1)[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+                base = f"{anchor}.{base}" if base else anchor
+            found |= {base, *(f"{base}.{a.name}" for a in node.names)}
+        elif isinstance(node, ast.Import):
+            found |= {a.name for a in node.names}
+    return {m for m in found if m.startswith("spinecast")}
+
+
+def modules() -> dict[str, Path]:
+    """Every module serving needs, followed from the service and the batch CLI through their
+    imports (and their packages' `__init__`), so that the Bento cannot miss one that is added."""
+    todo, out = list(ENTRY), {}
+    while todo:
+        module = todo.pop()
+        path = _path(module)
+        if module in out or module in OPTIONAL or path is None:
+            continue
+        out[module] = path
+        parents = [module.rsplit(".", i)[0] for i in range(1, module.count(".") + 1)]
+        todo += [*_imported(path, module), *parents]
+    return out
 
 
 def stage(dst: Path) -> Path:
     shutil.rmtree(dst, ignore_errors=True)
-    for folder, (package, modules) in SOURCES.items():
-        (dst / package).mkdir(parents=True, exist_ok=True)
-        for module in modules:
-            shutil.copy2(ROOT / folder / module, dst / package / module)
+    for path in modules().values():
+        folder = next(f for f in PACKAGES.values() if path.is_relative_to(ROOT / f))
+        package = "spinecast" if folder == "spinecast" else f"spinecast/{folder}"
+        target = dst / package / path.relative_to(ROOT / folder)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(path, target)
     shutil.copy2(ROOT / "bentofile.yaml", dst / "bentofile.yaml")
     return dst
 
