@@ -132,11 +132,31 @@ def test_temperature_scaling_lowers_validation_nll(trained):
         logits = observed(module(batch).satisfied, batch["treatment"])[
             batch["satisfied_present"]
         ]  # (n, K)
-    labels = batch["satisfied"][batch["satisfied_present"], None].expand_as(logits)
+    labels = batch["satisfied"][batch["satisfied_present"]]
     temperature = module.net.temperature[0]
     assert temperature != 1.0
-    nll = F.binary_cross_entropy_with_logits
-    assert nll(logits / temperature, labels) < nll(logits, labels)
+
+    def nll(t):  # of the served probability: the members' mean
+        return F.binary_cross_entropy(torch.sigmoid(logits / t).mean(dim=1), labels)
+
+    assert nll(temperature) < nll(1.0)
+
+
+def test_the_temperature_calibrates_the_members_mean_not_each_member():
+    """Members that disagree (+-2 around the truth) average toward 0.5: fitted on each member's
+    logit, T leaves that average under-confident; fitted on the average, the NLL of what is
+    served is lower."""
+    torch.manual_seed(0)
+    truth = torch.randn(4000) * 2
+    labels = torch.bernoulli(torch.sigmoid(truth))
+    members = torch.stack([truth + 2, truth - 2], dim=1)
+    per_member = fit_temperature(members.flatten(), labels[:, None].expand(-1, 2).flatten())
+    on_mean = fit_temperature(members, labels)
+
+    def nll(t):
+        return F.binary_cross_entropy(torch.sigmoid(members / t).mean(dim=1), labels)
+
+    assert on_mean < per_member and nll(on_mean) < nll(per_member)
 
 
 def test_fit_temperature_undoes_overconfidence():
