@@ -40,7 +40,7 @@ def _path(module: str) -> Path | None:
     return None
 
 
-def _imported(path: Path, module: str) -> set[str]:
+def imported(path: Path, module: str) -> set[str]:
     """`spinecast.*` modules that `path` imports anywhere in its body (absolute and relative)."""
     package = module if path.name == "__init__.py" else module.rsplit(".", 1)[0]
     found = set()
@@ -67,7 +67,7 @@ def modules() -> dict[str, Path]:
             continue
         out[module] = path
         parents = [module.rsplit(".", i)[0] for i in range(1, module.count(".") + 1)]
-        todo += [*_imported(path, module), *parents]
+        todo += [*imported(path, module), *parents]
     return out
 
 

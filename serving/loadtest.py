@@ -104,15 +104,6 @@ async def run(
         begin = time.monotonic()
         end = begin + seconds
 
-        async def send(path: str, body: dict) -> httpx.Response:
-            """POST, sent again once when the server closed the kept-alive connection under it (the
-            idle-timeout race every HTTP/1.1 client meets; counted, not hidden)."""
-            try:
-                return await client.post(path, json=body)
-            except httpx.TransportError:
-                counts["connection_resets"] += 1
-                return await client.post(path, json=body)
-
         async def client_loop():
             while time.monotonic() < end:
                 patient = rng.choice(patients)

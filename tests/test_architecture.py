@@ -1,8 +1,9 @@
 """The package structure: no import cycle among the project's modules (function-level imports
 included: a lazy import that closes a cycle is still a cycle a reader must untangle)."""
 
-import ast
 from pathlib import Path
+
+from spinecast.serving.bento import imported
 
 ROOT = Path(__file__).parents[1]
 PACKAGES = {
@@ -25,22 +26,9 @@ def _modules() -> dict[str, Path]:
 
 
 def _imports(name: str, path: Path, modules: dict[str, Path]) -> set[str]:
-    """The project modules `name` imports, anywhere in its body."""
-    package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
-    found = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                anchor = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
-                base = f"{anchor}.{base}" if base else anchor
-            targets = [base, *(f"{base}.{a.name}" for a in node.names)]
-        elif isinstance(node, ast.Import):
-            targets = [a.name for a in node.names]
-        else:
-            continue
-        found |= {t for t in targets if t in modules and t != name}
-    return found
+    """The project modules `name` imports, anywhere in its body (the Bento's staging reads the
+    imports the same way)."""
+    return {t for t in imported(path, name) if t in modules and t != name}
 
 
 def test_no_import_cycles():
