@@ -101,7 +101,10 @@ def test_student_trains_on_the_teachers_cohort_and_split_and_records_its_teacher
 def test_soft_targets_pull_the_student_toward_the_teacher_on_every_treatment(teacher, students):
     """With the whole loss on the teacher's outcomes, the student's predictions for all four
     treatments (three of them never observed for a patient) sit closer to the teacher's than those
-    of the same student trained on the labels alone."""
+    of the same student trained on the labels alone. Measured on what the networks learned, before
+    the post-hoc temperature: each student's temperature is fitted on the labels of a validation
+    split of about 60 patients, and it moves the label-only student (T 0.50) as far as the soft
+    targets do (calibrated gaps 0.050 vs 0.056 on the same run)."""
     saved = torch.load(teacher, map_location="cpu", weights_only=False)[
         "datamodule_hyper_parameters"
     ]
@@ -110,11 +113,12 @@ def test_soft_targets_pull_the_student_toward_the_teacher_on_every_treatment(tea
     gaps = {}
     for weight, ckpt in students.items():
         student = load_module(ckpt)
+        student.net.temperature.fill_(1.0)
         gaps[weight] = float(
             np.abs(predict(student, encode_for(student, val))["p_satisfied"] - reference).mean()
         )
     # The shared prognosis of the heads already brings a label-only student part of the way (measured:
-    # 0.052 vs 0.071 mean gap); a student whose soft targets did nothing would sit at or beyond 0.071.
+    # 0.057 vs 0.075 mean gap); a student whose soft targets did nothing would sit at or beyond 0.075.
     assert gaps[1.0] < 0.8 * gaps[0.0], gaps
 
 
