@@ -11,6 +11,9 @@ from dataclasses import dataclass
 from typing import Literal
 
 TREATMENTS = ("physical_therapy", "epidural_steroid_injection", "decompression", "fusion")
+TREATMENT_INDEX = {
+    t: i for i, t in enumerate(TREATMENTS)
+}  # treatment -> its column in every (N, 4) output
 DIAGNOSES = ("disc_herniation", "spinal_stenosis", "spondylolisthesis", "nonspecific_low_back_pain")
 MAX_TEXT_CHARS = 20_000
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")

@@ -33,7 +33,7 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import OneHotEncoder
 from spinecast.datasets.features import NUMERIC_FIELDS, FeatureEncoding
-from spinecast.datasets.schema import TEXT_COLUMNS, TREATMENTS
+from spinecast.datasets.schema import TEXT_COLUMNS, TREATMENT_INDEX, TREATMENTS
 from threadpoolctl import threadpool_limits
 
 SVD_DIM = 128
@@ -185,7 +185,7 @@ def treatment_index(frame: pd.DataFrame, name: str = "frame") -> np.ndarray:
     the learners condition on it and the report scores the observed treatment's column."""
     if "treatment" not in frame.columns:
         raise ValueError(f"{name} must have a 'treatment' column (one of {', '.join(TREATMENTS)})")
-    index = frame["treatment"].map({t: i for i, t in enumerate(TREATMENTS)})
+    index = frame["treatment"].map(TREATMENT_INDEX)
     bad = index.isna().to_numpy()
     if bad.any():
         row = int(np.flatnonzero(bad)[0]) + 1

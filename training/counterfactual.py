@@ -28,7 +28,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 from sklearn.model_selection import KFold
-from spinecast.datasets.schema import DIAGNOSES, TREATMENTS
+from spinecast.datasets.schema import DIAGNOSES, TREATMENT_INDEX, TREATMENTS
 
 from .baselines import TextFields, logistic, t_learner, treatment_index
 
@@ -177,7 +177,7 @@ def aligned_truth(test: pd.DataFrame, truth: pd.DataFrame) -> tuple[np.ndarray, 
     patient_id, so the truth file's row order does not matter)."""
     columns = [f"p_satisfied_{t}" for t in TREATMENTS]
     aligned = truth.set_index("patient_id").reindex(test["patient_id"].astype(str))
-    best = aligned["best_treatment"].map({t: i for i, t in enumerate(TREATMENTS)})
+    best = aligned["best_treatment"].map(TREATMENT_INDEX)
     lacking = aligned[columns].isna().any(axis=1).to_numpy() | best.isna().to_numpy()
     if lacking.any():
         raise ValueError(

@@ -34,7 +34,7 @@ import torch
 from sklearn.metrics import roc_auc_score
 from spinecast.datasets import TREATMENTS, load_cohort
 from spinecast.datasets.inputs import INPUTS, MODALITIES, model_inputs
-from spinecast.datasets.schema import COLUMN_BY_NAME
+from spinecast.datasets.schema import COLUMN_BY_NAME, TREATMENT_INDEX
 from spinecast.serving.predictor import CHECKSUMS, OUTPUTS, Predictor, sha256, write_checksums
 from torch import nn
 
@@ -181,12 +181,7 @@ def held_out(ckpt: Path, data: Path | None) -> tuple[pd.DataFrame, dict]:
 def auroc(frame: pd.DataFrame, p_satisfied: np.ndarray) -> float | None:
     """AUROC of `satisfied` against the predicted P(satisfied) of the treatment each patient got."""
     labeled = frame["satisfied"].notna().to_numpy()
-    given = (
-        frame["treatment"]
-        .map({t: i for i, t in enumerate(TREATMENTS)})
-        .to_numpy()[labeled]
-        .astype(int)
-    )
+    given = frame["treatment"].map(TREATMENT_INDEX).to_numpy()[labeled].astype(int)
     y = frame["satisfied"].to_numpy()[labeled].astype(int)
     if len(np.unique(y)) < 2:
         return None

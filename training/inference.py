@@ -16,7 +16,7 @@ import torch
 from spinecast.datasets import mcid
 from spinecast.datasets.features import FeatureEncoding
 from spinecast.datasets.inputs import INPUTS, encode_inputs
-from spinecast.datasets.schema import TREATMENTS
+from spinecast.datasets.schema import TREATMENT_INDEX
 from spinecast.datasets.sentences import SentenceWindow, load_tokenizer
 from torch.utils.data import DataLoader, Dataset
 
@@ -50,7 +50,7 @@ def encode_frame(
 ) -> dict[str, np.ndarray]:
     """Validated cohort rows -> model inputs (the encoding serving shares) and labels (numpy)."""
     arrays = encode_inputs(frame, encoding, tokenizer, window, image_size)
-    treatment = frame["treatment"].map({t: i for i, t in enumerate(TREATMENTS)})
+    treatment = frame["treatment"].map(TREATMENT_INDEX)
     arrays["treatment"] = treatment.fillna(-1).to_numpy(dtype=np.int64)
     for name, values in (
         ("satisfied", frame["satisfied"]),
