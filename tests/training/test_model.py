@@ -150,7 +150,11 @@ def test_frozen_backbone_caches_identical_sentences(tiny_bert, batch):
         < n_cached
         <= unique + len({row.numpy().tobytes() for row in batch["report_ids"].flatten(0, 1)})
     )
-    assert len(cache) == n_cached and torch.allclose(run(net, batch)[0], first)
+    calls = []
+    net.note.sentences.backbone.register_forward_hook(lambda *_: calls.append(1))
+    second = run(net, batch)[0]
+    assert not calls and len(cache) == n_cached  # every sentence came from the cache
+    assert torch.allclose(second, first)
     net.load_state_dict(net.state_dict())  # new weights invalidate the cache
     assert len(cache) == 0
 
