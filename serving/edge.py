@@ -162,7 +162,10 @@ class KnownPaths:
         self.app, self.primed = app, False
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] == "http" and not _served(getattr(self.app, "routes", ()), scope):
+        routes = getattr(
+            self.app, "routes", None
+        )  # None: an app of another shape; every path passes
+        if scope["type"] == "http" and routes is not None and not _served(routes, scope):
             scope = {
                 **scope,
                 "path": UNKNOWN_PATH,
