@@ -41,7 +41,7 @@ demo: $(STAMP)
 		--out $(DEMO)/bundle --optimize --bentoml
 	$(BIN)/spinecast predict --model $(DEMO)/bundle --in $(DEMO)/test/cohort.parquet --out $(DEMO)/predictions.parquet
 	@$(BIN)/python -c "import pandas as pd; print(pd.read_parquet('$(DEMO)/predictions.parquet').iloc[:3, :8].to_string())"
-	$(BIN)/python -m spinecast.serving.demo --cohort $(DEMO)/test/cohort.parquet
+	$(BIN)/python -m tools.demo --cohort $(DEMO)/test/cohort.parquet
 
 # Hours on 2 CPU cores: the accuracy and distillation benchmarks train the default model, and the
 # 1,000,000-patient scoring run takes its time.
@@ -58,11 +58,11 @@ bench: $(STAMP)
 
 # The Bento from the serving code and `spinecast:latest` in $(BENTOML_HOME) (`spinecast export --bentoml`).
 bento: $(STAMP)
-	$(BIN)/python -m spinecast.serving.bento
+	$(BIN)/python -m tools.bento
 
 # The OCI image, built with buildah (no Docker engine), from the Bento of `make bento`.
 container: $(STAMP)
-	$(BIN)/python -m spinecast.serving.container build --out benchmarks/results/container.json
+	$(BIN)/python -m tools.container build --out benchmarks/results/container.json
 
 # Builds the Bento and the image of a tiny model and calls /predict inside it (not in `make test`: minutes, root).
 container-test: $(STAMP)

@@ -28,6 +28,7 @@ import base64
 import json
 import os
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -37,10 +38,12 @@ import numpy as np
 import pandas as pd
 import psutil
 from spinecast.datasets.synth import generate
-from spinecast.serving.demo import free_port, running_server
 from spinecast.serving.predictor import Predictor
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # `tools` is not installed
+from tools.demo import free_port, running_server
+
 RESULTS = ROOT / "benchmarks" / "results"
 
 

@@ -10,7 +10,7 @@ with Retry-After, every accepted valid request correct, probe p99 <= 100 ms, /me
 RSS growth (first vs last 10 s) within 10 %.
 
 Serves the bundle `benchmarks/latency.py` leaves in artifacts/bench/bundle (the default configuration,
-real MiniLM) on loopback and runs `spinecast.serving.loadtest` against it: requests per second,
+real MiniLM) on loopback and runs `tools.loadtest` against it: requests per second,
 p50/p99, errors by kind, resident memory of the service in the first and the last 10 s.
 The fp32 variant is served (dynamic INT8 scales activations per merged batch, so answers would
 differ slightly from the reference). Writes benchmarks/results/load.json. Targets (issue 6): every valid request answered correctly,
@@ -24,14 +24,17 @@ import asyncio
 import json
 import os
 import re
+import sys
 import tempfile
 from pathlib import Path
 
 from spinecast.datasets.synth import generate
-from spinecast.serving.demo import free_port, running_server
-from spinecast.serving.loadtest import cohort_patients, run, run_mixed
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # `tools` is not installed
+from tools.demo import free_port, running_server
+from tools.loadtest import cohort_patients, run, run_mixed
+
 RESULTS = ROOT / "benchmarks" / "results" / "load.json"
 
 

@@ -3,7 +3,7 @@ included: a lazy import that closes a cycle is still a cycle a reader must untan
 
 from pathlib import Path
 
-from spinecast.serving.bento import imported
+from tools.bento import imported
 
 ROOT = Path(__file__).parents[1]
 PACKAGES = {

@@ -10,7 +10,7 @@ import yaml
 def test_bento_builds_without_torch_or_training_code(bentoml_home, tmp_path):
     env = {**os.environ, "BENTOML_HOME": str(bentoml_home)}
     done = subprocess.run(
-        [sys.executable, "-m", "spinecast.serving.bento", "--stage", str(tmp_path / "stage")],
+        [sys.executable, "-m", "tools.bento", "--stage", str(tmp_path / "stage")],
         env=env,
         capture_output=True,
         text=True,

@@ -9,7 +9,8 @@ import time
 
 import httpx
 import pytest
-from spinecast.serving.demo import free_port
+
+from tools.demo import free_port
 
 pytestmark = pytest.mark.container
 
@@ -17,7 +18,7 @@ pytestmark = pytest.mark.container
 def test_image_builds_without_torch_and_answers_predict(bentoml_home, tmp_path):
     env = {**os.environ, "BENTOML_HOME": str(bentoml_home)}
     subprocess.run(
-        [sys.executable, "-m", "spinecast.serving.bento", "--stage", str(tmp_path / "stage")],
+        [sys.executable, "-m", "tools.bento", "--stage", str(tmp_path / "stage")],
         env=env,
         check=True,
         capture_output=True,
@@ -28,7 +29,7 @@ def test_image_builds_without_torch_and_answers_predict(bentoml_home, tmp_path):
         [
             sys.executable,
             "-m",
-            "spinecast.serving.container",
+            "tools.container",
             "build",
             "--tag",
             tag,
@@ -42,7 +43,7 @@ def test_image_builds_without_torch_and_answers_predict(bentoml_home, tmp_path):
     built = json.loads(result.read_text())
     assert built["torch_in_image"] is False
 
-    from spinecast.serving.container import running
+    from tools.container import running
 
     port = free_port()
     with running(tag, port, log=tmp_path / "container.log"):

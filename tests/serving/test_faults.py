@@ -11,7 +11,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from spinecast.serving.demo import SERVICE, free_port, running_server
+
+from tools.demo import SERVICE, free_port, running_server
 
 PATIENT = {"patient_id": "F-1", "age": 58, "sex": "female", "clinical_note": "Leg pain. " * 20}
 

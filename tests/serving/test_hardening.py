@@ -13,7 +13,8 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 from PIL import Image, PngImagePlugin
-from spinecast.serving.demo import free_port, running_server
+
+from tools.demo import free_port, running_server
 
 KEY = "hardening-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}

@@ -5,8 +5,9 @@ at this test's ~50 requests/s on the tiny model the service's memory still grows
 import asyncio
 
 import pytest
-from spinecast.serving.demo import free_port, running_server
-from spinecast.serving.loadtest import cohort_patients, run
+
+from tools.demo import free_port, running_server
+from tools.loadtest import cohort_patients, run
 
 
 @pytest.mark.slow

@@ -1,6 +1,6 @@
 """`make bento`: build the Bento from the serving code and the model in the BentoML store.
 
-    .venv/bin/python -m spinecast.serving.bento [--stage build/bento]
+    .venv/bin/python -m tools.bento [--stage build/bento]
 
 Copies exactly the modules serving imports (`modules`: followed through the imports from the
 service and the batch CLI) into a staging folder, in the `spinecast.*` layout the service imports

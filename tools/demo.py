@@ -1,6 +1,6 @@
 """The end of `make demo`: serve the model, show one `curl` call to /predict and its answer, stop.
 
-    .venv/bin/python -m spinecast.serving.demo --cohort artifacts/demo/test/cohort.parquet [--port 3000]
+    .venv/bin/python -m tools.demo --cohort artifacts/demo/test/cohort.parquet [--port 3000]
 
 `running_server` starts `bentoml serve` as a subprocess and waits for `/readyz`; the integration
 tests use it too.

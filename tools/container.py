@@ -1,7 +1,7 @@
 """`make container`: the Bento as an OCI image, built and run without a Docker engine.
 
-    .venv/bin/python -m spinecast.serving.container build [--base IMAGE] [--tag spinecast:latest]
-    .venv/bin/python -m spinecast.serving.container run --tag spinecast:latest --port 3000
+    .venv/bin/python -m tools.container build [--base IMAGE] [--tag spinecast:latest]
+    .venv/bin/python -m tools.container run --tag spinecast:latest --port 3000
 
 `build` turns `spinecast:latest` of the BentoML store into an image with buildah (chroot
 isolation, vfs storage: no daemon, no privileges beyond root in this machine), from the Dockerfile
@@ -25,7 +25,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from .demo import stop
+from tools.demo import stop
 
 BASE = "localhost/spinecast-base:bookworm"
 DEBIAN = ("bookworm", "http://deb.debian.org/debian")

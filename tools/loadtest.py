@@ -1,6 +1,6 @@
 """A bounded load test of a running SpineCast service: asyncio clients, loopback or any URL.
 
-    .venv/bin/python -m spinecast.serving.loadtest --url http://127.0.0.1:3000 --cohort cohort.parquet \\
+    .venv/bin/python -m tools.loadtest --url http://127.0.0.1:3000 --cohort cohort.parquet \\
         [--seconds 60] [--concurrency 64] [--invalid 0.1] [--pid SERVER_PID] [--token KEY]
 
 `run_mixed` is the hostile mix of issue 15 (invalid kinds, large batches, slow clients, probes).
