@@ -148,14 +148,14 @@ def main() -> None:
         result["test_patients"] = len(frame)
         result["models"] = {
             name: {
-                "version": cards[name]["version"],
-                "config": cards[name]["config"],
+                "version": cards[name].version,
+                "config": cards[name].config,
                 "test_auroc": auroc(frame, p.run(arrays[name])["p_satisfied"]),
                 "onnx_mib": round((BUNDLES / name / "model.onnx").stat().st_size / 2**20, 1),
             }
             for name, p in predictors.items()
         }
-        result["student_card_distillation"] = cards["student"]["distillation"]
+        result["student_card_distillation"] = cards["student"].distillation
         for batch, rounds in ((1, args.rounds), (32, max(10, args.rounds // 5))):
             for name, timing in _latency(predictors, arrays, batch, rounds).items():
                 result["models"][name][f"batch_{batch}"] = timing

@@ -11,7 +11,6 @@ SHA256SUMS is refused.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Iterable
 from pathlib import Path
@@ -34,58 +33,8 @@ from spinecast.datasets.inputs import (
 from spinecast.datasets.schema import PATIENT_COLUMNS, TABULAR_COLUMNS
 from spinecast.datasets.sentences import SentenceWindow, load_tokenizer
 
-# model.onnx outputs: (B, 4) each in TREATMENTS order, but p_satisfied_members (B, K, 4)
-OUTPUTS = ("p_satisfied", "p_mcid", "odi_12m", "p_satisfied_members", "propensity")
-BUNDLE_FILES = ("model.onnx", "tokenizer.json", "features.json", "card.json")
-CHECKSUMS = "SHA256SUMS"
-
-
-class BundleError(RuntimeError):
-    """A model bundle that is missing, incomplete or altered; the message says which file."""
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def write_checksums(bundle: Path) -> None:
-    files = sorted(p for p in bundle.iterdir() if p.is_file() and p.name != CHECKSUMS)
-    (bundle / CHECKSUMS).write_text("".join(f"{sha256(p)}  {p.name}\n" for p in files))
-
-
-def verify_bundle(bundle: str | Path) -> Path:
-    """Check that the bundle holds every required file and that every file matches SHA256SUMS."""
-    bundle = Path(bundle)
-    if not bundle.is_dir():
-        raise BundleError(f"model bundle {bundle}: no such folder")
-    sums = bundle / CHECKSUMS
-    if not sums.is_file():
-        raise BundleError(
-            f"model bundle {bundle}: {CHECKSUMS} is missing; the bundle cannot be verified"
-        )
-    listed: dict[str, str] = {}
-    for line in sums.read_text().splitlines():
-        digest, _, name = line.partition("  ")
-        if len(digest) != 64 or not name:
-            raise BundleError(f"model bundle {bundle}: {CHECKSUMS} has a malformed line")
-        listed[name] = digest
-    for name in BUNDLE_FILES:
-        if name not in listed:
-            raise BundleError(f"model bundle {bundle}: {name} is not listed in {CHECKSUMS}")
-    for name, digest in listed.items():
-        path = bundle / name
-        if not path.is_file():
-            raise BundleError(f"model bundle {bundle}: {name} is missing")
-        if sha256(path) != digest:
-            raise BundleError(
-                f"model bundle {bundle}: {name} does not match its SHA-256 in {CHECKSUMS} "
-                "(altered or truncated); refusing to load it"
-            )
-    return bundle
+from . import bundle as bundle_format
+from .bundle import OUTPUTS, BundleError
 
 
 def session_options(threads: int | None = None) -> ort.SessionOptions:
@@ -121,27 +70,26 @@ class Predictor:
         batch_size: int = 32,
         keep_memory: bool = True,
     ):
-        self.bundle = verify_bundle(bundle)
-        self.card = json.loads((self.bundle / "card.json").read_text())
-        variants = self.card["variants"]
-        self.variant = variant or self.card["serve"]
-        if self.variant not in variants:
+        self.card = bundle_format.read(bundle)
+        self.bundle = Path(bundle)
+        self.variant = variant or self.card.serve
+        if self.variant not in self.card.variants:
             raise BundleError(
                 f"model bundle {self.bundle}: variant {self.variant!r} not in card.json "
-                f"(has {', '.join(variants)})"
+                f"(has {', '.join(self.card.variants)})"
             )
-        self.version: str = self.card["version"]
-        self.rule = DecisionRule.from_dict(self.card.get("decision"))
+        self.version: str = self.card.version
+        self.rule = DecisionRule.from_dict(self.card.decision)
         self.features = FeatureEncoding.from_dict(
-            json.loads((self.bundle / "features.json").read_text())
+            json.loads((self.bundle / bundle_format.FEATURES).read_text())
         )
-        self.tokenizer = load_tokenizer(self.bundle / "tokenizer.json")
-        limits = self.card["inputs"]
-        self.window = SentenceWindow(limits["max_sentences"], limits["max_tokens"])
-        self.image_size: int = limits["image_size"]
+        self.tokenizer = load_tokenizer(self.bundle / bundle_format.TOKENIZER)
+        limits = self.card.inputs
+        self.window = SentenceWindow(limits.max_sentences, limits.max_tokens)
+        self.image_size: int = limits.image_size
         self.batch_size = batch_size
         self.session = ort.InferenceSession(
-            str(self.bundle / variants[self.variant]["file"]),
+            str(self.bundle / self.card.variants[self.variant].file),
             session_options(threads),
             providers=["CPUExecutionProvider"],
         )

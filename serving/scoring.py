@@ -14,7 +14,8 @@ import pandas as pd
 import pyarrow as pa
 from spinecast.datasets import TREATMENTS
 
-from .predictor import OUTPUTS, Predictor, predictions
+from .bundle import OUTPUTS
+from .predictor import Predictor, predictions
 
 PROGRESS_ROWS = 256
 # per treatment: the model's outputs, then the rule's interval of p_satisfied (`Outcome` fields)

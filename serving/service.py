@@ -54,9 +54,11 @@ from starlette.applications import Starlette
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from . import bundle as bundle_format
 from . import edge
+from .bundle import BundleError
 from .capacity import Capacity, Once, Saturated
-from .predictor import BundleError, Predictor, verify_bundle
+from .predictor import Predictor
 from .schemas import (
     EXAMPLE_PATIENT,
     BatchRequest,
@@ -114,7 +116,7 @@ def _verified_bundle() -> Path:
             f"model {MODEL_TAG} is not in the BentoML model store; save one with "
             "`spinecast export --bentoml` (or set SPINECAST_MODEL)"
         ) from None
-    return verify_bundle(path)
+    return bundle_format.verify(path)
 
 
 BUNDLE = _verified_bundle()
@@ -479,7 +481,7 @@ class SpineCast:
     bundle = bentoml.models.BentoModel(MODEL_TAG)
 
     def __init__(self) -> None:
-        card = json.loads(Path(self.bundle.path, "card.json").read_text())
+        card = bundle_format.read(self.bundle.path).model_dump(mode="json")
         _card.update(card, input_schema=Patient.model_json_schema())
         self.calibrated = asyncio.Event()
 

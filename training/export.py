@@ -35,7 +35,9 @@ from sklearn.metrics import roc_auc_score
 from spinecast.datasets import TREATMENTS, load_cohort
 from spinecast.datasets.inputs import INPUTS, MODALITIES, model_inputs
 from spinecast.datasets.schema import COLUMN_BY_NAME, TREATMENT_INDEX
-from spinecast.serving.predictor import CHECKSUMS, OUTPUTS, Predictor, sha256, write_checksums
+from spinecast.serving import bundle
+from spinecast.serving.bundle import OUTPUTS, Card, Variant, sha256
+from spinecast.serving.predictor import Predictor
 from torch import nn
 
 from .data import SplitError, recorded_split, split_cohort
@@ -233,7 +235,7 @@ def export(
     eval_rows: int = 512,
     parity_rows: int = 64,
     max_auroc_drop: float = 0.005,
-) -> dict:
+) -> Card:
     """Write the bundle to `out`; return its card. Raises ExportError when parity or accuracy fail."""
     module = load_module(ckpt)
     net, text = module.net, module.net.config.text
@@ -242,49 +244,46 @@ def export(
     arrays = encode_for(module, frame)
 
     out.mkdir(parents=True, exist_ok=True)
-    for name in ("model.onnx", "model.int8.onnx", CHECKSUMS):
+    for name in (bundle.MODEL, bundle.MODEL_INT8, bundle.CHECKSUMS):
         (out / name).unlink(missing_ok=True)
     from spinecast.datasets.sentences import load_tokenizer
 
     from .model import resolve_pretrained
 
-    load_tokenizer(resolve_pretrained(text.pretrained)).save(str(out / "tokenizer.json"))
-    (out / "features.json").write_text(
+    load_tokenizer(resolve_pretrained(text.pretrained)).save(str(out / bundle.TOKENIZER))
+    (out / bundle.FEATURES).write_text(
         json.dumps(module.feature_encoding.to_dict(), indent=1) + "\n"
     )
     trace = {
         k: v[:2] for k, v in arrays.items()
     }  # parity below runs other records, batch sizes and lengths
-    to_onnx(net, model_inputs(trace), out / "model.onnx")
-    fused = optimize(out / "model.onnx", net) if optimize_graph else None
+    to_onnx(net, model_inputs(trace), out / bundle.MODEL)
+    fused = optimize(out / bundle.MODEL, net) if optimize_graph else None
 
     created = datetime.now(UTC)
-    card = {
-        "name": "spinecast",
-        "version": f"spinecast-{created:%Y%m%d}-{sha256(out / 'model.onnx')[:6]}",
-        "created": created.isoformat(timespec="seconds"),
-        "git_commit": _git_commit(),
-        "checkpoint": Path(ckpt).name,
-        "training_data": training_data,
-        "config": module.hparams["config"],
-        "modalities": list(MODALITIES),
-        "treatments": list(TREATMENTS),
-        "outputs": {k: "(batch, 4) in `treatments` order" for k in OUTPUTS}
-        | {
-            "p_satisfied_members": f"(batch, {net.config.members}, 4): each bootstrap member's p_satisfied"
-        },
-        "decision": module.decision_rule.to_dict(),
-        "inputs": {
+    card = Card(
+        version=f"spinecast-{created:%Y%m%d}-{sha256(out / bundle.MODEL)[:6]}",
+        created=created.isoformat(timespec="seconds"),
+        git_commit=_git_commit(),
+        checkpoint=Path(ckpt).name,
+        training_data=training_data,
+        config=module.hparams["config"],
+        modalities=list(MODALITIES),
+        treatments=list(TREATMENTS),
+        outputs={k: "(batch, 4) in `treatments` order" for k in OUTPUTS}
+        | {"p_satisfied_members": f"(batch, {net.config.members}, 4): each member's p_satisfied"},
+        decision=module.decision_rule.to_dict(),
+        inputs={
             "max_sentences": text.max_sentences,
             "max_tokens": text.max_tokens,
             "image_size": net.config.image.size,
             "max_text_chars": COLUMN_BY_NAME["clinical_note"].max_chars,
         },
-        "onnx": {"opset": OPSET, "graph_fusion": fused},
-        "variants": {"fp32": {"file": "model.onnx"}},
-        "serve": "fp32",
-    }
-    _write(out, card)
+        onnx={"opset": OPSET, "graph_fusion": fused},
+        variants={"fp32": Variant(file=bundle.MODEL)},
+        serve="fp32",
+    )
+    bundle.write(out, card)
 
     reference = predict(module, arrays)  # PyTorch, eval mode, full-width windows
     held = {k: v[2 : 2 + parity_rows] for k, v in arrays.items()}
@@ -297,7 +296,7 @@ def export(
         )
         for k in ("p_satisfied", "p_mcid", "p_satisfied_members", "propensity")
     )
-    card["parity"] = {
+    card.parity = {
         "max_abs_diff_probabilities": diff if np.isfinite(diff) else "non-finite",
         "tolerance": PARITY_TOLERANCE,
         "records": len(held["numeric"]),
@@ -306,7 +305,7 @@ def export(
         "passed": diff <= PARITY_TOLERANCE,
     }
     if not diff <= PARITY_TOLERANCE:
-        _write(out, card)
+        bundle.write(out, card)
         shown = f"by {diff:.2e}" if np.isfinite(diff) else "(NaN in a probability)"
         raise ExportError(
             f"ONNX Runtime differs from PyTorch {shown} "
@@ -314,23 +313,25 @@ def export(
         )
 
     fp32_auroc = auroc(frame, reference["p_satisfied"])
-    card["variants"]["fp32"].update(val_auroc=fp32_auroc, val_rows=len(frame))
+    card.variants["fp32"] = Variant(file=bundle.MODEL, val_auroc=fp32_auroc, val_rows=len(frame))
     if module.hparams.get("teacher"):
-        card["distillation"] = distillation(module, frame, fp32_auroc)
+        card.distillation = distillation(module, frame, fp32_auroc)
     if quantize_int8:
-        quantize(out / "model.onnx", out / "model.int8.onnx")
-        card["variants"]["int8"] = {"file": "model.int8.onnx"}
-        _write(out, card)
+        quantize(out / bundle.MODEL, out / bundle.MODEL_INT8)
+        card.variants["int8"] = Variant(file=bundle.MODEL_INT8)
+        bundle.write(out, card)
         int8 = Predictor(out, "int8").run(arrays)
         int8_auroc = auroc(frame, int8["p_satisfied"])
         drop = (
             (fp32_auroc - int8_auroc) if fp32_auroc is not None and int8_auroc is not None else None
         )
-        card["variants"]["int8"].update(val_auroc=int8_auroc, val_rows=len(frame), auroc_drop=drop)
+        card.variants["int8"] = Variant(
+            file=bundle.MODEL_INT8, val_auroc=int8_auroc, val_rows=len(frame), auroc_drop=drop
+        )
         if drop is None or drop > max_auroc_drop:
-            (out / "model.int8.onnx").unlink()
-            del card["variants"]["int8"]
-            _write(out, card)
+            (out / bundle.MODEL_INT8).unlink()
+            del card.variants["int8"]
+            bundle.write(out, card)
             shown = (
                 "unknown (the held-out records hold a single class)"
                 if drop is None
@@ -340,8 +341,8 @@ def export(
                 f"refused the INT8 model: validation AUROC drop {shown} exceeds {max_auroc_drop}; "
                 f"the fp32 bundle in {out} is complete and verified"
             )
-        card["serve"] = "int8"
-    _write(out, card)
+        card.serve = "int8"
+    bundle.write(out, card)
     return card
 
 
@@ -352,19 +353,18 @@ def save_to_bentoml(out: Path) -> str:
 
     import bentoml
     from bentoml.exceptions import NotFound
-    from spinecast.serving.predictor import verify_bundle
 
-    card = json.loads((verify_bundle(out) / "card.json").read_text())
-    tag = f"spinecast:{card['version']}"
+    card = bundle.read(out)
+    tag = f"spinecast:{card.version}"
     try:
         bentoml.models.delete(tag)  # a re-export of the same model replaces it
     except NotFound:
         pass
     metadata = {
-        "serve": card["serve"],
-        "created": card["created"],
-        "git_commit": card["git_commit"] or "",
-        **{f"val_auroc_{k}": v.get("val_auroc") for k, v in card["variants"].items()},
+        "serve": card.serve,
+        "created": card.created,
+        "git_commit": card.git_commit or "",
+        **{f"val_auroc_{k}": v.val_auroc for k, v in card.variants.items()},
     }
     with bentoml.models.create(
         tag, labels={"framework": "onnxruntime", "project": "spinecast"}, metadata=metadata
@@ -372,11 +372,6 @@ def save_to_bentoml(out: Path) -> str:
         for path in out.iterdir():
             shutil.copy2(path, model.path_of(path.name))
     return tag
-
-
-def _write(out: Path, card: dict) -> None:
-    (out / "card.json").write_text(json.dumps(card, indent=1) + "\n")
-    write_checksums(out)
 
 
 def main(argv: list[str]) -> int:
@@ -421,7 +416,7 @@ def main(argv: list[str]) -> int:
     except ExportError as err:
         print(f"spinecast export: {err}")
         return 1
-    print(json.dumps({k: card[k] for k in ("version", "variants", "serve", "parity")}, indent=1))
+    print(card.model_dump_json(include={"version", "variants", "serve", "parity"}, indent=1))
     print(f"Bundle: {args.out}")
     if args.bentoml:
         print(f"BentoML model: {save_to_bentoml(args.out)}")

@@ -13,7 +13,8 @@ import pandas as pd
 import pytest
 from spinecast.datasets import CohortError, load_cohort
 from spinecast.datasets.inputs import INPUTS
-from spinecast.serving.predictor import BundleError, Predictor
+from spinecast.serving.bundle import BundleError
+from spinecast.serving.predictor import Predictor
 from spinecast.training.export import ExportError, export
 from spinecast.training.inference import encode_for, load_module, predict
 
@@ -165,6 +166,23 @@ def test_predictor_never_imports_torch(bundle):
     assert done.stdout.strip() == "[]"
 
 
+def test_the_card_is_typed_keeps_keys_it_does_not_know_and_refuses_a_wrong_one(bundle, tmp_path):
+    from spinecast.serving import bundle as bundle_format
+
+    copy = shutil.copytree(bundle, tmp_path / "card")
+    card = bundle_format.read(copy)
+    card.serve_note = "added by a later release"  # an unknown key round-trips
+    bundle_format.write(copy, card)
+    assert bundle_format.read(copy).serve_note == "added by a later release"
+    assert Predictor(copy).version == card.version
+    raw = json.loads((copy / "card.json").read_text())
+    raw["serve"] = "fp16"  # a variant the card does not list
+    (copy / "card.json").write_text(json.dumps(raw))
+    bundle_format.write(copy, bundle_format.Card.model_construct(**raw))  # checksums match again
+    with pytest.raises(BundleError, match="card.json is not a valid card.*fp16"):
+        bundle_format.read(copy)
+
+
 @pytest.mark.parametrize("damage", ["tamper", "truncate", "delete", "no_sums"])
 def test_damaged_bundle_is_refused(bundle, tmp_path, damage):
     copy = shutil.copytree(bundle, tmp_path / "bundle")
@@ -191,8 +209,8 @@ def test_optimized_and_quantized_variants_run_and_are_gated(checkpoint, tmp_path
     assert not [
         r for r in caplog.records if r.name == "root"
     ]  # the quantizer's expected warnings are hushed
-    assert card["serve"] == "int8" and card["onnx"]["graph_fusion"]
-    assert card["parity"]["passed"]  # the fused fp32 graph still matches PyTorch
+    assert card.serve == "int8" and card.onnx["graph_fusion"]
+    assert card.parity["passed"]  # the fused fp32 graph still matches PyTorch
     # One copy of the text encoder in the graph (note and report run through it together): no
     # weight is stored twice (small constants may be).
     tensors = collections.Counter(
@@ -204,7 +222,7 @@ def test_optimized_and_quantized_variants_run_and_are_gated(checkpoint, tmp_path
     assert Predictor(out).variant == "int8" and all(
         0 <= o["p_satisfied"] <= 1 for p in int8 for o in p["outcomes"]
     )
-    assert abs(card["variants"]["int8"]["auroc_drop"]) < 0.1
+    assert abs(card.variants["int8"].auroc_drop) < 0.1
 
     strict = tmp_path / "strict"
     with pytest.raises(ExportError, match="refused the INT8 model"):
@@ -291,7 +309,7 @@ def test_export_without_the_training_cohort_asks_for_data(checkpoint, tmp_path, 
     with pytest.raises(ExportError, match="--data"):
         export(moved, tmp_path / "b")
     card = export(moved, tmp_path / "b", data=small_cohort / "cohort.parquet", eval_rows=80)
-    assert card["parity"]["passed"] and card["variants"]["fp32"]["val_rows"] == 80
+    assert card.parity["passed"] and card.variants["fp32"].val_rows == 80
 
 
 def test_records_already_checked_by_the_api_schema_predict_the_same(bundle, records):
