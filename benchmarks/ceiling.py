@@ -22,9 +22,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from sklearn.ensemble import HistGradientBoostingClassifier
-from sklearn.metrics import roc_auc_score
 from spinecast.datasets.schema import TREATMENTS
-from spinecast.datasets.synth.card import FACTS, expected_auroc
+from spinecast.datasets.synth.card import FACTS
 from spinecast.datasets.synth.cohort import (
     NOTE_MISSING,
     REPORT_MISSING,
@@ -36,6 +35,9 @@ from spinecast.datasets.synth.outcomes import observe, potential_outcomes
 from spinecast.datasets.synth.state import sample_state
 from spinecast.datasets.synth.text import write_note, write_report
 from threadpoolctl import threadpool_limits
+
+from spinecast.metrics import auroc as score_auroc
+from spinecast.metrics import expected_auroc
 
 RESULTS = Path(__file__).parent / "results" / "ceiling.json"
 N, N_TRAIN = 10_000, 8_000
@@ -95,8 +97,8 @@ def fit(
     test = x.iloc[N_TRAIN:]
     with threadpool_limits(1):
         model.fit(pd.concat([x, arms], axis=1).iloc[:N_TRAIN], y[:N_TRAIN])
-        auroc = roc_auc_score(
-            y[N_TRAIN:], model.predict_proba(pd.concat([test, arms.iloc[N_TRAIN:]], axis=1))[:, 1]
+        auroc = score_auroc(
+            model.predict_proba(pd.concat([test, arms.iloc[N_TRAIN:]], axis=1))[:, 1], y[N_TRAIN:]
         )
         under = np.stack(
             [
@@ -144,7 +146,7 @@ def main() -> None:
         "train": N_TRAIN,
         "test": N - N_TRAIN,
         "bayes_auroc_expected": round(expected_auroc(p_test), 4),
-        "bayes_auroc_on_labels": round(float(roc_auc_score(y[N_TRAIN:], p_test)), 4),
+        "bayes_auroc_on_labels": round(score_auroc(p_test, y[N_TRAIN:]), 4),
         "gradient_boosting_full_state": fit(full, *args),
         "gradient_boosting_chart_facts": fit(chart, *args),
     }

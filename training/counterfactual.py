@@ -30,6 +30,8 @@ import pandas as pd
 from sklearn.model_selection import KFold
 from spinecast.datasets.schema import DIAGNOSES, TREATMENT_INDEX, TREATMENTS
 
+from spinecast.metrics import as_float, calibration_error
+
 from .baselines import TextFields, logistic, t_learner, treatment_index
 
 SURGICAL = tuple(TREATMENTS.index(t) for t in ("decompression", "fusion"))
@@ -41,12 +43,6 @@ CALIBRATION_BINS = 10
 PROPENSITY_CLIP = 0.01  # AIPW weights at most 100: one patient cannot carry the estimate
 SUPPORT_FLOOR = 0.05
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
-
-
-def as_float(x) -> float | None:
-    """A plain float for JSON, None for NaN."""
-    x = float(x)
-    return None if np.isnan(x) else x
 
 
 # ----------------------------------------------------------------------------- against the truth
@@ -66,7 +62,7 @@ def truth_metrics(
     out: dict = {}
     for t, name in enumerate(TREATMENTS):
         out[f"cf_rmse_{name}"] = as_float(np.sqrt(np.mean((predicted[:, t] - true_p[:, t]) ** 2)))
-        out[f"cf_ece_{name}"] = calibration_error(predicted[:, t], true_p[:, t])
+        out[f"cf_ece_{name}"] = calibration_error(predicted[:, t], true_p[:, t], CALIBRATION_BINS)
     out["cf_rmse"] = as_float(np.mean([out[f"cf_rmse_{t}"] for t in TREATMENTS]))
     out["cf_ece"] = as_float(np.mean([out[f"cf_ece_{t}"] for t in TREATMENTS]))
     out.update(policy_truth(true_p, best, observed, recommended))
@@ -117,21 +113,6 @@ def surgery_errors(true_p: np.ndarray, recommended: np.ndarray) -> dict:
         "unnecessary_surgery": as_float(unnecessary.mean()),
         "missed_benefit": as_float(missed.mean()),
     }
-
-
-def calibration_error(
-    predicted: np.ndarray, true_p: np.ndarray, bins: int = CALIBRATION_BINS
-) -> float | None:
-    """ECE against the truth: equal-width bins of the prediction, |mean predicted - mean true P|
-    weighted by the bin's share of patients."""
-    if len(predicted) == 0:
-        return None
-    which = np.clip((predicted * bins).astype(int), 0, bins - 1)
-    gap = sum(
-        abs(predicted[which == b].mean() - true_p[which == b].mean()) * np.mean(which == b)
-        for b in np.unique(which)
-    )
-    return as_float(gap)
 
 
 def by_diagnosis(

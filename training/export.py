@@ -31,7 +31,6 @@ import numpy as np
 import onnx
 import pandas as pd
 import torch
-from sklearn.metrics import roc_auc_score
 from spinecast.datasets import TREATMENTS, load_cohort
 from spinecast.datasets.inputs import INPUTS, MODALITIES, model_inputs
 from spinecast.datasets.schema import COLUMN_BY_NAME, TREATMENT_INDEX
@@ -39,6 +38,8 @@ from spinecast.serving import bundle
 from spinecast.serving.bundle import OUTPUTS, Card, Variant, sha256
 from spinecast.serving.predictor import Predictor
 from torch import nn
+
+from spinecast.metrics import observed_auroc
 
 from .data import SplitError, recorded_split, split_cohort
 from .inference import encode_for, load_module, predict
@@ -182,12 +183,9 @@ def held_out(ckpt: Path, data: Path | None) -> tuple[pd.DataFrame, dict]:
 
 def auroc(frame: pd.DataFrame, p_satisfied: np.ndarray) -> float | None:
     """AUROC of `satisfied` against the predicted P(satisfied) of the treatment each patient got."""
-    labeled = frame["satisfied"].notna().to_numpy()
-    given = frame["treatment"].map(TREATMENT_INDEX).to_numpy()[labeled].astype(int)
-    y = frame["satisfied"].to_numpy()[labeled].astype(int)
-    if len(np.unique(y)) < 2:
-        return None
-    return float(roc_auc_score(y, p_satisfied[labeled][np.arange(len(y)), given]))
+    return observed_auroc(
+        p_satisfied, frame["treatment"].map(TREATMENT_INDEX).to_numpy(), frame["satisfied"]
+    )
 
 
 def distillation(student, frame: pd.DataFrame, student_auroc: float | None) -> dict:

@@ -25,24 +25,18 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 from matplotlib.figure import Figure
 from sklearn.calibration import calibration_curve
-from sklearn.metrics import brier_score_loss, roc_curve
+from sklearn.metrics import roc_curve
 from spinecast.datasets import mcid
 from spinecast.datasets.decision import DecisionRule
 from spinecast.datasets.schema import COLUMN_BY_NAME, DIAGNOSES, TREATMENTS
-from spinecast.datasets.synth.card import auroc as rank_auroc
-from spinecast.datasets.synth.card import expected_auroc
-from torchmetrics.functional.classification import (
-    binary_auroc,
-    binary_average_precision,
-    binary_calibration_error,
-)
+
+from spinecast.metrics import ECE_BINS, as_float, binary_metrics, expected_auroc
+from spinecast.metrics import auroc as _auroc
 
 from .baselines import treatment_index
 from .counterfactual import aligned_truth
-from .counterfactual import as_float as _num
 from .model import MODALITIES
 from .recommendation import (
     HEADS_KEYS,
@@ -56,32 +50,11 @@ from .recommendation import (
 from .recommendation import fmt as _f
 
 OUTCOME_KEYS = ("p_satisfied", "p_mcid", "odi_12m")
-ECE_BINS = 15
+
 AGE_BANDS = ((18, 40, "<40"), (40, 60, "40-59"), (60, 75, "60-74"), (75, 200, "75+"))
 
 
 # ----------------------------------------------------------------------------- metrics
-
-
-def binary_metrics(p: np.ndarray, y: np.ndarray) -> dict[str, float | None]:
-    """AUROC, AUPRC, Brier score and 15-bin ECE; AUROC and AUPRC are None with a single class."""
-    if len(y) == 0:
-        return {"auroc": None, "auprc": None, "brier": None, "ece": None}
-    preds, target = torch.as_tensor(p, dtype=torch.float64), torch.as_tensor(y, dtype=torch.long)
-    both = 0 < y.sum() < len(y)
-    return {
-        "auroc": _num(binary_auroc(preds, target)) if both else None,
-        "auprc": _num(binary_average_precision(preds, target)) if both else None,
-        "brier": _num(brier_score_loss(y, p)),
-        "ece": _num(binary_calibration_error(preds, target, n_bins=ECE_BINS, norm="l1")),
-    }
-
-
-def _auroc(p: np.ndarray, y: np.ndarray) -> float | None:
-    if not 0 < y.sum() < len(y):
-        return None
-    preds, target = torch.as_tensor(p, dtype=torch.float64), torch.as_tensor(y, dtype=torch.long)
-    return _num(binary_auroc(preds, target))
 
 
 def evaluate_predictions(
@@ -108,7 +81,7 @@ def evaluate_predictions(
     metrics["counts"] = {
         "patients": len(test),
         "labeled": int(labeled.sum()),
-        "satisfied_rate": _num(y.mean()) if len(y) else None,
+        "satisfied_rate": as_float(y.mean()) if len(y) else None,
     }
     metrics.update(_secondary_outcomes(test, outcomes, observed))
     if ablations:
@@ -145,7 +118,7 @@ def _secondary_outcomes(test: pd.DataFrame, outcomes: dict, observed: np.ndarray
         actual = test["odi_12m"].astype(float).to_numpy()
         present = ~np.isnan(actual)
         error = outcomes["odi_12m"][rows, observed][present] - actual[present]
-        out["test/odi_rmse"] = _num(np.sqrt(np.mean(error**2))) if present.any() else None
+        out["test/odi_rmse"] = as_float(np.sqrt(np.mean(error**2))) if present.any() else None
         out["test/odi_n"] = int(present.sum())
     return out
 
@@ -176,7 +149,7 @@ def _subgroups(test: pd.DataFrame, p: np.ndarray, labeled: np.ndarray) -> list[d
     for field, value, member in groups:
         keep = member & labeled
         y = satisfied[keep]
-        rate = _num(y.mean()) if keep.any() else None
+        rate = as_float(y.mean()) if keep.any() else None
         rows.append(
             {
                 "field": field,
@@ -202,7 +175,7 @@ def _bayes_ceiling(
     p_given = true_p[np.arange(len(test)), observed][labeled]  # (n_labeled,)
     both = 0 < y.sum() < len(y)
     bayes = expected_auroc(p_given) if both else None
-    on_labels = rank_auroc(p_given, y) if both else None
+    on_labels = _auroc(p_given, y) if both else None
     return {
         "test/bayes_auroc": bayes,
         "test/bayes_auroc_on_labels": on_labels,

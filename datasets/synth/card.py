@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from spinecast.metrics import auroc, expected_auroc
+
 from ..schema import COLUMNS, MCID_ODI_POINTS, TREATMENTS
 from .outcomes import INDICATION, POSITIVITY, assignment_probabilities
 
@@ -40,23 +42,6 @@ NO_POSITIVITY = (
     "**Positivity is not guaranteed**: positivity = 0, so a treatment can be practically "
     "impossible for some patients; estimates of its effect there are extrapolation."
 )
-
-
-def expected_auroc(p: np.ndarray) -> float:
-    """AUROC of the true probabilities, in expectation over the label draw (the Bayes ceiling)."""
-    p = np.sort(np.asarray(p, dtype=float))
-    neg = 1.0 - p
-    below = np.cumsum(neg) - neg  # expected negatives scored lower than each patient
-    pairs = p.sum() * neg.sum() - (p * neg).sum()
-    return float((p * below).sum() / pairs)
-
-
-def auroc(scores: np.ndarray, labels: np.ndarray) -> float:
-    """Rank-based (Mann-Whitney) AUROC, ties counted as half."""
-    ranks = pd.Series(scores).rank(method="average").to_numpy()
-    labels = np.asarray(labels, dtype=bool)
-    n_pos, n_neg = labels.sum(), (~labels).sum()
-    return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
 def text_only_facts(state: pd.DataFrame, cohort: pd.DataFrame, in_text: dict[str, list]) -> dict:

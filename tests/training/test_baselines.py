@@ -7,8 +7,9 @@ import pytest
 from spinecast.datasets import load_cohort
 from spinecast.datasets.schema import TREATMENTS
 from spinecast.datasets.synth import generate
-from spinecast.datasets.synth.card import auroc
 from spinecast.training.baselines import BASELINES, baseline_predictions
+
+from spinecast.metrics import auroc
 
 
 @pytest.fixture(scope="module")

@@ -14,9 +14,10 @@ from spinecast.datasets import load_cohort
 from spinecast.datasets.decision import DecisionRule
 from spinecast.datasets.schema import TREATMENTS
 from spinecast.datasets.synth import generate
-from spinecast.datasets.synth.card import auroc, expected_auroc
 from spinecast.training.recommendation import recommendation_table
 from spinecast.training.report import evaluate_predictions, write_report
+
+from spinecast.metrics import auroc, expected_auroc
 
 P_COLUMNS = [f"p_satisfied_{t}" for t in TREATMENTS]
 ACCEPTANCE = [
