@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .ids import UniqueIds
 from .schema import COLUMN_BY_NAME, COLUMNS, IMAGE_SUFFIXES, MCID_ODI_POINTS, Column
 
 SUFFIXES = (".parquet", ".csv", ".jsonl")
@@ -244,9 +245,8 @@ def _check_column(raw: pd.Series, col: Column, training: bool, base_dir: Path | 
         problems.append((rows, col, rule, [_show(obj.iloc[r], col) for r in rows[:MAX_LISTED]]))
 
     if col.kind == "id":
-        dup = values.duplicated(keep="first") & values.notna()
-        if dup.any():
-            rows = np.flatnonzero(dup)
+        rows = UniqueIds().add(values)
+        if len(rows):
             problems.append(
                 (
                     rows,

@@ -32,6 +32,7 @@ from spinecast.datasets import (
     typed_format,
     validate_frame,
 )
+from spinecast.datasets.ids import UniqueIds
 from tqdm import tqdm
 
 from .predictor import Predictor
@@ -47,7 +48,7 @@ def score_file(
 ) -> dict:
     """Score every row of `src` into `dst` (Parquet); return counts, seconds and peak memory."""
     src, dst = Path(src), Path(dst)
-    start, done, seen = time.perf_counter(), 0, set()
+    start, done, seen = time.perf_counter(), 0, UniqueIds()
     dst.parent.mkdir(parents=True, exist_ok=True)
     partial = dst.with_name(dst.name + ".partial")  # a failed run never leaves a half-written `dst`
     bar = tqdm(total=_rows(src), unit="patients", disable=not progress, file=sys.stderr)
@@ -76,24 +77,15 @@ def score_file(
     }
 
 
-def _check_unique(ids, seen: set[int], source: str, offset: int) -> None:
-    """patient_id must be unique in the whole file, across chunks (kept as 64-bit hashes)."""
-    for i, patient_id in enumerate(ids.tolist()):
-        key = hash(patient_id)
-        if key in seen:
-            raise CohortError(
-                source,
-                [
-                    Violation(
-                        source,
-                        offset + i + 1,
-                        "patient_id",
-                        "must be unique in the file",
-                        "an earlier row's id",
-                    )
-                ],
-            )
-        seen.add(key)
+def _check_unique(ids, seen: UniqueIds, source: str, offset: int) -> None:
+    """patient_id must be unique in the whole file, across chunks."""
+    repeated = seen.add(ids)
+    if len(repeated):
+        row = offset + int(repeated[0]) + 1
+        problem = Violation(
+            source, row, "patient_id", "must be unique in the file", "an earlier row's id"
+        )
+        raise CohortError(source, [problem])
 
 
 def main(argv: list[str]) -> int:

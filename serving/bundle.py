@@ -23,8 +23,6 @@ FEATURES = "features.json"
 CARD = "card.json"
 CHECKSUMS = "SHA256SUMS"
 REQUIRED = (MODEL, TOKENIZER, FEATURES, CARD)
-# The graph's outputs: (B, 4) each in TREATMENTS order, but p_satisfied_members (B, K, 4).
-OUTPUTS = ("p_satisfied", "p_mcid", "odi_12m", "p_satisfied_members", "propensity")
 
 
 class BundleError(RuntimeError):

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import shutil
 import time
-from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +34,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 from spinecast.datasets import CohortError, Violation, typed_format, validate_frame
+from spinecast.datasets.ids import UniqueIds
 from spinecast.datasets.io import SUFFIXES, jsonl_frames
 from spinecast.datasets.schema import COLUMNS
 
@@ -231,19 +231,13 @@ def _count(folder: Path, source: str) -> int:
 
 def _check_unique(folder: Path, source: str) -> None:
     """patient_id must be unique across the cohort, or joins on it go wrong. Reads only the ids of
-    the output, as 64-bit hashes (8 bytes a patient on the driver; a Ray groupby costs seconds of
-    shuffle actors even for a small cohort); ids whose hashes clash are then compared exactly."""
-    files = sorted(folder.glob("*.parquet"))
-    hashes = np.sort(np.concatenate([pd.util.hash_array(_ids(f)) for f in files]))
-    clash = np.unique(hashes[1:][hashes[1:] == hashes[:-1]])
-    if len(clash) == 0:
-        return
-    counts = Counter()
-    for f in files:
+    the output, file by file, on the driver (8 bytes a patient; a Ray groupby costs seconds of
+    shuffle actors even for a small cohort)."""
+    seen, repeated = UniqueIds(), []
+    for f in sorted(folder.glob("*.parquet")):
         ids = _ids(f)
-        counts.update(ids[np.isin(pd.util.hash_array(ids), clash)].tolist())
-    dup = [(patient_id, n) for patient_id, n in counts.items() if n > 1][:SHOWN]
-    if dup:
+        repeated += ids[seen.add(ids)].tolist()
+    if repeated:
         raise CohortError(
             source,
             [
@@ -252,9 +246,9 @@ def _check_unique(folder: Path, source: str) -> None:
                     f"patient_id={patient_id}",
                     "patient_id",
                     "must be unique in the cohort",
-                    f"{n} rows with this id",
+                    "an id another row has",
                 )
-                for patient_id, n in dup
+                for patient_id in dict.fromkeys(repeated[:SHOWN])
             ],
         )
 

@@ -24,6 +24,7 @@ from spinecast.datasets.features import FeatureEncoding
 from spinecast.datasets.inputs import (
     INPUTS,
     MODALITIES,
+    OUTPUTS,
     TEXTS,
     encode_inputs,
     model_inputs,
@@ -34,7 +35,7 @@ from spinecast.datasets.schema import PATIENT_COLUMNS, TABULAR_COLUMNS
 from spinecast.datasets.sentences import SentenceWindow, load_tokenizer
 
 from . import bundle as bundle_format
-from .bundle import OUTPUTS, BundleError
+from .bundle import BundleError
 
 
 def session_options(threads: int | None = None) -> ort.SessionOptions:

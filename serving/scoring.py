@@ -13,20 +13,13 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 from spinecast.datasets import TREATMENTS
+from spinecast.datasets.inputs import OUTCOMES, OUTPUTS
 
-from .bundle import OUTPUTS
 from .predictor import Predictor, predictions
 
 PROGRESS_ROWS = 256
 # per treatment: the model's outputs, then the rule's interval of p_satisfied (`Outcome` fields)
-TABLE_OUTPUTS = (
-    "p_satisfied",
-    "p_mcid",
-    "odi_12m",
-    "propensity",
-    "p_satisfied_low",
-    "p_satisfied_high",
-)
+TABLE_OUTPUTS = (*OUTCOMES, "propensity", "p_satisfied_low", "p_satisfied_high")
 SCHEMA = pa.schema(
     [
         ("patient_id", pa.string()),

@@ -50,6 +50,7 @@ from pathlib import Path
 import aiohttp
 import bentoml
 from bentoml.exceptions import InvalidArgument, ServiceUnavailable
+from spinecast.datasets.ids import UniqueIds
 from starlette.applications import Starlette
 from starlette.responses import JSONResponse
 from starlette.routing import Route
@@ -140,11 +141,9 @@ async def _checked(patients: list[Patient], batch: bool) -> list[dict]:
     per-patient schema cannot state, each a 400 naming field and rule: patient_id unique within a
     batch, and images that decode within the pixel limits (in a thread: never on the event loop)."""
     records = [p.model_dump() for p in patients]
-    seen: set[str] = set()
     problems = [
-        (_field(batch, i, "patient_id"), "must be unique in the batch")
-        for i, r in enumerate(records)
-        if r["patient_id"] in seen or seen.add(r["patient_id"])
+        (_field(batch, int(i), "patient_id"), "must be unique in the batch")
+        for i in UniqueIds().add(r["patient_id"] for r in records)
     ]
     if any(r["mri_image"] for r in records):
         found = await asyncio.get_running_loop().run_in_executor(

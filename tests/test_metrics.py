@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 import torch
 from sklearn.metrics import average_precision_score, brier_score_loss, roc_auc_score
-from spinecast.metrics import auroc, average_precision, binary_metrics, calibration_error
 from torchmetrics.classification import BinaryAUROC, BinaryAveragePrecision, BinaryCalibrationError
+
+from spinecast.metrics import auroc, average_precision, binary_metrics, calibration_error
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from spinecast.datasets.inputs import OUTCOMES
 
 from .inference import encode_for, load_module, predict
 
@@ -44,4 +45,4 @@ def soft_targets(teacher: str | Path, frame: pd.DataFrame) -> dict[str, np.ndarr
     if torch.cuda.is_available():
         module.cuda()
     outcomes = predict(module, encode_for(module, frame))
-    return {f"teacher_{k}": outcomes[k] for k in ("p_satisfied", "p_mcid", "odi_12m")}
+    return {f"teacher_{k}": outcomes[k] for k in OUTCOMES}

@@ -32,10 +32,10 @@ import onnx
 import pandas as pd
 import torch
 from spinecast.datasets import TREATMENTS, load_cohort
-from spinecast.datasets.inputs import INPUTS, MODALITIES, model_inputs
+from spinecast.datasets.inputs import INPUTS, MODALITIES, OUTPUTS, model_inputs
 from spinecast.datasets.schema import COLUMN_BY_NAME, TREATMENT_INDEX
 from spinecast.serving import bundle
-from spinecast.serving.bundle import OUTPUTS, Card, Variant, sha256
+from spinecast.serving.bundle import Card, Variant, sha256
 from spinecast.serving.predictor import Predictor
 from torch import nn
 

@@ -15,7 +15,7 @@ import pandas as pd
 import torch
 from spinecast.datasets import mcid
 from spinecast.datasets.features import FeatureEncoding
-from spinecast.datasets.inputs import INPUTS, encode_inputs
+from spinecast.datasets.inputs import INPUTS, OUTPUTS, encode_inputs
 from spinecast.datasets.schema import TREATMENT_INDEX
 from spinecast.datasets.sentences import SentenceWindow, load_tokenizer
 from torch.utils.data import DataLoader, Dataset
@@ -79,9 +79,6 @@ def encode_for(module: SpineCastModule, frame: pd.DataFrame) -> dict[str, np.nda
     )
 
 
-PREDICTIONS = ("p_satisfied", "p_mcid", "odi_12m", "p_satisfied_members", "propensity")
-
-
 @torch.no_grad()
 def predict(
     module: SpineCastModule, arrays: dict[str, np.ndarray], batch_size: int = 256
@@ -91,4 +88,4 @@ def predict(
     parts: list[tuple[torch.Tensor, ...]] = []
     for batch in DataLoader(ArrayDataset({k: arrays[k] for k in INPUTS}), batch_size=batch_size):
         parts.append(module.net.probabilities(*(batch[k].to(module.device) for k in INPUTS)))
-    return {k: torch.cat(v).float().cpu().numpy() for k, v in zip(PREDICTIONS, zip(*parts))}
+    return {k: torch.cat(v).float().cpu().numpy() for k, v in zip(OUTPUTS, zip(*parts))}

@@ -30,6 +30,7 @@ from sklearn.calibration import calibration_curve
 from sklearn.metrics import roc_curve
 from spinecast.datasets import mcid
 from spinecast.datasets.decision import DecisionRule
+from spinecast.datasets.inputs import OUTCOMES
 from spinecast.datasets.schema import COLUMN_BY_NAME, DIAGNOSES, TREATMENTS
 
 from spinecast.metrics import ECE_BINS, as_float, binary_metrics, expected_auroc
@@ -48,8 +49,6 @@ from .recommendation import (
     write_plots,
 )
 from .recommendation import fmt as _f
-
-OUTCOME_KEYS = ("p_satisfied", "p_mcid", "odi_12m")
 
 AGE_BANDS = ((18, 40, "<40"), (40, 60, "40-59"), (60, 75, "60-74"), (75, 200, "75+"))
 
@@ -200,9 +199,7 @@ def _check_predictions(
         )
     # label -> (array, expected shape, is a probability)
     arrays = {
-        f"outcomes[{k!r}]": (outcomes[k], shape, k != "odi_12m")
-        for k in OUTCOME_KEYS
-        if k in outcomes
+        f"outcomes[{k!r}]": (outcomes[k], shape, k != "odi_12m") for k in OUTCOMES if k in outcomes
     }
     arrays.update({f"ablations[{k!r}]": (v, shape, True) for k, v in (ablations or {}).items()})
     arrays.update({f"baselines[{k!r}]": (v, shape, True) for k, v in (baselines or {}).items()})

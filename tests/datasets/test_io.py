@@ -214,3 +214,12 @@ def test_csv_cells_are_text_and_are_parsed(folder):
     path = _write(folder, [_record(1, asa_class="3", diabetes="yes")], ".csv")
     frame = load_cohort(path)
     assert frame["asa_class"].iloc[0] == 3 and bool(frame["diabetes"].iloc[0]) is True
+
+
+def test_unique_ids_find_repeats_within_a_chunk_and_across_chunks():
+    from spinecast.datasets.ids import UniqueIds
+
+    seen = UniqueIds()
+    assert seen.add(["A-1", None, "A-2", "A-1", None]).tolist() == [3]  # missing ids never repeat
+    assert seen.add(pd.Series(["A-3", "A-2"], index=[7, 9])).tolist() == [1]  # an earlier chunk's
+    assert seen.add(["A-4"]).tolist() == []
