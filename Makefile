@@ -64,7 +64,7 @@ bento: $(STAMP)
 container: $(STAMP)
 	$(BIN)/python -m tools.container build --out benchmarks/results/container.json
 
-# Builds the Bento and the image of a tiny model and calls /predict inside it (not in `make test`: minutes, root).
+# Builds the Bento and the image of a tiny model and calls /predict inside it (minutes, root; `make test` runs it too).
 container-test: $(STAMP)
 	$(BIN)/pytest -m container
 

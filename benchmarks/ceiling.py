@@ -86,8 +86,9 @@ def chart_facts(state: pd.DataFrame, cohort: pd.DataFrame, seed: int, rng) -> pd
 def fit(
     x: pd.DataFrame, treatment: pd.Series, y: np.ndarray, true_p: np.ndarray, given: np.ndarray
 ) -> dict:
-    """Test AUROC of one gradient-boosting fit (treatment as a feature, an S-learner), and the share of
-    the oracle's gain over the observed treatments that recommending its best treatment captures."""
+    """Test AUROC of one gradient-boosting fit (treatment as a feature, an S-learner), and the
+    share of the oracle's gain over the observed treatments that recommending its best treatment
+    captures."""
     arms = pd.get_dummies(pd.Categorical(treatment, categories=TREATMENTS), dtype=float).set_axis(
         x.index
     )

@@ -1,4 +1,5 @@
-"""Distillation benchmark: the fast student (configs/distill.yaml) against its teacher (default.yaml).
+"""Distillation benchmark: the fast student (configs/distill.yaml) against its teacher
+(default.yaml).
 
     .venv/bin/python benchmarks/distill.py [--teacher best.ckpt] [--patients 6000] [--epochs 10]
 

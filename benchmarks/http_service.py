@@ -35,7 +35,6 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-import pandas as pd
 import psutil
 from spinecast.datasets.synth import generate
 from spinecast.serving.predictor import Predictor
@@ -43,21 +42,9 @@ from spinecast.serving.predictor import Predictor
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # `tools` is not installed
 from tools.demo import free_port, running_server
+from tools.loadtest import cohort_patients
 
 RESULTS = ROOT / "benchmarks" / "results"
-
-
-def _patients(folder: Path, n: int) -> list[dict]:
-    frame = (
-        pd.read_parquet(folder / "cohort.parquet").head(n).drop(columns=["satisfied", "odi_12m"])
-    )
-    out = []
-    for row in frame.to_dict("records"):
-        p = {k: (v.item() if hasattr(v, "item") else v) for k, v in row.items() if not pd.isna(v)}
-        if "mri_image" in p:
-            p["mri_image"] = base64.b64encode((folder / p["mri_image"]).read_bytes()).decode()
-        out.append(p)
-    return out
 
 
 async def _load(url: str, patients: list[dict], concurrency: int, total: int) -> dict:
@@ -111,7 +98,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         generate(200, seed=202, out=work / "cohort")
-        patients = _patients(work / "cohort", 200)
+        patients = cohort_patients(work / "cohort" / "cohort.parquet", 200)
         env = {
             "BENTOML_HOME": str(work / "bentoml"),
             "SPINECAST_ORT_THREADS": "2",

@@ -1,6 +1,7 @@
 """Load and soak benchmark: 60 s at concurrency 64 with 10 % invalid requests, on the real model.
 
-    .venv/bin/python benchmarks/load.py [--bundle artifacts/bench/bundle] [--seconds 60] [--log server.log]
+    .venv/bin/python benchmarks/load.py [--bundle artifacts/bench/bundle] [--seconds 60] \\
+        [--log server.log]
     .venv/bin/python benchmarks/load.py --mixed [--bundle artifacts/demo/bundle]
 
 `--mixed` (issue 15) runs `loadtest.run_mixed`: 5 % of requests /predict_batch of 64 to 256
@@ -9,12 +10,12 @@ every second; writes benchmarks/results/load_mixed.json. Targets: no 5xx but a d
 with Retry-After, every accepted valid request correct, probe p99 <= 100 ms, /metrics size and
 RSS growth (first vs last 10 s) within 10 %.
 
-Serves the bundle `benchmarks/latency.py` leaves in artifacts/bench/bundle (the default configuration,
-real MiniLM) on loopback and runs `tools.loadtest` against it: requests per second,
+Serves the bundle `benchmarks/latency.py` leaves in artifacts/bench/bundle (the default
+configuration, real MiniLM) on loopback and runs `tools.loadtest` against it: requests per second,
 p50/p99, errors by kind, resident memory of the service in the first and the last 10 s.
 The fp32 variant is served (dynamic INT8 scales activations per merged batch, so answers would
-differ slightly from the reference). Writes benchmarks/results/load.json. Targets (issue 6): every valid request answered correctly,
-no 5xx, memory growth under 10 %.
+differ slightly from the reference). Writes benchmarks/results/load.json. Targets (issue 6): every
+valid request answered correctly, no 5xx, memory growth under 10 %.
 """
 
 from __future__ import annotations
@@ -86,7 +87,8 @@ def main() -> None:
             "accepted_valid_all_correct": result["valid_correct"] == result["valid_answered"],
             "probe_p99_under_100ms": result["probe_p99_ms"] <= 100,
             "metrics_growth_under_10pct": abs(result["metrics_bytes_growth"]) < 0.10,
-            # what grew: series of known routes only (a status code seen for the first time), never a client's path
+            # what grew: series of known routes only (a status code seen for the first time),
+            # never a client's path
             "new_metrics_series_bounded": all(
                 re.search(
                     r'endpoint="/(predict|predict_batch|explain|score|score_many|'

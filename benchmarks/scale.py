@@ -1,7 +1,8 @@
 """Large-cohort scoring: `spinecast predict` streams 1,000,000 patients with bounded memory.
 
     .venv/bin/python benchmarks/scale.py [--bundle tiny | DIR] [--rows 1000000] [--name scale]
-    .venv/bin/python benchmarks/scale.py --bundle artifacts/bench/student --rows 20000 --name scale_distilled
+    .venv/bin/python benchmarks/scale.py --bundle artifacts/bench/student --rows 20000 \\
+        --name scale_distilled
 
 Generates a synthetic cohort of 10,000 patients (seed 300) and writes it over and over, with new
 patient ids, into one Parquet file of `--rows` rows (row groups of 10,000; the images are shared
@@ -36,7 +37,8 @@ BASE = 10_000
 
 
 def tile(src: Path, dst: Path, rows: int) -> None:
-    """`rows` rows: copies of `src`'s patients under new ids (`<id>-<copy>`), one row group per copy."""
+    """`rows` rows: copies of `src`'s patients under new ids (`<id>-<copy>`), one row group per
+    copy."""
     base = pq.read_table(src)
     with pq.ParquetWriter(dst, base.schema) as writer:
         for copy, start in enumerate(range(0, rows, len(base))):

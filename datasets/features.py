@@ -1,7 +1,8 @@
 """How the structured fields of a patient become numbers, shared by training and serving.
 
 The encoding is derived from the contract (`schema.COLUMNS`) plus statistics fitted on the training
-split only, and round-trips through JSON so that the exported bundle encodes exactly as training did.
+split only, and round-trips through JSON so that the exported bundle encodes exactly as training
+did.
 
 - numeric fields (integers and floats): standardized with the training mean and standard deviation;
   a missing value becomes 0 plus an explicit missing indicator;

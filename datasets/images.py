@@ -1,4 +1,5 @@
-"""MRI key image decoding, shared by training and serving: a file or bytes -> (H, W) float32 in [0, 1]."""
+"""MRI key image decoding, shared by training and serving: a file or bytes -> (H, W) float32 in
+[0, 1]."""
 
 from __future__ import annotations
 
@@ -35,7 +36,8 @@ def _checked(img: Image.Image) -> Image.Image:
 
 
 def image_pixels(source: str | Path | bytes) -> int:
-    """Width x height from the image's header alone (nothing is decoded): cheap, for pixel budgets."""
+    """Width x height from the image's header alone (nothing is decoded): cheap, for pixel
+    budgets."""
     try:
         with _opened(source) as img:
             return _checked(img).width * img.height

@@ -26,7 +26,8 @@ INPUTS = (
     "image",
     "image_present",
 )  # SpineCastNet.forward and model.onnx, in order
-# ... and their outputs, in order: (B, 4) each in TREATMENTS order, but p_satisfied_members (B, K, 4)
+# ... and their outputs, in order: (B, 4) each in TREATMENTS order, but p_satisfied_members
+# (B, K, 4)
 OUTPUTS = ("p_satisfied", "p_mcid", "odi_12m", "p_satisfied_members", "propensity")
 OUTCOMES = OUTPUTS[:3]  # the predicted outcomes of each treatment
 MODALITIES = ("tabular", "clinical_note", "imaging_report", "mri_image")

@@ -52,7 +52,8 @@ class CohortError(ValueError):
         tail = f"\n  ... and {more} more" if more > 0 else ""
         rows = len({v.row for v in violations})
         super().__init__(
-            f"{source} breaks the cohort contract ({len(violations)} violation(s) in {rows} row(s); "
+            f"{source} breaks the cohort contract ({len(violations)} violation(s) in "
+            f"{rows} row(s); "
             f"see CONTRACT.md):\n{shown}{tail}"
         )
 
@@ -70,7 +71,8 @@ def load_cohort(path: str | Path, *, training: bool = False) -> pd.DataFrame:
 
 
 def typed_format(path: Path) -> bool:
-    """Whether the file's cells carry their types (Parquet, JSON Lines); a CSV's cells are all text."""
+    """Whether the file's cells carry their types (Parquet, JSON Lines); a CSV's cells are all
+    text."""
     return Path(path).suffix.lower() != ".csv"
 
 
@@ -175,7 +177,8 @@ def validate_frame(
     first_row: int = 1,
     typed: bool = True,
 ) -> pd.DataFrame:
-    """Check every row of `frame`; return a typed copy with every contract column, in contract order.
+    """Check every row of `frame`; return a typed copy with every contract column, in contract
+    order.
 
     Absent optional columns come back as all-missing. `mri_image` comes back as an absolute path.
     `first_row` numbers the frame's first row in messages (a chunk of a larger file). `typed` (a

@@ -52,7 +52,8 @@ class SentenceWindow:
     max_tokens: int = 40  # per sentence, [CLS] and [SEP] included
 
     def sentences(self, text: str) -> tuple[list[str], bool]:
-        """The sentences a text keeps in the window, in slot order, and whether some were left out."""
+        """The sentences a text keeps in the window, in slot order, and whether some were left
+        out."""
         return keep_head_and_tail(split_sentences(text), self.max_sentences)
 
     def encode(self, tokenizer: Tokenizer, texts) -> dict[str, np.ndarray]:

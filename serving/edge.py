@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import re
 
 import h11
@@ -31,8 +30,6 @@ import uvicorn
 from starlette.routing import Match, Mount
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-MAX_CONNECTIONS = int(os.environ.get("SPINECAST_MAX_CONNECTIONS", "512"))
-HEADER_TIMEOUT_S = float(os.environ.get("SPINECAST_HEADER_TIMEOUT_S", "10"))
 UNKNOWN_PATH = "/unknown"
 
 
@@ -52,20 +49,27 @@ BUSY = _canned(
     b'{"error": "too many open connections; retry later"}',
     b"retry-after: 1",
 )
-HEADER_TIMEOUT = _canned(
-    "408 Request Timeout",
-    f'{{"error": "request headers must arrive within {HEADER_TIMEOUT_S:g} s"}}'.encode(),
-)
+
+
+def _headers_late(seconds: float) -> bytes:
+    return _canned(
+        "408 Request Timeout",
+        f'{{"error": "request headers must arrive within {seconds:g} s"}}'.encode(),
+    )
 
 
 class GuardedH11(H11Protocol):
-    """Uvicorn's h11 protocol with a connection cap and a deadline on the request headers."""
+    """Uvicorn's h11 protocol with a connection cap and a deadline on the request headers (both
+    set by `install`)."""
 
     _header_timer = None
+    max_connections = 512
+    header_timeout_s = 10.0
+    header_timeout = _headers_late(header_timeout_s)
 
     def connection_made(self, transport) -> None:
         super().connection_made(transport)
-        if len(self.connections) > MAX_CONNECTIONS:
+        if len(self.connections) > self.max_connections:
             transport.write(BUSY)
             transport.close()
             return
@@ -73,7 +77,7 @@ class GuardedH11(H11Protocol):
 
     def _arm(self) -> None:
         self._disarm()
-        self._header_timer = self.loop.call_later(HEADER_TIMEOUT_S, self._headers_late)
+        self._header_timer = self.loop.call_later(self.header_timeout_s, self._headers_late)
 
     def _disarm(self) -> None:
         if self._header_timer is not None:
@@ -83,7 +87,7 @@ class GuardedH11(H11Protocol):
     def _headers_late(self) -> None:
         self._header_timer = None
         if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
-            self.transport.write(HEADER_TIMEOUT)
+            self.transport.write(self.header_timeout)
             self.transport.close()
 
     def handle_events(self) -> None:
@@ -236,8 +240,10 @@ class _Config(uvicorn.Config):
         super().__init__(KnownPaths(app), *args, **kwargs)
 
 
-def install() -> None:
+def install(max_connections: int, header_timeout_s: float) -> None:
     """Idempotent; call at import time of the service module."""
+    GuardedH11.max_connections, GuardedH11.header_timeout_s = max_connections, header_timeout_s
+    GuardedH11.header_timeout = _headers_late(header_timeout_s)
     clean_log_records()
     log = logging.getLogger("bentoml._internal.server.http_app")
     if not any(isinstance(f, OneLineClientErrors) for f in log.filters):

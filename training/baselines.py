@@ -1,7 +1,8 @@
 """Classical counterfactual baselines the multimodal model has to beat, on the same rows and labels.
 
     from spinecast.training.baselines import baseline_predictions
-    preds = baseline_predictions(train_df, test_df, seed=0)   # {"t_learner": (N, 4), "s_learner": (N, 4)}
+    # {"t_learner": (N, 4), "s_learner": (N, 4)}
+    preds = baseline_predictions(train_df, test_df, seed=0)
 
 Each baseline is fitted on the train rows that have a `satisfied` label and returns, for every test
 row, P(satisfied) under every treatment (columns in TREATMENTS order), whatever treatment the row
@@ -124,7 +125,8 @@ def s_learner(train: pd.DataFrame, y: np.ndarray, test: pd.DataFrame, seed: int)
     )
     arm = treatment_index(train, "train")
     # One OpenMP thread: with torch loaded in the same process (training, the tests), sklearn's
-    # OpenMP pool stalled 8,000 rows from 0.3 s to 47 s on 2 shared cores; one thread is plenty here.
+    # OpenMP pool stalled 8,000 rows from 0.3 s to 47 s on 2 shared cores; one thread is plenty
+    # here.
     with threadpool_limits(limits=1, user_api="openmp"):
         model.fit(_tree_features(train, features, svd, arm), y)
         return np.stack(

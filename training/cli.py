@@ -50,9 +50,10 @@ def resolve_checkpoint(ckpt_path: str | None, root: str | Path) -> str | None:
 
 
 def fit(argv: list[str], callbacks: list | None = None) -> SpineCastCLI:
-    """Fit, then test the best checkpoint when there is a test split; return the CLI (trainer, model).
-    `callbacks` are added to the config's (benchmarks measure through them)."""
-    # A frozen text encoder is kept in eval mode on purpose (no dropout: its sentence cache stays exact).
+    """Fit, then test the best checkpoint when there is a test split; return the CLI (trainer,
+    model). `callbacks` are added to the config's (benchmarks measure through them)."""
+    # A frozen text encoder is kept in eval mode on purpose (no dropout: its sentence cache stays
+    # exact).
     warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
     # DDP relaunches `spinecast train ...`, so the arguments arrive both ways; they are the same.
     warnings.filterwarnings("ignore", message="LightningCLI's args parameter")

@@ -75,8 +75,9 @@ def policy_truth(
     true_p: np.ndarray, best: np.ndarray, observed: np.ndarray, recommended: np.ndarray
 ) -> dict:
     """A policy against the truth: its true value (mean true P(satisfied) of what it picks), the
-    share of the oracle's gain over observed practice it captures ((V - V_obs) / (V_oracle - V_obs)),
-    agreement with the oracle, surgery errors and shares, and the mixes."""
+    share of the oracle's gain over observed practice it captures
+    ((V - V_obs) / (V_oracle - V_obs)), agreement with the oracle, surgery errors and shares, and
+    the mixes."""
     rows = np.arange(len(true_p))
     value = true_p[rows, recommended].mean()
     oracle, usual = true_p[rows, best].mean(), true_p[rows, observed].mean()
@@ -261,7 +262,9 @@ def doubly_robust(
     labeled = frame["satisfied"].notna().to_numpy()
     if labeled.sum() < 2:
         return {
-            "skipped": f"DR estimates need labeled rows; {int(labeled.sum())} have a `satisfied` label"
+            "skipped": (
+                f"DR estimates need labeled rows; {int(labeled.sum())} have a `satisfied` label"
+            )
         }
     propensity = cross_fit_propensity(frame, folds, seed)
     mu = cross_fit_outcomes(frame, folds, seed)
@@ -295,8 +298,10 @@ def _policy_estimate(
             "value": None,
             "low": None,
             "high": None,
-            "reason": f"recommends {names} to {share:.0%} of patients, but no labeled patient in this "
-            "cohort received it: nothing to correct the outcome model with",
+            "reason": (
+                f"recommends {names} to {share:.0%} of patients, but no labeled patient in this "
+                "cohort received it: nothing to correct the outcome model with"
+            ),
         }
     low, high = bootstrap_ci(scores, policy, n_boot, seed)
     return {"value": policy_value(scores, policy), "low": low, "high": high, "reason": None}
@@ -360,7 +365,8 @@ def benefit_calibration(
 
 def _blp(b: np.ndarray, d: np.ndarray) -> dict:
     """OLS of d on (b - mean b) with an intercept: intercept = the DR average benefit, slope with
-    its heteroskedasticity-robust (HC0) standard error. No slope when the predictions are constant."""
+    its heteroskedasticity-robust (HC0) standard error. No slope when the predictions are
+    constant."""
     centered = b - b.mean()
     ss = float((centered**2).sum())
     if ss < 1e-12:

@@ -1,4 +1,5 @@
-"""Cohort files -> tensors: splits by patient, feature encoding fitted on train, sentence windows, images."""
+"""Cohort files -> tensors: splits by patient, feature encoding fitted on train, sentence windows,
+images."""
 
 from __future__ import annotations
 
@@ -32,7 +33,8 @@ def split_by_patient(
     ids: pd.Series, fractions: tuple[float, float], seed: int
 ) -> tuple[np.ndarray, ...]:
     """Row indices of train / val / test: a seeded permutation of the sorted patient ids, so that
-    a patient's split depends on the ids in the file and the seed, never on the order of the rows."""
+    a patient's split depends on the ids in the file and the seed, never on the order of the
+    rows."""
     order = np.argsort(ids.to_numpy(dtype=str), kind="stable")[
         np.random.default_rng(seed).permutation(len(ids))
     ]
@@ -89,8 +91,9 @@ def _recorded(cohort: pd.DataFrame, record: dict, name: str) -> dict[str, pd.Dat
         missing = [i for i in ids if i not in by_id.index]
         if missing:
             raise SplitError(
-                f"{name} no longer holds {len(missing):,} of the {len(ids):,} {split} patients the checkpoint "
-                f"recorded (the file changed since training: it had {record['rows']:,} rows, SHA-256 "
+                f"{name} no longer holds {len(missing):,} of the {len(ids):,} {split} patients "
+                "the checkpoint recorded (the file changed since training: it had "
+                f"{record['rows']:,} rows, SHA-256 "
                 f"{record['file_sha256'][:12]}...); restore it, or pass held-out records explicitly"
             )
         out[split] = cohort.iloc[by_id.loc[ids].to_numpy()]
@@ -98,7 +101,8 @@ def _recorded(cohort: pd.DataFrame, record: dict, name: str) -> dict[str, pd.Dat
 
 
 def recorded_split(checkpoint: dict) -> dict | None:
-    """The split record a training checkpoint holds (None for checkpoints made before it was kept)."""
+    """The split record a training checkpoint holds (None for checkpoints made before it was
+    kept)."""
     return (checkpoint.get(CohortDataModule.__qualname__) or {}).get("split")
 
 
@@ -201,7 +205,8 @@ def balancing_weights(frame: pd.DataFrame, seed: int, clip: float = MAX_WEIGHT) 
     """(N,) stabilized inverse-propensity weights P(T = t_i) / e(x_i, t_i), clipped at `clip` and
     scaled to mean 1, from a cross-fitted propensity model (text + fields). Weighted, each
     treatment's loss stands for the whole population rather than for the patients usually given it:
-    the few patients with weak indications who had surgery count as the many like them who did not."""
+    the few patients with weak indications who had surgery count as the many like them who did
+    not."""
     from .baselines import treatment_index
     from .counterfactual import cross_fit_propensity
 

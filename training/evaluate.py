@@ -1,7 +1,8 @@
 """`spinecast evaluate`: score a cohort with a checkpoint and write the evaluation report.
 
     spinecast evaluate --ckpt artifacts/quickstart/.../best.ckpt --data data/test/cohort.parquet \\
-        --out artifacts/eval [--truth data/test/truth.parquet] [--baselines-train data/train/cohort.parquet]
+        --out artifacts/eval [--truth data/test/truth.parquet] \\
+        [--baselines-train data/train/cohort.parquet]
 
 The truth file is found beside the cohort when not given; without one, the truth-based metrics are
 skipped and the recommendations are scored by doubly robust estimates alone. Prints the short

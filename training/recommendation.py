@@ -256,7 +256,8 @@ def plot_mix_by_diagnosis(path: Path, table: list[dict]) -> None:
 
 
 def plot_propensity(path: Path, overlap: dict) -> None:
-    """Cross-fitted propensity of each treatment among those who received it and those who did not."""
+    """Cross-fitted propensity of each treatment among those who received it and those who did
+    not."""
     fig = Figure(figsize=(10, 8), layout="constrained")
     edges = np.asarray(overlap["edges"])
     for ax, (t, row) in zip(fig.subplots(2, 2).ravel(), overlap["treatments"].items()):
@@ -299,7 +300,8 @@ def summary_section(m: dict) -> list[str]:
         return []
     r = m["recommendation"]
     rows = [
-        f"| {LABELS[name]} | {fmt(row.get('policy_capture'), '.1%')} | {fmt(row.get('policy_agreement'), '.1%')} "
+        f"| {LABELS[name]} | {fmt(row.get('policy_capture'), '.1%')} "
+        f"| {fmt(row.get('policy_agreement'), '.1%')} "
         f"| {fmt(row.get('unnecessary_surgery'), '.1%')} | {fmt(row.get('missed_benefit'), '.1%')} "
         f"| {fmt(_surgery(row), '.1%')} "
         f"| {_dr_cell(row)} | {fmt(row.get('true_value'))} |"
@@ -310,11 +312,12 @@ def summary_section(m: dict) -> list[str]:
         "## Recommendations",
         "",
         (
-            "Each policy gives every test patient one treatment. Capture = share of the oracle's gain over "
-            "observed practice; unnecessary surgery / missed benefit = share of all patients sent to a "
-            "surgery the truth rates below the best non-surgical option / kept from a surgery it rates "
-            "higher; DR value = doubly robust estimate of mean P(satisfied) with a bootstrap 95 % interval "
-            "(no truth needed); true value = the same from the truth file."
+            "Each policy gives every test patient one treatment. Capture = share of the oracle's "
+            "gain over observed practice; unnecessary surgery / missed benefit = share of all "
+            "patients sent to a surgery the truth rates below the best non-surgical option / kept "
+            "from a surgery it rates higher; DR value = doubly robust estimate of mean "
+            "P(satisfied) with a bootstrap 95 % interval (no truth needed); true value = the same "
+            "from the truth file."
         ),
         "",
         (
@@ -395,8 +398,8 @@ def overlap_section(m: dict) -> list[str]:
         "## Overlap and support",
         "",
         (
-            f"Cross-fitted ({dr['folds']} folds) multinomial propensity P(treatment | chart) of each "
-            "treatment over all test patients."
+            f"Cross-fitted ({dr['folds']} folds) multinomial propensity P(treatment | chart) of "
+            "each treatment over all test patients."
         ),
         "",
         "| treatment | received | "
@@ -406,7 +409,8 @@ def overlap_section(m: dict) -> list[str]:
         *rows,
         "",
         (
-            f"Share of patients whose recommended treatment has propensity below {o['floor']:g}: {low}. "
+            "Share of patients whose recommended treatment has propensity below "
+            f"{o['floor']:g}: {low}. "
             f"The rule's support floor (on the model's own propensity) overrode the argmax for "
             f"{fmt(blocked, '.1%')} of patients."
         ),
@@ -430,19 +434,23 @@ def benefit_section(m: dict) -> list[str]:
         )
         slope = f"{fmt(c['slope'], '.2f')} ± {fmt(c['slope_se'], '.2f')}"
         rows.append(
-            f"| {t} | {fmt(c['predicted_mean'], '+.3f')} | {fmt(c['dr_mean'], '+.3f')} | {slope} | {bins} |"
+            f"| {t} | {fmt(c['predicted_mean'], '+.3f')} | {fmt(c['dr_mean'], '+.3f')} "
+            f"| {slope} | {bins} |"
         )
     return [
         "## Calibration of predicted benefit",
         "",
         (
-            "Predicted benefit over physical therapy (p_t − p_PT) against the doubly robust benefit "
-            "(Γ_t − Γ_PT), in quintiles of predicted benefit; the slope of DR benefit on predicted benefit "
-            "(± robust SE) is near 1 when the predicted differences are right in size, near 0 when they "
-            "do not tell who benefits."
+            "Predicted benefit over physical therapy (p_t − p_PT) against the doubly robust "
+            "benefit (Γ_t − Γ_PT), in quintiles of predicted benefit; the slope of DR benefit on "
+            "predicted benefit (± robust SE) is near 1 when the predicted differences are right in "
+            "size, near 0 when they do not tell who benefits."
         ),
         "",
-        "| treatment | mean predicted benefit | mean DR benefit | slope | quintiles: predicted → DR |",
+        (
+            "| treatment | mean predicted benefit | mean DR benefit | slope "
+            "| quintiles: predicted → DR |"
+        ),
         "|---|---|---|---|---|",
         *rows,
         "",

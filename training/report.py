@@ -436,16 +436,17 @@ def _baseline_table(m: dict) -> list[str]:
         k: m.get("test/cf_rmse" if k == "model" else f"test/{k}/cf_rmse") for k in m["baselines"]
     }
     rows = [
-        f"| {k} | {_f(v['auroc'])} | {_f(v['auprc'])} | {_f(v['brier'])} | {_f(v['ece'])} | {_f(rmse[k])} |"
+        f"| {k} | {_f(v['auroc'])} | {_f(v['auprc'])} | {_f(v['brier'])} | {_f(v['ece'])} "
+        f"| {_f(rmse[k])} |"
         for k, v in m["baselines"].items()
     ]
     return [
         "## Baselines",
         "",
         (
-            "Same rows, same labels: label metrics on the observed treatment's column; RMSE against the "
-            "truth over every treatment (n/a without a truth file). Their recommendations (argmax) are in "
-            "the recommendations table."
+            "Same rows, same labels: label metrics on the observed treatment's column; RMSE "
+            "against the truth over every treatment (n/a without a truth file). Their "
+            "recommendations (argmax) are in the recommendations table."
         ),
         "",
         "| model | AUROC | AUPRC | Brier | ECE | RMSE vs truth |",

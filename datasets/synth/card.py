@@ -1,4 +1,5 @@
-"""The data card of a synthetic cohort: what it holds, and the ceilings a model is measured against."""
+"""The data card of a synthetic cohort: what it holds, and the ceilings a model is measured
+against."""
 
 from __future__ import annotations
 
@@ -73,16 +74,17 @@ def text_only_facts(state: pd.DataFrame, cohort: pd.DataFrame, in_text: dict[str
         "nowhere_fraction": round(totals[2] / total, 4),
         "per_fact": per_fact,
         "how_counted": (
-            "Each (patient, fact) pair where an outcome-relevant fact holds in the hidden state counts once. "
-            "It is 'structured' when every structured field that records it is present, 'text_only' when "
-            "those fields are missing (or none exists) but the clinic note or MRI report in the cohort "
-            "states it, and 'nowhere' otherwise."
+            "Each (patient, fact) pair where an outcome-relevant fact holds in the hidden state "
+            "counts once. It is 'structured' when every structured field that records it is "
+            "present, 'text_only' when those fields are missing (or none exists) but the clinic "
+            "note or MRI report in the cohort states it, and 'nowhere' otherwise."
         ),
     }
 
 
 def policy_values(truth: pd.DataFrame, observed: pd.DataFrame) -> dict:
-    """Mean P(satisfied) under the oracle policy, the clinicians' policy and each fixed treatment."""
+    """Mean P(satisfied) under the oracle policy, the clinicians' policy and each fixed
+    treatment."""
     p = truth[[f"p_satisfied_{t}" for t in TREATMENTS]].to_numpy()
     values = {"oracle": p.max(axis=1).mean(), "observed": observed["p_satisfied_observed"].mean()}
     values.update({f"always_{t}": p[:, k].mean() for k, t in enumerate(TREATMENTS)})
@@ -92,7 +94,8 @@ def policy_values(truth: pd.DataFrame, observed: pd.DataFrame) -> dict:
 def practice(
     state: pd.DataFrame, observed: pd.DataFrame, indication: float, positivity: float
 ) -> dict:
-    """How treatment was assigned: the setting, the realised mix and the support of what was given."""
+    """How treatment was assigned: the setting, the realised mix and the support of what was
+    given."""
     given = observed["p_assigned"].to_numpy()
     return {
         "indication": float(indication),
@@ -193,18 +196,41 @@ def render_markdown(card: dict) -> str:
         "",
         "| what | value |",
         "|---|---|",
-        f"| clinic notes / MRI reports / key images | {card['with_note']:,} / {card['with_mri_report']:,} / {card['with_mri_image']:,} |",
-        f"| satisfied at 12 months | {card['satisfied_rate']:.1%} ({card['label_counts']['missing']} unlabeled) |",
+        (
+            f"| clinic notes / MRI reports / key images | {card['with_note']:,} / "
+            f"{card['with_mri_report']:,} / {card['with_mri_image']:,} |"
+        ),
+        (
+            f"| satisfied at 12 months | {card['satisfied_rate']:.1%} "
+            f"({card['label_counts']['missing']} unlabeled) |"
+        ),
         f"| reached ODI MCID (>= 15 points) | {card['mcid_rate']:.1%} |",
-        f"| Bayes AUROC of `satisfied` (ceiling for any model) | {card['bayes_auroc']:.3f} (on the drawn labels: {card['bayes_auroc_on_labels']:.3f}) |",
-        f"| P(satisfied): oracle policy / clinicians' policy | {pv['oracle']:.3f} / {pv['observed']:.3f} |",
-        f"| outcome-relevant facts only in text | {facts['text_only_fraction']:.1%} (structured {facts['structured_fraction']:.1%}, nowhere {facts['nowhere_fraction']:.1%}) |",
-        f"| note length, words (min / median / max) | {card['note_words']['min']} / {card['note_words']['median']:.0f} / {card['note_words']['max']} |",
-        f"| practice: indication / positivity (uniform share) | {pr['indication']:g} / {pr['positivity']:g} |",
+        (
+            f"| Bayes AUROC of `satisfied` (ceiling for any model) | {card['bayes_auroc']:.3f} "
+            f"(on the drawn labels: {card['bayes_auroc_on_labels']:.3f}) |"
+        ),
+        (
+            "| P(satisfied): oracle policy / clinicians' policy | "
+            f"{pv['oracle']:.3f} / {pv['observed']:.3f} |"
+        ),
+        (
+            f"| outcome-relevant facts only in text | {facts['text_only_fraction']:.1%} "
+            f"(structured {facts['structured_fraction']:.1%}, "
+            f"nowhere {facts['nowhere_fraction']:.1%}) |"
+        ),
+        (
+            f"| note length, words (min / median / max) | {card['note_words']['min']} / "
+            f"{card['note_words']['median']:.0f} / {card['note_words']['max']} |"
+        ),
+        (
+            "| practice: indication / positivity (uniform share) | "
+            f"{pr['indication']:g} / {pr['positivity']:g} |"
+        ),
         "| probability of the treatment given: min / 1st percentile | "
         + f"{pr['assigned_propensity']['min']:.3g} / {pr['assigned_propensity']['p01']:.3g} |",
         "| smallest probability of any treatment for any patient | "
-        + f"{pr['min_probability_any_treatment']:.3g} (guaranteed: {pr['guaranteed_min_probability']:.3g}) |",
+        + f"{pr['min_probability_any_treatment']:.3g} "
+        f"(guaranteed: {pr['guaranteed_min_probability']:.3g}) |",
         "",
     ]
     if not pr["positivity_guaranteed"]:
@@ -218,7 +244,8 @@ def render_markdown(card: dict) -> str:
     for t in TREATMENTS:
         lines.append(
             f"| {t} | {card['treatment_counts'].get(t, 0):,} | {pr['treatment_mix'][t]:.1%} | "
-            f"{card['satisfied_rate_by_treatment'].get(t, float('nan')):.1%} | {pv[f'always_{t}']:.3f} |"
+            f"{card['satisfied_rate_by_treatment'].get(t, float('nan')):.1%} | "
+            f"{pv[f'always_{t}']:.3f} |"
         )
     lines += ["", "## Missing values", "", "| column | missing |", "|---|---|"]
     lines += [f"| `{k}` | {v:.1%} |" for k, v in card["missingness"].items()]

@@ -68,8 +68,9 @@ def generate(
 ) -> dict:
     """Write a synthetic cohort of `n` patients to `out`; return the data card as a dict.
 
-    `indication` and `positivity` set the clinicians' practice (`outcomes.assignment_probabilities`):
-    only the treatment given and its labels change; the patients and their truth do not.
+    `indication` and `positivity` set the clinicians' practice
+    (`outcomes.assignment_probabilities`): only the treatment given and its labels change; the
+    patients and their truth do not.
     """
     check_practice(indication, positivity)
     out = Path(out)

@@ -590,7 +590,8 @@ def landmarks(s: dict, rng: np.random.Generator) -> dict[str, dict]:
 
 
 def png_bytes(img: np.ndarray) -> bytes:
-    """PNG of a grayscale image: identical arrays give identical bytes (Pillow writes no time chunk)."""
+    """PNG of a grayscale image: identical arrays give identical bytes (Pillow writes no time
+    chunk)."""
     if img.dtype != np.uint8 or img.ndim != 2:
         raise ValueError(f"image must be a 2-D uint8 array; got {img.ndim}-D {img.dtype}")
     buffer = io.BytesIO()

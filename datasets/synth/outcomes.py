@@ -159,7 +159,8 @@ def _p_satisfied(gain: np.ndarray, f: dict[str, np.ndarray], surgical: bool) -> 
 
 
 def check_practice(indication: float, positivity: float) -> None:
-    """Raise ValueError unless `indication` is a finite number >= 0 and `positivity` one in [0, 1]."""
+    """Raise ValueError unless `indication` is a finite number >= 0 and `positivity` one in
+    [0, 1]."""
     if not _finite_number(indication) or indication < 0:
         raise ValueError(
             "indication must be a finite number >= 0 (1.0 = today's practice, 2.0 = "
@@ -238,7 +239,8 @@ def observe(
     indication: float = INDICATION,
     positivity: float = POSITIVITY,
 ) -> pd.DataFrame:
-    """Draw the treatment given (under the practice of `assignment_probabilities`) and the labels."""
+    """Draw the treatment given (under the practice of `assignment_probabilities`) and the
+    labels."""
     n = len(s)
     probs = assignment_probabilities(s, indication, positivity)
     t_idx = (rng.random(n)[:, None] > np.cumsum(probs, axis=1)).sum(axis=1).clip(max=3)

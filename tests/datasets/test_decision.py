@@ -1,4 +1,5 @@
-"""The decision rule: conservative unless a more invasive treatment is clearly better and supported."""
+"""The decision rule: conservative unless a more invasive treatment is clearly better and
+supported."""
 
 import numpy as np
 import pytest

@@ -200,7 +200,8 @@ def test_mcid_is_derived_only_where_both_odis_exist():
     ],
 )
 def test_typed_files_hold_json_types(folder, suffix, change, column):
-    """Parquet and JSON Lines carry types: "3" is not an integer and 1 is not true (as in the API)."""
+    """Parquet and JSON Lines carry types: "3" is not an integer and 1 is not true (as in the
+    API)."""
     records = [_record(1), _record(2, **change)]
     if (
         suffix == ".parquet" and column != "patient_id"

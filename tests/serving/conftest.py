@@ -78,7 +78,8 @@ def bentoml_home(checkpoint, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def server(bentoml_home, tmp_path_factory):
-    """`bentoml serve` of the tiny model with an API key: (base URL, log file of all its output, key)."""
+    """`bentoml serve` of the tiny model with an API key: (base URL, log file of all its output,
+    key)."""
     from tools.demo import free_port, running_server
 
     log = tmp_path_factory.mktemp("server") / "server.log"

@@ -1,4 +1,5 @@
-"""`make bento`: the Bento holds the serving code and the model, and nothing of torch or training."""
+"""`make bento`: the Bento holds the serving code and the model, and nothing of torch or
+training."""
 
 import os
 import subprocess

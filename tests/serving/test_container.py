@@ -1,5 +1,6 @@
-"""The OCI image, for real: built with buildah from the Bento, serving /predict from inside the image.
-Marked `container` (minutes, root, Debian and package-index access): `make container-test` runs it."""
+"""The OCI image, for real: built with buildah from the Bento, serving /predict from inside the
+image. Marked `container` (minutes, root, Debian and package-index access): `make test` runs it,
+and `make container-test` runs it alone."""
 
 import json
 import os

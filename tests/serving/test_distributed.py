@@ -34,7 +34,8 @@ def local_ray():
 
 @pytest.fixture
 def cohort(small_cohort, tmp_path):
-    """40 patients in a folder of their own, MRI images by paths relative to it, as `synth` writes."""
+    """40 patients in a folder of their own, MRI images by paths relative to it, as `synth`
+    writes."""
     os.symlink(small_cohort / "images", tmp_path / "images")
     return pd.read_parquet(small_cohort / "cohort.parquet").iloc[:40]
 
@@ -109,7 +110,8 @@ def test_ray_engine_scores_as_the_local_engine_does(local_ray, bundle, cohort, t
 def test_ray_engine_names_a_bad_field_and_hides_the_text(
     local_ray, bundle, cohort, tmp_path, capsys
 ):
-    """The last Ray test: Ray Data frees a failed run's actors lazily (spinecast.serving.distributed)."""
+    """The last Ray test: Ray Data frees a failed run's actors lazily
+    (spinecast.serving.distributed)."""
     bad = cohort.iloc[:24].copy()
     bad.loc[bad.index[20], "patient_id"] = bad["patient_id"].iloc[
         2
@@ -141,8 +143,8 @@ def test_ray_engine_names_a_bad_field_and_hides_the_text(
     assert main(args) == 1
     err = capsys.readouterr().err
     assert (
-        f"bad.parquet:patient_id={bad['patient_id'].iloc[13]}:age: must be an integer in [18, 110] (got 200)"
-        in err
+        f"bad.parquet:patient_id={bad['patient_id'].iloc[13]}:age: "
+        "must be an integer in [18, 110] (got 200)" in err
     )
     assert "SENTINEL-PHI" not in err
     assert not out.exists() and not (tmp_path / "out.partial").exists()
@@ -153,7 +155,8 @@ def test_serving_imports_and_the_local_engine_run_without_ray(bundle, tmp_path):
         "import sys; sys.modules['ray'] = None\n"  # as if the `ray` extra were not installed
         "from spinecast.serving import batch, predictor, schemas\n"
         "try:\n"
-        f"    batch.main(['--model', {str(bundle)!r}, '--in', 'x.parquet', '--out', 'y', '--engine', 'ray'])\n"
+        f"    batch.main(['--model', {str(bundle)!r}, '--in', 'x.parquet', '--out', 'y', "
+        "'--engine', 'ray'])\n"
         "except ImportError as err:\n"
         "    print(err)\n"
     )

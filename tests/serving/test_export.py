@@ -159,8 +159,10 @@ def test_bad_record_names_the_field_and_hides_the_text(bundle):
 def test_predictor_never_imports_torch(bundle):
     code = (
         "import sys; from spinecast.serving.predictor import Predictor; "
-        f"p = Predictor({str(bundle)!r}).predict([{{'patient_id': 'a', 'age': 40, 'sex': 'male'}}]); "
-        "assert p[0]['outcomes']; print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'lightning', 'transformers')))"
+        f"p = Predictor({str(bundle)!r}).predict("
+        "[{'patient_id': 'a', 'age': 40, 'sex': 'male'}]); "
+        "assert p[0]['outcomes']; print(sorted(m for m in sys.modules if m.split('.')[0] in "
+        "('torch', 'lightning', 'transformers')))"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"

@@ -8,9 +8,10 @@ from pathlib import Path
 
 import bentoml
 import httpx
-import pandas as pd
 import pytest
 from spinecast.datasets import TREATMENTS
+
+from tools.loadtest import cohort_patients
 
 SENTINEL = "SENTINEL-PHI-7f3a9"
 OPTIONAL = ("clinical_note", "imaging_report", "mri_image")
@@ -19,18 +20,7 @@ OPTIONAL = ("clinical_note", "imaging_report", "mri_image")
 @pytest.fixture(scope="module")
 def patients(small_cohort) -> list[dict]:
     """API patients from the cohort: labels dropped, the image inlined as base64."""
-    frame = pd.read_parquet(small_cohort / "cohort.parquet").head(40)
-    out = []
-    for row in frame.drop(columns=["satisfied", "odi_12m"]).to_dict("records"):
-        patient = {
-            k: (v.item() if hasattr(v, "item") else v) for k, v in row.items() if not pd.isna(v)
-        }
-        if "mri_image" in patient:
-            patient["mri_image"] = base64.b64encode(
-                (small_cohort / patient["mri_image"]).read_bytes()
-            ).decode()
-        out.append(patient)
-    return out
+    return cohort_patients(small_cohort / "cohort.parquet", 40)
 
 
 def _full(patients) -> dict:
@@ -223,7 +213,8 @@ def test_concurrent_requests_are_answered_correctly_and_batched(server, patients
 
 
 def test_patient_text_never_reaches_the_logs(server, patients):
-    """Valid and invalid requests carrying a sentinel in the note: it must appear nowhere in the output."""
+    """Valid and invalid requests carrying a sentinel in the note: it must appear nowhere in the
+    output."""
     patient = {**_full(patients), "clinical_note": f"Pain. {SENTINEL}. Worse at night."}
     assert post(server, "/predict", {"patient": patient}).status_code == 200
     assert post(server, "/explain", {"patient": patient}).status_code == 200
@@ -255,7 +246,10 @@ RAW = {  # name -> (raw body bytes, expected status)
     "JSON array": (b"[1, 2, 3]", 400),
     "Infinity": (b'{"patient": {"patient_id": "R-1", "age": Infinity, "sex": "male"}}', 400),
     "non-UTF-8 bytes": (
-        b'{"patient": {"patient_id": "R-1", "age": 50, "sex": "male", "clinical_note": "\xff\xfe"}}',
+        (
+            b'{"patient": {"patient_id": "R-1", "age": 50, "sex": "male", '
+            b'"clinical_note": "\xff\xfe"}}'
+        ),
         400,
     ),
 }

@@ -1,7 +1,8 @@
 """A callback for tests/training/test_ddp.py: which training rows each DDP process was given.
 
 Not a test module: the DDP launcher re-runs `spinecast train` once per process, so the callback must
-be importable by name there (`--trainer.callbacks+=ddp_probe.TrainRowsProbe`, PYTHONPATH=this folder).
+be importable by name there (`--trainer.callbacks+=ddp_probe.TrainRowsProbe`, PYTHONPATH=this
+folder).
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ def row_keys(arrays) -> list[bytes]:
 
 class TrainRowsProbe(Callback):
     """Writes `train_rows_rank{R}.json` under default_root_dir: per epoch, the patient ids of the
-    rows in the training batches this process saw, found by matching each row's inputs to the split."""
+    rows in the training batches this process saw, found by matching each row's inputs to the
+    split."""
 
     def on_train_start(self, trainer, pl_module) -> None:
         data = trainer.datamodule

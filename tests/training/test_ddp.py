@@ -1,5 +1,6 @@
-"""Two-process DistributedDataParallel on the CPU (gloo) through configs/ddp.yaml: each process trains on
-its own shard, the validation metrics are reduced over both, the checkpoint loads in one process."""
+"""Two-process DistributedDataParallel on the CPU (gloo) through configs/ddp.yaml: each process
+trains on its own shard, the validation metrics are reduced over both, the checkpoint loads in one
+process."""
 
 import json
 import os
@@ -18,8 +19,9 @@ from spinecast.training.inference import encode_for, load_module, predict
 
 CONFIGS = Path(__file__).parents[2] / "configs"
 EPOCHS = 2
-# Set by an earlier in-process DDP run (tests/training/test_train.py), or by a SLURM or torchrun allocation
-# the tests run in: Lightning would then join that job instead of starting its own two processes.
+# Set by an earlier in-process DDP run (tests/training/test_train.py), or by a SLURM or torchrun
+# allocation the tests run in: Lightning would then join that job instead of starting its own two
+# processes.
 LAUNCHER_ENV = (
     "MASTER_ADDR",
     "MASTER_PORT",
@@ -36,9 +38,11 @@ LAUNCHER_ENV = (
 
 @pytest.fixture(scope="module")
 def ddp_run(small_cohort, tmp_path_factory, tiny_bert):
-    """`spinecast train --config configs/ddp.yaml` with 2 CPU processes; the DDP launcher starts the second."""
+    """`spinecast train --config configs/ddp.yaml` with 2 CPU processes; the DDP launcher starts
+    the second."""
     root = tmp_path_factory.mktemp("ddp")
-    # 600 patients, no test split: 510 train and 90 val, both even, so DistributedSampler pads nothing.
+    # 600 patients, no test split: 510 train and 90 val, both even, so DistributedSampler pads
+    # nothing.
     args = [
         "train",
         "--config",
@@ -131,12 +135,14 @@ def test_validation_metrics_are_reduced_over_both_processes(ddp_run):
     assert len(val) % 2 == 0  # no padded duplicates in either shard
     module = load_module(ckpt_path)
     # The validation scored the members' mean probability with the temperature fitted one epoch
-    # earlier (1 before the first); the mean of sigmoids is not rank-invariant to it, so use that one.
+    # earlier (1 before the first); the mean of sigmoids is not rank-invariant to it, so use that
+    # one.
     earlier = metrics[metrics["epoch"] == ckpt["epoch"] - 1]
     module.net.temperature[0] = float(earlier["val/temperature"].iloc[-1]) if len(earlier) else 1.0
     p = predict(module, encode_for(module, val))["p_satisfied"]
     assert last["val/auroc"] == pytest.approx(auroc(val, p), abs=1e-5)
-    # Not one process's half: the shards are rows 0, 2, 4, ... and 1, 3, 5, ... (no shuffling in validation).
+    # Not one process's half: the shards are rows 0, 2, 4, ... and 1, 3, 5, ... (no shuffling in
+    # validation).
     for rank in (0, 1):
         assert last["val/auroc"] != pytest.approx(auroc(val.iloc[rank::2], p[rank::2]), abs=1e-5)
 

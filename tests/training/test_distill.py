@@ -1,4 +1,5 @@
-"""`spinecast distill`: a student trained on a teacher's outcomes, on the teacher's cohort and split."""
+"""`spinecast distill`: a student trained on a teacher's outcomes, on the teacher's cohort and
+split."""
 
 import json
 from pathlib import Path
@@ -117,8 +118,9 @@ def test_soft_targets_pull_the_student_toward_the_teacher_on_every_treatment(tea
         gaps[weight] = float(
             np.abs(predict(student, encode_for(student, val))["p_satisfied"] - reference).mean()
         )
-    # The shared prognosis of the heads already brings a label-only student part of the way (measured:
-    # 0.057 vs 0.075 mean gap); a student whose soft targets did nothing would sit at or beyond 0.075.
+    # The shared prognosis of the heads already brings a label-only student part of the way
+    # (measured: 0.057 vs 0.075 mean gap); a student whose soft targets did nothing would sit at or
+    # beyond 0.075.
     assert gaps[1.0] < 0.8 * gaps[0.0], gaps
 
 

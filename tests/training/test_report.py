@@ -41,7 +41,8 @@ ACCEPTANCE = [
 
 @pytest.fixture(scope="module")
 def cohort(tmp_path_factory):
-    """A 200-patient test split of a synthetic cohort, its truth rows, and the truth as 'outcomes'."""
+    """A 200-patient test split of a synthetic cohort, its truth rows, and the truth as
+    'outcomes'."""
     out = tmp_path_factory.mktemp("synth")
     generate(600, seed=1, out=out, workers=1)
     frame = load_cohort(out / "cohort.parquet", training=True)

@@ -1,4 +1,5 @@
-"""Real Lightning runs on a small cohort: every config, learning, checkpoints, calibration, bad input."""
+"""Real Lightning runs on a small cohort: every config, learning, checkpoints, calibration, bad
+input."""
 
 import signal
 import subprocess
@@ -234,7 +235,8 @@ def test_a_treatment_nobody_received_trains_and_is_never_recommended(
     small_cohort, tmp_path, tiny_bert
 ):
     """No fusion in the training cohort: training works (no NaN), fusion gets no support (the
-    model records who was treated how), so the rule never recommends it and every prediction says so."""
+    model records who was treated how), so the rule never recommends it and every prediction says
+    so."""
     from spinecast.datasets import load_cohort
     from spinecast.datasets.decision import decide
     from spinecast.training.inference import encode_for, load_module, predict
@@ -314,8 +316,9 @@ def _last_epoch_metrics(root: Path) -> pd.Series:
 def test_a_killed_run_resumes_from_its_last_checkpoint_to_the_same_metrics(
     small_cohort, tmp_path, tiny_bert
 ):
-    """SIGKILL a training process once its first epoch is checkpointed, resume with `--ckpt_path last`:
-    the final metrics equal those of the same run left alone (random state is in the checkpoint)."""
+    """SIGKILL a training process once its first epoch is checkpointed, resume with
+    `--ckpt_path last`: the final metrics equal those of the same run left alone (random state is
+    in the checkpoint)."""
     cohort = small_cohort / "cohort.parquet"
     extra = ("--trainer.max_epochs", "4", "--model.config.dim", "32", "--data.test_fraction", "0")
     whole = tmp_path / "whole"
