@@ -17,8 +17,8 @@ from spinecast.datasets.schema import TREATMENTS
 from spinecast.datasets.sentences import SentenceWindow, load_tokenizer
 from torch.utils.data import DataLoader
 
+from .config import resolve_pretrained
 from .inference import ArrayDataset, encode_frame
-from .model import resolve_pretrained
 
 log = logging.getLogger(__name__)
 MAX_MEMBERS = 32  # bootstrap weight columns drawn per training patient; a model uses its first K

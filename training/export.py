@@ -246,7 +246,7 @@ def export(
         (out / name).unlink(missing_ok=True)
     from spinecast.datasets.sentences import load_tokenizer
 
-    from .model import resolve_pretrained
+    from .config import resolve_pretrained
 
     load_tokenizer(resolve_pretrained(text.pretrained)).save(str(out / bundle.TOKENIZER))
     (out / bundle.FEATURES).write_text(

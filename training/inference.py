@@ -20,7 +20,7 @@ from spinecast.datasets.schema import TREATMENT_INDEX
 from spinecast.datasets.sentences import SentenceWindow, load_tokenizer
 from torch.utils.data import DataLoader, Dataset
 
-from .model import resolve_pretrained
+from .config import resolve_pretrained
 from .module import SpineCastModule
 
 

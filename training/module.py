@@ -17,7 +17,8 @@ from spinecast.datasets.schema import TREATMENTS
 from torchmetrics import MeanSquaredError, MetricCollection
 from torchmetrics.classification import BinaryAUROC, BinaryAveragePrecision, BinaryCalibrationError
 
-from .model import ModelConfig, Outputs, SpineCastNet
+from .config import ModelConfig
+from .model import Outputs, SpineCastNet
 
 DEFAULT_CONFIG = ModelConfig()  # never mutated: the Lightning CLI reads nested options from it
 DEFAULT_RULE = DecisionRule()

@@ -30,7 +30,7 @@ from sklearn.calibration import calibration_curve
 from sklearn.metrics import roc_curve
 from spinecast.datasets import mcid
 from spinecast.datasets.decision import DecisionRule
-from spinecast.datasets.inputs import OUTCOMES
+from spinecast.datasets.inputs import MODALITIES, OUTCOMES
 from spinecast.datasets.schema import COLUMN_BY_NAME, DIAGNOSES, TREATMENTS
 
 from spinecast.metrics import ECE_BINS, as_float, binary_metrics, expected_auroc
@@ -38,7 +38,6 @@ from spinecast.metrics import auroc as _auroc
 
 from .baselines import treatment_index
 from .counterfactual import aligned_truth
-from .model import MODALITIES
 from .recommendation import (
     HEADS_KEYS,
     benefit_section,

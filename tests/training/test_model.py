@@ -7,19 +7,13 @@ import pytest
 import torch
 from spinecast.datasets import load_cohort
 from spinecast.datasets.features import FeatureEncoding
-from spinecast.datasets.inputs import INPUTS
+from spinecast.datasets.inputs import INPUTS, MODALITIES
 from spinecast.datasets.sentences import SentenceWindow, load_tokenizer
+from spinecast.training.config import ImageConfig, ModelConfig, TabularConfig, TextConfig
 from spinecast.training.inference import encode_frame
-from spinecast.training.model import (
-    MODALITIES,
-    ImageConfig,
-    ModelConfig,
-    SentenceEncoder,
-    SpineCastNet,
-    TabularConfig,
-    TextConfig,
-)
+from spinecast.training.model import SpineCastNet
 from spinecast.training.module import SpineCastModule
+from spinecast.training.text import SentenceEncoder
 from transformers import RobertaConfig, RobertaModel
 
 B = 6
