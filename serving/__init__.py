@@ -1,2 +1,3 @@
-"""spinecast.serving: the torch-free predictor (`predictor`), batch scoring (`batch`), and the BentoML
-HTTP service (`service`, request and response models in `schemas`). Imports nothing from training."""
+"""spinecast.serving: the torch-free predictor (`predictor`), batch scoring (`batch`), and the
+BentoML HTTP service (`service`, request and response models in `schemas`). Imports nothing from
+training."""

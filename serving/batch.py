@@ -2,8 +2,8 @@
 
     spinecast predict --model artifacts/bundle --in cohort.parquet --out predictions.parquet \\
         [--chunk-rows 10000] [--threads 2]
-    spinecast predict --model artifacts/bundle --in cohort.parquet --out predictions/ --engine ray \\
-        [--ray-address auto] [--concurrency 8] [--threads 1]
+    spinecast predict --model artifacts/bundle --in cohort.parquet --out predictions/ \\
+        --engine ray [--ray-address auto] [--concurrency 8] [--threads 1]
 
 Reads the cohort in chunks (Parquet row batches, CSV and JSON Lines in slices), validates and
 scores each, and appends it to one Parquet file, so memory stays bounded by the chunk, not the
@@ -138,7 +138,9 @@ def main(argv: list[str]) -> int:
         "--concurrency",
         type=int,
         default=None,
-        help="--engine ray: most predictor actors (default: the cluster's CPUs / threads, less one)",
+        help=(
+            "--engine ray: most predictor actors (default: the cluster's CPUs / threads, less one)"
+        ),
     )
     args = parser.parse_args(argv)
     try:

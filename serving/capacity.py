@@ -49,7 +49,8 @@ class Capacity:
         self._lock = threading.Lock()
 
     def calibrate(self, seconds_per_patient: float, explain_units: float) -> None:
-        """Start (again) from one measured (or assumed) speed: an /explain costs `explain_units` patients."""
+        """Start (again) from one measured (or assumed) speed: an /explain costs `explain_units`
+        patients."""
         self.seconds.update(
             patient=seconds_per_patient, explain=seconds_per_patient * explain_units
         )

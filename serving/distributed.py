@@ -2,7 +2,8 @@
 
     spinecast predict --model artifacts/bundle --in cohort.parquet --out predictions/ --engine ray
     RAY_ADDRESS=http://head:8265 ray job submit -- \\
-        spinecast predict --model /shared/bundle --in /shared/cohort.parquet --out /shared/predictions --engine ray
+        spinecast predict --model /shared/bundle --in /shared/cohort.parquet \\
+            --out /shared/predictions --engine ray
 
 For cohorts beyond one machine. Ray Data reads the cohort (`read_parquet`: one .parquet file or a
 folder of them; `read_csv`; `read_text` for JSON Lines), hands batches to a pool of actors that each
@@ -81,7 +82,8 @@ def score_with_ray(
     variant: str | None = None,
     address: str | None = None,
 ) -> dict:
-    """Score every row of `src` (a cohort file, or a folder of .parquet files) into the folder `dst`.
+    """Score every row of `src` (a cohort file, or a folder of .parquet files) into the folder
+    `dst`.
 
     Joins the Ray cluster at `address` (None: Ray's default) unless Ray is already initialised.
     Each actor reserves `threads` CPUs; by default as many actors as the cluster's CPUs allow,
@@ -163,12 +165,14 @@ def _run(
 
 
 def _read(src: Path) -> ray.data.Dataset:
-    """The cohort as a Ray Dataset with a `path` column, untyped where the format is (CSV as text)."""
+    """The cohort as a Ray Dataset with a `path` column, untyped where the format is (CSV as
+    text)."""
     name, suffix = src.name, src.suffix.lower()
     if src.is_dir() or (suffix == ".parquet" and src.is_file()):
         return ray.data.read_parquet(str(src), include_paths=True, partitioning=None)
     if suffix == ".csv" and src.is_file():
-        # Everything as text, like the local reader: the contract, not type inference, decides the types.
+        # Everything as text, like the local reader: the contract, not type inference, decides the
+        # types.
         text = csv.ConvertOptions(
             column_types={c.name: pa.string() for c in COLUMNS},
             null_values=[""],
@@ -190,7 +194,8 @@ def _read(src: Path) -> ray.data.Dataset:
 
 
 def _validate(raw: pd.DataFrame, path: Path) -> pd.DataFrame:
-    """validate_frame, with each bad row named by its patient_id (a batch's row numbers mean nothing)."""
+    """validate_frame, with each bad row named by its patient_id (a batch's row numbers mean
+    nothing)."""
     try:
         return validate_frame(raw, source=path.name, base_dir=path.parent, typed=typed_format(path))
     except CohortError as err:

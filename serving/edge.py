@@ -217,7 +217,8 @@ def clean_log_records() -> None:
 
 class OneLineClientErrors(logging.Filter):
     """BentoML's `log_exception` logs every failed API call as ERROR with its traceback. A client's
-    mistake (4xx) or a deliberate 503 is not an error of the server: one WARNING line, no traceback."""
+    mistake (4xx) or a deliberate 503 is not an error of the server: one WARNING line, no
+    traceback."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         if not record.exc_info or record.exc_info[1] is None:

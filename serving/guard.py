@@ -57,7 +57,8 @@ class _Huge:
 
 def _json_problem(body: bytes) -> tuple[str, str] | None:
     """Where a body that pydantic's parser refused goes wrong, when Python's parser can say: an
-    integer literal too long, or a string with an escape that is not valid Unicode (a lone surrogate)."""
+    integer literal too long, or a string with an escape that is not valid Unicode (a lone
+    surrogate)."""
     try:
         data = json.loads(
             body, parse_int=lambda digits: int(digits) if len(digits) <= 400 else _Huge()
@@ -88,7 +89,8 @@ def _json_problem(body: bytes) -> tuple[str, str] | None:
 def contract_error(body: bytes, request: bytes = b"") -> dict:
     """BentoML's 400 bodies (pydantic's error list, or its own `[{"error": ...}]`) -> one shape, the
     declared one: {"error", "detail"} strings plus `errors`, a list of {"field", "rule"}, fields in
-    one format (`patients.3.age`). `request` (the request body) lets a parse error name its field."""
+    one format (`patients.3.age`). `request` (the request body) lets a parse error name its
+    field."""
     try:
         data = json.loads(body)
     except ValueError:
@@ -222,8 +224,8 @@ class Guard:
 
 
 def _rewritten(send, request: bytes, retry_after: Callable[[], int]):
-    """Wrap `send`: a 400 response's body is buffered and rewritten by `contract_error`; a 503 or 429
-    gets `Retry-After` (the capacity's estimate of when the queue will have drained)."""
+    """Wrap `send`: a 400 response's body is buffered and rewritten by `contract_error`; a 503 or
+    429 gets `Retry-After` (the capacity's estimate of when the queue will have drained)."""
     start: dict | None = None
     chunks: list[bytes] = []
 

@@ -56,11 +56,12 @@ def session_options(threads: int | None = None) -> ort.SessionOptions:
 class Predictor:
     """A verified bundle loaded into one ONNX Runtime session.
 
-    `variant` picks a model file the card lists (`fp32`, `int8`); by default the one the card serves.
-    `threads` caps ONNX Runtime's intra-op threads (set it to cores / workers when several run).
-    `keep_memory=False` hands the memory arena's free blocks back after every run: a long-running
-    server's resident memory stays flat instead of at the high-water mark of its largest batch,
-    while a run still reuses blocks between its own operators (as fast as keeping them, measured).
+    `variant` picks a model file the card lists (`fp32`, `int8`); by default the one the card
+    serves. `threads` caps ONNX Runtime's intra-op threads (set it to cores / workers when several
+    run). `keep_memory=False` hands the memory arena's free blocks back after every run: a
+    long-running server's resident memory stays flat instead of at the high-water mark of its
+    largest batch, while a run still reuses blocks between its own operators (as fast as keeping
+    them, measured).
     """
 
     def __init__(
@@ -150,8 +151,8 @@ class Predictor:
     def explain(
         self, record: dict, max_sentences: int = 64, top: int = 5, validated: bool = False
     ) -> dict:
-        """A `Prediction` plus its `explanation`, by occlusion in one batched model run: the change in
-        p_satisfied of the planned (else recommended) treatment when each present modality, each
+        """A `Prediction` plus its `explanation`, by occlusion in one batched model run: the change
+        in p_satisfied of the planned (else recommended) treatment when each present modality, each
         recorded structured field and each sentence (at most `max_sentences`) is left out."""
         frame = self._frame([record], validated)
         arrays = self.encode(frame)

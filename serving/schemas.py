@@ -2,8 +2,9 @@
 
 `Patient` is generated from the cohort schema (`spinecast.datasets.schema.COLUMNS`): one field per
 non-label column, with its type, range, categories, text limit and description, so the API and the
-file loader cannot drift apart. Every model rejects unknown fields, NaN and infinity, and keeps input
-values out of its error messages (`hide_input_in_errors`): errors name the field and the rule only.
+file loader cannot drift apart. Every model rejects unknown fields, NaN and infinity, and keeps
+input values out of its error messages (`hide_input_in_errors`): errors name the field and the rule
+only.
 
 Types are JSON's, strictly: an integer field takes a JSON integer (or an integral number such as
 3.0, since JSON has one number type), never a string or a boolean; a boolean field takes `true` or
@@ -33,7 +34,8 @@ PATIENT_ID_PATTERN = r"^[^\x00-\x1f\x7f]*[^\s\x00-\x1f\x7f][^\x00-\x1f\x7f]*$"
 
 
 def _openapi_nullable(schema: dict, _model=None) -> None:
-    """OpenAPI 3.0 (what BentoML publishes) has no `type: null`: `anyOf [X, null]` -> X + nullable."""
+    """OpenAPI 3.0 (what BentoML publishes) has no `type: null`: `anyOf [X, null]` -> X +
+    nullable."""
     for prop in schema.get("properties", {}).values():
         options = prop.get("anyOf", [])
         if len(options) == 2 and {"type": "null"} in options:
@@ -71,12 +73,18 @@ EXAMPLE_PATIENT: dict[str, Any] = {
     "leg_pain_nrs": 8,
     "diagnosis": "disc_herniation",
     "treatment": "decompression",
-    "clinical_note": "47M with 14 weeks of left leg pain radiating to the lateral foot, worse than his back pain. "
-    "Failed 8 weeks of PT. Denies bowel or bladder change. SLR positive on the left at 40 degrees. "
-    "Plantar flexion 4/5 on the left, Achilles reflex diminished on the left.",
-    "imaging_report": "MRI lumbar spine without contrast. L4-L5: mild disc bulge, no stenosis. L5-S1: left "
-    "paracentral disc extrusion compressing the traversing left S1 nerve root. IMPRESSION: "
-    "1. L5-S1 left paracentral extrusion with left S1 root compression.",
+    "clinical_note": (
+        "47M with 14 weeks of left leg pain radiating to the lateral foot, "
+        "worse than his back pain. "
+        "Failed 8 weeks of PT. Denies bowel or bladder change. "
+        "SLR positive on the left at 40 degrees. "
+        "Plantar flexion 4/5 on the left, Achilles reflex diminished on the left."
+    ),
+    "imaging_report": (
+        "MRI lumbar spine without contrast. L4-L5: mild disc bulge, no stenosis. L5-S1: left "
+        "paracentral disc extrusion compressing the traversing left S1 nerve root. IMPRESSION: "
+        "1. L5-S1 left paracentral extrusion with left S1 root compression."
+    ),
 }
 
 
@@ -110,7 +118,10 @@ def _patient_field(col: Column) -> tuple[Any, Any]:
     description = col.description
     if col.kind == "image":
         limits = {"max_length": MAX_IMAGE_BASE64}
-        description = "The MRI key image itself: a PNG or JPEG file, base64-encoded (in cohort files: a path)."
+        description = (
+            "The MRI key image itself: a PNG or JPEG file, base64-encoded "
+            "(in cohort files: a path)."
+        )
     examples = [EXAMPLE_PATIENT[col.name]] if col.name in EXAMPLE_PATIENT else None
     field = Field(
         ... if col.required else None, description=description, examples=examples, **limits
@@ -119,7 +130,8 @@ def _patient_field(col: Column) -> tuple[Any, Any]:
 
 
 def _check_base64(value: str | None) -> str | None:
-    """Cheap, so on the event loop: the image must be base64 (its pixels are `check_images`' work)."""
+    """Cheap, so on the event loop: the image must be base64 (its pixels are `check_images`'
+    work)."""
     if value is not None:
         try:
             base64.b64decode(value, validate=True)
@@ -161,8 +173,10 @@ Patient = create_model(
     "Patient",
     __config__=STRICT,
     __validators__={"image": field_validator("mri_image")(_check_base64)},
-    __doc__="One patient episode: a cohort row without the labels (CONTRACT.md). Only patient_id, age and sex "
-    "are required; every other field may be null or left out.",
+    __doc__=(
+        "One patient episode: a cohort row without the labels (CONTRACT.md). "
+        "Only patient_id, age and sex are required; every other field may be null or left out."
+    ),
     **{c.name: _patient_field(c) for c in COLUMNS if c.name in PATIENT_COLUMNS},
 )
 
@@ -212,8 +226,8 @@ class Outcome(BaseModel):
         le=1,
         examples=[0.74],
         description=(
-            "Lower end of the interval of p_satisfied over the model's bootstrap ensemble (coverage: the "
-            "card's `decision.interval`, default 80 %)."
+            "Lower end of the interval of p_satisfied over the model's bootstrap ensemble "
+            "(coverage: the card's `decision.interval`, default 80 %)."
         ),
     )
     p_satisfied_high: float | None = Field(
@@ -232,8 +246,8 @@ class Outcome(BaseModel):
         le=1,
         examples=[0.17],
         description=(
-            "The lower bound of that benefit the decision rule reads (the card's `decision.quantile` of "
-            "the ensemble)."
+            "The lower bound of that benefit the decision rule reads "
+            "(the card's `decision.quantile` of the ensemble)."
         ),
     )
     support: float | None = Field(
@@ -242,13 +256,15 @@ class Outcome(BaseModel):
         le=1,
         examples=[0.41],
         description=(
-            "Estimated share of patients like this one who received this treatment in training (propensity)."
+            "Estimated share of patients like this one who received this treatment in training "
+            "(propensity)."
         ),
     )
     supported: bool | None = Field(
         None,
         description=(
-            "support >= the card's `decision.support_floor`; an unsupported treatment is never recommended."
+            "support >= the card's `decision.support_floor`; "
+            "an unsupported treatment is never recommended."
         ),
     )
 
@@ -264,9 +280,10 @@ class Prediction(BaseModel):
     )
     recommended_treatment: Literal[TREATMENTS] = Field(
         description=(
-            "The decision rule's choice, not always the highest p_satisfied: physical therapy unless a more "
-            "invasive treatment's benefit is clearly positive (lower bound above the margin) and similar "
-            "patients received it (support above the floor)."
+            "The decision rule's choice, not always the highest p_satisfied: "
+            "physical therapy unless a more invasive treatment's benefit is clearly positive "
+            "(lower bound above the margin) and similar patients received it "
+            "(support above the floor)."
         )
     )
     recommendation_reason: str | None = Field(

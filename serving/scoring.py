@@ -39,8 +39,9 @@ SCHEMA = pa.schema(
 def score_frame(
     predictor: Predictor, frame: pd.DataFrame, progress: Callable[[int], object] | None = None
 ) -> pa.Table:
-    """Validated cohort rows -> their predictions as a table of SCHEMA, one row per patient, in order.
-    Both engines call this (`batch.score_file`, the Ray actors of `spinecast.serving.distributed`)."""
+    """Validated cohort rows -> their predictions as a table of SCHEMA, one row per patient, in
+    order. Both engines call this (`batch.score_file`, the Ray actors of
+    `spinecast.serving.distributed`)."""
     arrays = predictor.encode(frame)
     parts = []
     for first in range(0, len(frame), PROGRESS_ROWS):  # a progress bar moves within a chunk too

@@ -1,6 +1,7 @@
 """The SpineCast HTTP service (BentoML): CONTRACT.md section 2 over the torch-free predictor.
 
-    bentoml serve spinecast.serving.service:SpineCast          # needs `spinecast:latest` in the model store
+    # needs `spinecast:latest` in the model store
+    bentoml serve spinecast.serving.service:SpineCast
 
 Two services: `SpineCast` (public: validation, auth, limits, admission, the routes) calls
 `SpineCastModel` (the ONNX Runtime session) through `bentoml.depends`; concurrent `/predict` calls
@@ -52,7 +53,8 @@ BODY_LIMITS = {"/predict_batch": SETTINGS.max_batch_body_bytes}  # else max_body
 RESEND = Resend()
 
 edge.install(SETTINGS.max_connections, SETTINGS.header_timeout_s)
-# One /explain scores one variant per sentence and field (batched): its prior is a quarter of that in patients.
+# One /explain scores one variant per sentence and field (batched): its prior is a quarter of that
+# in patients.
 EXPLAIN_UNITS = (SETTINGS.explain_max_sentences + 24) / 4
 CAPACITY = Capacity(
     SETTINGS.max_queue_s,
@@ -67,8 +69,9 @@ IMAGES = ThreadPoolExecutor(
 
 def _verified_bundle() -> Path:
     """The model's folder in the store, its SHA256SUMS checked. This runs when `bentoml serve` (or
-    `bentoml build`) imports this module, before any worker starts: a missing or damaged bundle stops
-    the command with the reason and a non-zero exit (a failing worker would be restarted forever)."""
+    `bentoml build`) imports this module, before any worker starts: a missing or damaged bundle
+    stops the command with the reason and a non-zero exit (a failing worker would be restarted
+    forever)."""
     try:
         path = Path(bentoml.models.get(SETTINGS.model).path)
     except bentoml.exceptions.NotFound:
@@ -125,7 +128,8 @@ async def _checked(patients: list[Patient], batch: bool) -> list[dict]:
 @bentoml.service(name="spinecast_model", workers=SETTINGS.workers, traffic={"timeout": 600})
 class SpineCastModel:
     """The model: one verified bundle in one ONNX Runtime session per worker. Every API reports the
-    seconds its model run took, which the public service's `Capacity` learns the model's speed from."""
+    seconds its model run took, which the public service's `Capacity` learns the model's speed
+    from."""
 
     bundle = bentoml.models.BentoModel(SETTINGS.model)
 
@@ -265,9 +269,9 @@ class SpineCast:
     @bentoml.api(route="/predict_batch", input_spec=BatchRequest)
     async def predict_batch(self, patients: list[Patient]) -> PredictionBatch:
         """Predictions for 1 to 256 patients, in their order: scored in model calls of at most
-        `SPINECAST_CHUNK_PATIENTS` patients, each with its own deadline, all sent at once (the model takes its calls in
-        order of arrival, so concurrent batches interleave; and every chunk is in flight when a
-        SIGTERM comes, so the drain answers the whole batch)."""
+        `SPINECAST_CHUNK_PATIENTS` patients, each with its own deadline, all sent at once (the
+        model takes its calls in order of arrival, so concurrent batches interleave; and every
+        chunk is in flight when a SIGTERM comes, so the drain answers the whole batch)."""
         records = await _checked(patients, batch=True)
         with await self._admit("patient", len(records)):
             calls = [
@@ -290,7 +294,8 @@ class SpineCast:
 
     @bentoml.api(route="/explain", input_spec=PredictRequest)
     async def explain(self, patient: Patient) -> ExplainedPrediction:
-        """A prediction with the effect of each modality, structured field and sentence on p_satisfied."""
+        """A prediction with the effect of each modality, structured field and sentence on
+        p_satisfied."""
         [record] = await _checked([patient], batch=False)
         with await self._admit("explain", 1):
             out = await self._once("explain", 1, self.model.to_async.explain, patient=record)

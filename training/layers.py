@@ -34,7 +34,8 @@ class Block(nn.Module):
         self.drop = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, S, D), and optionally (B, S) True where a position may be attended to -> (B, S, D)."""
+        """(B, S, D), and optionally (B, S) True where a position may be attended to ->
+        (B, S, D)."""
         q, k, v = (
             self.qkv(self.attn_norm(x))
             .unflatten(-1, (3, self.heads, -1))

@@ -27,7 +27,8 @@ from .text import CrossDocument, DocumentEncoder, SentenceEncoder, build_backbon
 
 
 class Fusion(nn.Module):
-    """Modality tokens (B, M, D) + presence (B, M) -> (B, D). Absent modalities become a learned token."""
+    """Modality tokens (B, M, D) + presence (B, M) -> (B, D). Absent modalities become a learned
+    token."""
 
     def __init__(
         self, kind: str, dim: int, layers: int, heads: int, dropout: float, modality_dropout: float
@@ -99,7 +100,8 @@ class OutcomeHeads(nn.Module):
         """-> outputs (B, K, T, 3) and the effects over physical therapy (B, K, T - 1, 3)."""
         base = self.prognosis(h).unsqueeze(2)  # (B, K, 1, 3)
         effect = self.effect(h).unflatten(2, (len(TREATMENTS) - 1, len(OUTCOMES)))  # (B, K, T-1, 3)
-        # physical therapy's effect is 0 (padded in front); zeros_like would freeze the traced batch size
+        # physical therapy's effect is 0 (padded in front); zeros_like would freeze the traced
+        # batch size
         return base + F.pad(effect, (0, 0, 1, 0)), effect
 
 

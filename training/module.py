@@ -222,7 +222,8 @@ class SpineCastModule(L.LightningModule):
         )
 
     def on_validation_epoch_end(self):
-        """Fit the temperatures on this epoch's validation logits; every checkpoint carries its own."""
+        """Fit the temperatures on this epoch's validation logits; every checkpoint carries its
+        own."""
         if self._val_logits and not self.trainer.sanity_checking:
             parts = [torch.cat(x) for x in zip(*self._val_logits)]
             members = parts[0].shape[-1]

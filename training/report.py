@@ -25,29 +25,23 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from matplotlib.figure import Figure
-from sklearn.calibration import calibration_curve
-from sklearn.metrics import roc_curve
 from spinecast.datasets import mcid
 from spinecast.datasets.decision import DecisionRule
 from spinecast.datasets.inputs import MODALITIES, OUTCOMES
 from spinecast.datasets.schema import COLUMN_BY_NAME, DIAGNOSES, TREATMENTS
 
-from spinecast.metrics import ECE_BINS, as_float, binary_metrics, expected_auroc
+from spinecast.metrics import as_float, binary_metrics, expected_auroc
 from spinecast.metrics import auroc as _auroc
 
 from .baselines import treatment_index
 from .counterfactual import aligned_truth
+from .markdown import render_markdown
+from .plots import plot_reliability, plot_roc
 from .recommendation import (
     HEADS_KEYS,
-    benefit_section,
-    diagnosis_section,
     evaluate_recommendations,
-    overlap_section,
-    summary_section,
     write_plots,
 )
-from .recommendation import fmt as _f
 
 AGE_BANDS = ((18, 40, "<40"), (40, 60, "40-59"), (60, 75, "60-74"), (75, 200, "75+"))
 
@@ -270,186 +264,9 @@ def write_report(
             for k, v in (baselines or {}).items()
         }
     )
-    _plot_roc(out / "roc.png", y, scores)
-    _plot_reliability(out / "calibration.png", y, scores)
+    plot_roc(out / "roc.png", y, scores)
+    plot_reliability(out / "calibration.png", y, scores)
     if "recommendation" in metrics:
         write_plots(out, metrics["recommendation"], test, outcomes["p_satisfied"], truth)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     (out / "report.md").write_text(render_markdown(metrics))
-
-
-def _plot_roc(path: Path, y: np.ndarray, scores: dict[str, np.ndarray]) -> None:
-    fig = Figure(figsize=(5.5, 5))  # a bare Figure renders with Agg and touches no pyplot state
-    ax = fig.subplots()
-    if 0 < y.sum() < len(y):
-        for name, p in scores.items():
-            fpr, tpr, _ = roc_curve(y, p)
-            ax.plot(fpr, tpr, label=f"{name} (AUROC {_auroc(p, y):.3f})")
-        ax.legend(loc="lower right")
-    else:
-        ax.text(0.5, 0.5, "ROC needs both satisfied and unsatisfied rows", ha="center")
-    ax.plot([0, 1], [0, 1], ls=":", color="grey")
-    ax.set(
-        xlabel="false positive rate",
-        ylabel="true positive rate",
-        title="ROC, satisfied at 12 months",
-    )
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-
-
-def _plot_reliability(path: Path, y: np.ndarray, scores: dict[str, np.ndarray]) -> None:
-    fig = Figure(figsize=(5.5, 5))
-    ax = fig.subplots()
-    for name, p in scores.items():
-        if len(y):
-            observed, predicted = calibration_curve(y, p, n_bins=ECE_BINS, strategy="uniform")
-            ax.plot(predicted, observed, marker="o", ms=3, label=name)
-    ax.plot([0, 1], [0, 1], ls=":", color="grey", label="perfect calibration")
-    ax.set(
-        xlabel=f"predicted P(satisfied), {ECE_BINS} equal-width bins",
-        ylabel="observed satisfied rate",
-        xlim=(-0.02, 1.02),
-        ylim=(-0.02, 1.02),
-        title="Reliability diagram",
-    )
-    ax.legend(loc="upper left")
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-
-
-def render_markdown(metrics: dict) -> str:
-    """The report from the metrics alone, so it can hold nothing that is not an aggregate. The
-    recommendation summary comes first: it is what the model is for."""
-    c = metrics["counts"]
-    intro = (
-        f"{c['patients']:,} test patients, {c['labeled']:,} with a `satisfied` label "
-        f"({_f(c['satisfied_rate'], '.1%')} satisfied)."
-    )
-    plots = "Plots: [ROC curves](roc.png), [reliability diagram](calibration.png)"
-    if "test/cf_rmse" in metrics:
-        plots += ", [predicted vs true P(satisfied)](counterfactual.png)"
-    lines = [
-        "# SpineCast evaluation report",
-        "",
-        intro,
-        "",
-        *summary_section(metrics),
-        "## Predictions",
-        "",
-        *_summary(metrics),
-        "",
-        plots,
-        "",
-        "![ROC curves](roc.png) ![Reliability diagram](calibration.png)",
-        "",
-    ]
-    if "test/cf_rmse" in metrics:
-        lines += ["![Predicted vs true P(satisfied) per treatment](counterfactual.png)", ""]
-    for section in (
-        diagnosis_section,
-        overlap_section,
-        benefit_section,
-        _ablation_table,
-        _subgroup_table,
-        _baseline_table,
-    ):
-        lines += section(metrics)
-    return "\n".join(lines).rstrip() + "\n"
-
-
-def _summary(m: dict) -> list[str]:
-    rows = [
-        ("AUROC, `satisfied`", _f(m["test/auroc"])),
-        ("AUPRC", _f(m["test/auprc"])),
-        ("Brier score", _f(m["test/brier"])),
-        (f"expected calibration error ({ECE_BINS} bins)", _f(m["test/ece"])),
-    ]
-    if "test/mcid_auroc" in m:
-        rows.append((f"AUROC, `mcid` ({m['test/mcid_n']:,} rows)", _f(m["test/mcid_auroc"])))
-    if "test/odi_rmse" in m:
-        rows.append(
-            (f"ODI at 12 months, RMSE ({m['test/odi_n']:,} rows)", _f(m["test/odi_rmse"], ".2f"))
-        )
-    if "test/bayes_auroc" in m:
-        rows += [
-            (
-                "Bayes AUROC: true probabilities (on these labels)",
-                f"{_f(m['test/bayes_auroc'])} ({_f(m['test/bayes_auroc_on_labels'])})",
-            ),
-            (
-                "gap to the Bayes AUROC (on these labels)",
-                f"{_f(m['test/bayes_auroc_gap'])} ({_f(m['test/bayes_auroc_gap_on_labels'])})",
-            ),
-        ]
-    if "test/cf_rmse" in m:
-        rows += [
-            ("RMSE of P(satisfied) vs truth, all patients x all treatments", _f(m["test/cf_rmse"]))
-        ]
-        rows += [(f"... {t}", _f(m[f"test/cf_rmse_{t}"])) for t in TREATMENTS]
-    intro = (
-        "Label metrics score the predicted P(satisfied) of the treatment each patient got; the "
-        "RMSE against the truth scores every treatment."
-    )
-    return [intro, "", "| metric | value |", "|---|---|", *(f"| {k} | {v} |" for k, v in rows)]
-
-
-def _ablation_table(m: dict) -> list[str]:
-    if "ablation" not in m:
-        return []
-    rows = [
-        f"| {k} | {_f(v['auroc'])} | {_f(v['drop'], '+.3f')} |" for k, v in m["ablation"].items()
-    ]
-    return [
-        "## Modality ablation",
-        "",
-        "AUROC of `satisfied` with one input removed; the drop is what that modality adds.",
-        "",
-        "| modality removed | AUROC | drop |",
-        "|---|---|---|",
-        *rows,
-        "",
-    ]
-
-
-def _subgroup_table(m: dict) -> list[str]:
-    rows = [
-        f"| {r['field']} | {r['value']} | {r['n']:,} | {_f(r['auroc'])} "
-        f"| {_f(r['satisfied_rate'], '.1%')} |"
-        for r in m["subgroups"]
-    ]
-    return [
-        "## Subgroups",
-        "",
-        "n counts labeled rows; AUROC is n/a where a subgroup holds a single class.",
-        "",
-        "| field | group | n | AUROC | satisfied |",
-        "|---|---|---|---|---|",
-        *rows,
-        "",
-    ]
-
-
-def _baseline_table(m: dict) -> list[str]:
-    if "baselines" not in m:
-        return []
-    rmse = {
-        k: m.get("test/cf_rmse" if k == "model" else f"test/{k}/cf_rmse") for k in m["baselines"]
-    }
-    rows = [
-        f"| {k} | {_f(v['auroc'])} | {_f(v['auprc'])} | {_f(v['brier'])} | {_f(v['ece'])} "
-        f"| {_f(rmse[k])} |"
-        for k, v in m["baselines"].items()
-    ]
-    return [
-        "## Baselines",
-        "",
-        (
-            "Same rows, same labels: label metrics on the observed treatment's column; RMSE "
-            "against the truth over every treatment (n/a without a truth file). Their "
-            "recommendations (argmax) are in the recommendations table."
-        ),
-        "",
-        "| model | AUROC | AUPRC | Brier | ECE | RMSE vs truth |",
-        "|---|---|---|---|---|---|",
-        *rows,
-        "",
-    ]

@@ -151,7 +151,8 @@ class SentenceEncoder(nn.Module):
             )  # scale: in the query weights
             weight = torch.cat([att.query.weight * scale, att.key.weight, att.value.weight])
             bias = torch.cat([att.query.bias * scale, att.key.bias, att.value.bias])
-            # heads first, on the real tokens: (3 * heads, T, d); the padded copies need no transpose
+            # heads first, on the real tokens: (3 * heads, T, d); the padded copies need no
+            # transpose
             qkv = (
                 F.linear(x, weight, bias)
                 .unflatten(1, (3 * heads, att.attention_head_size))

@@ -14,7 +14,7 @@ from spinecast.datasets import load_cohort
 from spinecast.datasets.decision import DecisionRule
 from spinecast.datasets.schema import TREATMENTS
 from spinecast.datasets.synth import generate
-from spinecast.training.recommendation import recommendation_table
+from spinecast.training.markdown import recommendation_table
 from spinecast.training.report import evaluate_predictions, write_report
 
 from spinecast.metrics import auroc, expected_auroc
