@@ -19,133 +19,32 @@ saves the finished bundle into the BentoML model store as `spinecast:<version>`,
 from __future__ import annotations
 
 import argparse
-import copy
 import json
-import logging
 import subprocess
-import warnings
 from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
-import onnx
 import pandas as pd
 import torch
 from spinecast.datasets import TREATMENTS, load_cohort
-from spinecast.datasets.inputs import INPUTS, MODALITIES, OUTPUTS, model_inputs
+from spinecast.datasets.inputs import MODALITIES, OUTPUTS, model_inputs
 from spinecast.datasets.schema import COLUMN_BY_NAME, TREATMENT_INDEX
 from spinecast.serving import bundle
 from spinecast.serving.bundle import Card, Variant, sha256
 from spinecast.serving.predictor import Predictor
-from torch import nn
 
 from spinecast.metrics import observed_auroc
 
 from .data import SplitError, recorded_split, split_cohort
+from .graph import OPSET, optimize, quantize, to_onnx
 from .inference import encode_for, load_module, predict
 
-OPSET = 17
 PARITY_TOLERANCE = 1e-4
-AXES = {
-    "numeric": {0: "batch"},
-    "numeric_missing": {0: "batch"},
-    "categorical": {0: "batch"},
-    "note_ids": {0: "batch", 1: "note_sentences", 2: "note_tokens"},
-    "note_mask": {0: "batch", 1: "note_sentences", 2: "note_tokens"},
-    "report_ids": {0: "batch", 1: "report_sentences", 2: "report_tokens"},
-    "report_mask": {0: "batch", 1: "report_sentences", 2: "report_tokens"},
-    "image": {0: "batch"},
-    "image_present": {0: "batch"},
-    **{k: {0: "batch"} for k in OUTPUTS},
-}
 
 
 class ExportError(RuntimeError):
     """The export cannot be trusted (parity failed, quantization lost accuracy)."""
-
-
-class _Calibrated(nn.Module):
-    def __init__(self, net: nn.Module):
-        super().__init__()
-        self.net = net
-
-    def forward(self, *inputs):
-        return self.net.probabilities(*inputs)
-
-
-def to_onnx(net: nn.Module, example: dict[str, np.ndarray], path: Path) -> None:
-    """Trace the calibrated network on `example` (model inputs) into `path`; dynamic batch, sentence
-    and token axes. A text backbone the graph runs as is (not a BERT, see
-    `SentenceEncoder._exported`) switches to plain (eager) attention for the trace."""
-    net = copy.deepcopy(net).eval().float()
-    for backbone in {
-        id(m): m for m in (net.note.sentences.backbone, net.report.sentences.backbone)
-    }.values():
-        backbone.config._attn_implementation = "eager"
-    args = tuple(torch.from_numpy(example[k]) for k in INPUTS)
-    # The tracer warns about shape-dependent Python in transformers' mask helpers; the parity check
-    # on other batch sizes and lengths is what proves the graph right.
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore", torch.jit.TracerWarning)
-        torch.onnx.export(
-            _Calibrated(net),
-            args,
-            str(path),
-            dynamo=False,
-            opset_version=OPSET,
-            input_names=list(INPUTS),
-            output_names=list(OUTPUTS),
-            dynamic_axes=AXES,
-        )
-    onnx.checker.check_model(str(path))
-
-
-def optimize(path: Path, net: nn.Module) -> dict:
-    """ONNX Runtime's transformer graph fusion (layer norm, skip layer norm, GELU), in place."""
-    from onnxruntime.transformers.optimizer import optimize_model
-
-    config = net.note.sentences.backbone.config
-    # Symbolic shape inference cannot compare the dynamic axes with the sentence dedup's output
-    # sizes and warns for each; the fused graph is checked against PyTorch afterwards.
-    for name in ("onnxruntime.tools.symbolic_shape_infer", "symbolic_shape_infer"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    model = optimize_model(
-        str(path),
-        model_type="bert",
-        num_heads=config.num_attention_heads,
-        hidden_size=config.hidden_size,
-        opt_level=1,
-    )
-    model.save_model_to_file(str(path))
-    return {k: v for k, v in model.get_fused_operator_statistics().items() if v}
-
-
-def quantize(src: Path, dst: Path) -> None:
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    # Fused ops (com.microsoft domain) defeat ONNX shape inference; their tensors are float. The
-    # quantizer warns on the root logger for each tensor it cannot type (the float ones covered
-    # above, the graph's integer index tensors it has no use for) and suggests its pre-processing
-    # (shape inference again): expected here, so hushed.
-    def typed(record: logging.LogRecord) -> bool:
-        return not record.getMessage().startswith(
-            (
-                "Failed to infer data type",
-                "Inference failed or unsupported type",
-                "Please consider to run pre-processing",
-            )
-        )
-
-    logging.getLogger().addFilter(typed)
-    try:
-        quantize_dynamic(
-            str(src),
-            str(dst),
-            weight_type=QuantType.QInt8,
-            extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
-        )
-    finally:
-        logging.getLogger().removeFilter(typed)
 
 
 def held_out(ckpt: Path, data: Path | None) -> tuple[pd.DataFrame, dict]:
@@ -236,34 +135,66 @@ def export(
 ) -> Card:
     """Write the bundle to `out`; return its card. ExportError when parity or accuracy fail."""
     module = load_module(ckpt)
-    net, text = module.net, module.net.config.text
     frame, training_data = held_out(Path(ckpt), data)
     frame = frame.iloc[: max(eval_rows, parity_rows + 2)]
     arrays = encode_for(module, frame)
 
-    out.mkdir(parents=True, exist_ok=True)
-    for name in (bundle.MODEL, bundle.MODEL_INT8, bundle.CHECKSUMS):
-        (out / name).unlink(missing_ok=True)
+    fused = _write_graph(module, arrays, out, optimize_graph)
+    card = _card(module, Path(ckpt).name, training_data, out, fused)
+    bundle.write(out, card)
+
+    reference = predict(module, arrays)  # PyTorch, eval mode, full-width windows
+    card.parity = _parity(out, arrays, reference, parity_rows)
+    if not card.parity["passed"]:
+        bundle.write(out, card)
+        diff = card.parity["max_abs_diff_probabilities"]
+        shown = f"by {diff:.2e}" if diff != "non-finite" else "(NaN in a probability)"
+        raise ExportError(
+            f"ONNX Runtime differs from PyTorch {shown} "
+            f"(tolerance {PARITY_TOLERANCE:.0e} per probability); "
+            f"the bundle in {out} must not be served"
+        )
+
+    fp32_auroc = auroc(frame, reference["p_satisfied"])
+    card.variants["fp32"] = Variant(file=bundle.MODEL, val_auroc=fp32_auroc, val_rows=len(frame))
+    if module.hparams.get("teacher"):
+        card.distillation = distillation(module, frame, fp32_auroc)
+    if quantize_int8:
+        _add_int8(out, card, frame, arrays, max_auroc_drop)
+    bundle.write(out, card)
+    return card
+
+
+def _write_graph(
+    module, arrays: dict[str, np.ndarray], out: Path, optimize_graph: bool
+) -> dict | None:
+    """The tokenizer, the feature encoding and the traced graph; with `optimize_graph` fused,
+    returning the fused operators' counts."""
     from spinecast.datasets.sentences import load_tokenizer
 
     from .config import resolve_pretrained
 
+    out.mkdir(parents=True, exist_ok=True)
+    for name in (bundle.MODEL, bundle.MODEL_INT8, bundle.CHECKSUMS):
+        (out / name).unlink(missing_ok=True)
+    text = module.net.config.text
     load_tokenizer(resolve_pretrained(text.pretrained)).save(str(out / bundle.TOKENIZER))
-    (out / bundle.FEATURES).write_text(
-        json.dumps(module.feature_encoding.to_dict(), indent=1) + "\n"
-    )
-    trace = {
-        k: v[:2] for k, v in arrays.items()
-    }  # parity below runs other records, batch sizes and lengths
-    to_onnx(net, model_inputs(trace), out / bundle.MODEL)
-    fused = optimize(out / bundle.MODEL, net) if optimize_graph else None
+    encoding = module.feature_encoding.to_dict()
+    (out / bundle.FEATURES).write_text(json.dumps(encoding, indent=1) + "\n")
+    # traced on two records: the parity check runs others, other batch sizes and lengths
+    to_onnx(module.net, model_inputs({k: v[:2] for k, v in arrays.items()}), out / bundle.MODEL)
+    return optimize(out / bundle.MODEL, module.net) if optimize_graph else None
 
+
+def _card(module, checkpoint: str, training_data: dict, out: Path, fused: dict | None) -> Card:
+    net = module.net
+    text = net.config.text
     created = datetime.now(UTC)
-    card = Card(
+    return Card(
         version=f"spinecast-{created:%Y%m%d}-{sha256(out / bundle.MODEL)[:6]}",
         created=created.isoformat(timespec="seconds"),
         git_commit=_git_commit(),
-        checkpoint=Path(ckpt).name,
+        checkpoint=checkpoint,
         training_data=training_data,
         config=module.hparams["config"],
         modalities=list(MODALITIES),
@@ -281,68 +212,51 @@ def export(
         variants={"fp32": Variant(file=bundle.MODEL)},
         serve="fp32",
     )
-    bundle.write(out, card)
 
-    reference = predict(module, arrays)  # PyTorch, eval mode, full-width windows
-    held = {k: v[2 : 2 + parity_rows] for k, v in arrays.items()}
-    parity_predictor = Predictor(out, "fp32", batch_size=7)
-    onnx_out = parity_predictor.run(held)
-    # NaN anywhere (either runtime) counts as a failure: `nan > tolerance` is False.
+
+def _parity(out: Path, arrays: dict, reference: dict, rows: int) -> dict:
+    """ONNX Runtime through the torch-free predictor vs PyTorch on records the trace did not see,
+    at another batch size; NaN anywhere (either runtime) is a failure."""
+    held = {k: v[2 : 2 + rows] for k, v in arrays.items()}
+    onnx_out = Predictor(out, "fp32", batch_size=7).run(held)
     diff = max(
-        float(
-            np.nan_to_num(np.abs(onnx_out[k] - reference[k][2 : 2 + parity_rows]), nan=np.inf).max()
-        )
+        float(np.nan_to_num(np.abs(onnx_out[k] - reference[k][2 : 2 + rows]), nan=np.inf).max())
         for k in ("p_satisfied", "p_mcid", "p_satisfied_members", "propensity")
     )
-    card.parity = {
+    return {
         "max_abs_diff_probabilities": diff if np.isfinite(diff) else "non-finite",
         "tolerance": PARITY_TOLERANCE,
         "records": len(held["numeric"]),
         "batch_size": 7,
         "trace_batch_size": 2,
-        "passed": diff <= PARITY_TOLERANCE,
+        "passed": diff <= PARITY_TOLERANCE,  # False for NaN
     }
-    if not diff <= PARITY_TOLERANCE:
-        bundle.write(out, card)
-        shown = f"by {diff:.2e}" if np.isfinite(diff) else "(NaN in a probability)"
-        raise ExportError(
-            f"ONNX Runtime differs from PyTorch {shown} "
-            f"(tolerance {PARITY_TOLERANCE:.0e} per probability); "
-            f"the bundle in {out} must not be served"
-        )
 
-    fp32_auroc = auroc(frame, reference["p_satisfied"])
-    card.variants["fp32"] = Variant(file=bundle.MODEL, val_auroc=fp32_auroc, val_rows=len(frame))
-    if module.hparams.get("teacher"):
-        card.distillation = distillation(module, frame, fp32_auroc)
-    if quantize_int8:
-        quantize(out / bundle.MODEL, out / bundle.MODEL_INT8)
-        card.variants["int8"] = Variant(file=bundle.MODEL_INT8)
-        bundle.write(out, card)
-        int8 = Predictor(out, "int8").run(arrays)
-        int8_auroc = auroc(frame, int8["p_satisfied"])
-        drop = (
-            (fp32_auroc - int8_auroc) if fp32_auroc is not None and int8_auroc is not None else None
-        )
-        card.variants["int8"] = Variant(
-            file=bundle.MODEL_INT8, val_auroc=int8_auroc, val_rows=len(frame), auroc_drop=drop
-        )
-        if drop is None or drop > max_auroc_drop:
-            (out / bundle.MODEL_INT8).unlink()
-            del card.variants["int8"]
-            bundle.write(out, card)
-            shown = (
-                "unknown (the held-out records hold a single class)"
-                if drop is None
-                else f"{drop:.4f}"
-            )
-            raise ExportError(
-                f"refused the INT8 model: validation AUROC drop {shown} exceeds {max_auroc_drop}; "
-                f"the fp32 bundle in {out} is complete and verified"
-            )
-        card.serve = "int8"
+
+def _add_int8(out: Path, card: Card, frame, arrays: dict, max_auroc_drop: float) -> None:
+    """Quantize, score the held-out records, and serve INT8 only within the AUROC guard."""
+    quantize(out / bundle.MODEL, out / bundle.MODEL_INT8)
+    card.variants["int8"] = Variant(file=bundle.MODEL_INT8)
     bundle.write(out, card)
-    return card
+    int8_auroc = auroc(frame, Predictor(out, "int8").run(arrays)["p_satisfied"])
+    fp32_auroc = card.variants["fp32"].val_auroc
+    both = fp32_auroc is not None and int8_auroc is not None
+    drop = fp32_auroc - int8_auroc if both else None
+    card.variants["int8"] = Variant(
+        file=bundle.MODEL_INT8, val_auroc=int8_auroc, val_rows=len(frame), auroc_drop=drop
+    )
+    if drop is None or drop > max_auroc_drop:
+        (out / bundle.MODEL_INT8).unlink()
+        del card.variants["int8"]
+        bundle.write(out, card)
+        shown = (
+            "unknown (the held-out records hold a single class)" if drop is None else f"{drop:.4f}"
+        )
+        raise ExportError(
+            f"refused the INT8 model: validation AUROC drop {shown} exceeds {max_auroc_drop}; "
+            f"the fp32 bundle in {out} is complete and verified"
+        )
+    card.serve = "int8"
 
 
 def save_to_bentoml(out: Path) -> str:

@@ -290,7 +290,7 @@ def test_a_non_bert_text_encoder_exports_and_matches_eager(tiny_bert, batch, tmp
     """Encoders other than BERT run padded in the graph (no `_unpadded`); the ONNX model still
     matches the eager one at another batch size and with a record without text."""
     import onnxruntime as ort
-    from spinecast.training.export import to_onnx
+    from spinecast.training.graph import to_onnx
 
     folder = tmp_path / "tiny_roberta"
     torch.manual_seed(0)
