@@ -185,30 +185,11 @@ def validate_frame(
     Parquet or JSON Lines file, a table in memory): a number is a number and a boolean a boolean,
     as in the HTTP API ("3" is not an integer, 1 is not true); False for CSV, whose cells are text.
     """
-    problems: list[tuple[np.ndarray, Column, str, list[str]]] = []
-    file_level: list[Violation] = []
-    if len(frame) == 0:
-        file_level.append(Violation(source, "-", "-", "file must hold at least one row", "0 rows"))
-    unknown = [c for c in frame.columns if c not in COLUMN_BY_NAME]
-    for name in unknown:
-        file_level.append(
-            Violation(
-                source,
-                "-",
-                str(name),
-                "unknown column (not in the contract)",
-                "a column of that name",
-            )
-        )
-    for col in COLUMNS:
-        required = col.required or (training and col.role == "treatment")
-        if col.name not in frame.columns and required:
-            file_level.append(
-                Violation(source, "-", col.name, "required column is missing", "no such column")
-            )
+    file_level = _file_problems(frame, source, training)
     if file_level:
         raise CohortError(source, file_level)
 
+    problems: list[tuple[np.ndarray, Column, str, list[str]]] = []
     out = {}
     for col in COLUMNS:
         raw = (
@@ -226,6 +207,22 @@ def validate_frame(
     typed = pd.DataFrame(out)
     typed.attrs["source"] = source
     return typed
+
+
+def _file_problems(frame: pd.DataFrame, source: str, training: bool) -> list[Violation]:
+    """What is wrong with the table as a whole: no rows, an unknown or a missing required column."""
+    found = []
+    if len(frame) == 0:
+        found.append(Violation(source, "-", "-", "file must hold at least one row", "0 rows"))
+    for name in (c for c in frame.columns if c not in COLUMN_BY_NAME):
+        rule = "unknown column (not in the contract)"
+        found.append(Violation(source, "-", str(name), rule, "a column of that name"))
+    for col in COLUMNS:
+        required = col.required or (training and col.role == "treatment")
+        if col.name not in frame.columns and required:
+            rule = "required column is missing"
+            found.append(Violation(source, "-", col.name, rule, "no such column"))
+    return found
 
 
 def _check_column(raw: pd.Series, col: Column, training: bool, base_dir: Path | None, typed: bool):

@@ -88,7 +88,7 @@ def _check_unique(ids, seen: UniqueIds, source: str, offset: int) -> None:
         raise CohortError(source, [problem])
 
 
-def main(argv: list[str]) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="spinecast predict", description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--model", type=Path, required=True, help="model bundle folder (spinecast export)"
@@ -122,6 +122,11 @@ def main(argv: list[str]) -> int:
     parser.add_argument(
         "--variant", default=None, help="model variant from the card (default: the served one)"
     )
+    _add_ray_options(parser)
+    return parser
+
+
+def _add_ray_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--engine",
         choices=("local", "ray"),
@@ -142,7 +147,10 @@ def main(argv: list[str]) -> int:
             "--engine ray: most predictor actors (default: the cluster's CPUs / threads, less one)"
         ),
     )
-    args = parser.parse_args(argv)
+
+
+def main(argv: list[str]) -> int:
+    args = _parser().parse_args(argv)
     try:
         if args.engine == "ray":
             from .distributed import score_with_ray  # imports ray, an optional extra

@@ -102,31 +102,10 @@ def score_with_ray(
         ray.init(address=address)
     try:
         start = time.perf_counter()
-        partial = dst.with_name(
-            dst.name + ".partial"
-        )  # a failed run never leaves a half-written `dst`
-        shutil.rmtree(partial, ignore_errors=True)  # what a killed run left
         if concurrency is None:
             concurrency = max(1, (int(ray.cluster_resources().get("CPU", 1)) - 1) // threads)
-        try:
-            failed = _run(
-                src,
-                partial,
-                (str(bundle), variant, threads, batch_size),
-                chunk_rows,
-                concurrency,
-                threads,
-            )
-            if failed:  # raised here, not in `_run`: no Ray exception chained to it
-                raise CohortError(*failed)
-            rows = _count(partial, src.name)
-            _check_unique(partial, src.name)
-        except BaseException:
-            shutil.rmtree(partial, ignore_errors=True)  # no predictions of a cohort that failed
-            raise
-        if dst.exists():  # an empty folder
-            dst.rmdir()
-        partial.rename(dst)
+        actor = (str(bundle), variant, threads, batch_size)
+        rows = _score_into(src, dst, actor, chunk_rows, concurrency, threads)
     finally:
         if started_here:
             ray.shutdown()
@@ -139,6 +118,28 @@ def score_with_ray(
         "files": len(list(dst.glob("*.parquet"))),
         "out": str(dst),
     }
+
+
+def _score_into(
+    src: Path, dst: Path, actor: tuple, chunk_rows: int, concurrency: int, threads: int
+) -> int:
+    """Score into `dst` through a `.partial` folder: a failed run never leaves a half-written
+    `dst` (nor predictions of a cohort that failed). Returns the rows written."""
+    partial = dst.with_name(dst.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)  # what a killed run left
+    try:
+        failed = _run(src, partial, actor, chunk_rows, concurrency, threads)
+        if failed:  # raised here, not in `_run`: no Ray exception chained to it
+            raise CohortError(*failed)
+        rows = _count(partial, src.name)
+        _check_unique(partial, src.name)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    if dst.exists():  # an empty folder
+        dst.rmdir()
+    partial.rename(dst)
+    return rows
 
 
 def _run(

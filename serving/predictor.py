@@ -167,18 +167,8 @@ class Predictor:
             ("field", name, arrays_without)
             for name, arrays_without in self._field_occlusions(arrays)
         ]
-        sentences = []
-        for name, column in TEXTS:
-            kept = (
-                self.window.sentences(frame[column].iloc[0])[0]
-                if isinstance(frame[column].iloc[0], str)
-                else []
-            )
-            for slot, text in enumerate(kept[: max(0, max_sentences - len(sentences))]):
-                mask = arrays[f"{name}_mask"].copy()
-                mask[0, slot] = 0
-                variants.append(("sentence", len(sentences), {**arrays, f"{name}_mask": mask}))
-                sentences.append((column, slot, text))
+        occluded, sentences = self._sentence_occlusions(frame, arrays, max_sentences)
+        variants += occluded
         stacked = {k: np.concatenate([v[k] for _, _, v in variants]) for k in INPUTS}
         outcomes = self.run(stacked)
         [prediction] = predictions(
@@ -186,17 +176,7 @@ class Predictor:
         )
         treatment = prediction["planned_treatment"] or prediction["recommended_treatment"]
         p = outcomes["p_satisfied"][:, TREATMENTS.index(treatment)]
-        effects = {"modality": {}, "field": [], "sentence": []}
-        for (kind, key, _), value in zip(variants[1:], p[1:] - p[0]):
-            if kind == "modality":
-                effects["modality"][key] = float(value)
-            elif kind == "field":
-                effects["field"].append({"field": key, "effect": float(value)})
-            else:
-                source, slot, text = sentences[key]
-                effects["sentence"].append(
-                    {"source": source, "index": slot, "text": text, "effect": float(value)}
-                )
+        effects = _effects(variants[1:], p[1:] - p[0], sentences)
         by_size = lambda e: -abs(e["effect"])
         prediction["explanation"] = {
             "treatment": treatment,
@@ -206,6 +186,20 @@ class Predictor:
             "sentences_scored": len(sentences),
         }
         return prediction
+
+    def _sentence_occlusions(self, frame: pd.DataFrame, arrays: dict, max_sentences: int):
+        """One variant per kept sentence of the note, then the report (at most `max_sentences`),
+        with that sentence masked; and (column, slot, text) of each."""
+        variants, sentences = [], []
+        for name, column in TEXTS:
+            text = frame[column].iloc[0]
+            kept = self.window.sentences(text)[0] if isinstance(text, str) else []
+            for slot, sentence in enumerate(kept[: max(0, max_sentences - len(sentences))]):
+                mask = arrays[f"{name}_mask"].copy()
+                mask[0, slot] = 0
+                variants.append(("sentence", len(sentences), {**arrays, f"{name}_mask": mask}))
+                sentences.append((column, slot, sentence))
+        return variants, sentences
 
     def _field_occlusions(self, arrays: dict[str, np.ndarray]):
         """(field, arrays with that recorded structured field set to not recorded)."""
@@ -219,6 +213,22 @@ class Predictor:
                 categorical = arrays["categorical"].copy()
                 categorical[0, j] = 0
                 yield name, {**arrays, "categorical": categorical}
+
+
+def _effects(variants: list, deltas: np.ndarray, sentences: list) -> dict:
+    """Each occlusion's change in p_satisfied, by kind."""
+    effects = {"modality": {}, "field": [], "sentence": []}
+    for (kind, key, _), value in zip(variants, deltas):
+        if kind == "modality":
+            effects["modality"][key] = float(value)
+        elif kind == "field":
+            effects["field"].append({"field": key, "effect": float(value)})
+        else:
+            source, slot, text = sentences[key]
+            effects["sentence"].append(
+                {"source": source, "index": slot, "text": text, "effect": float(value)}
+            )
+    return effects
 
 
 def predictions(

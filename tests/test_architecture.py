@@ -1,6 +1,7 @@
 """The package structure: no import cycle among the project's modules (function-level imports
 included: a lazy import that closes a cycle is still a cycle a reader must untangle)."""
 
+import ast
 from pathlib import Path
 
 from tools.bento import imported
@@ -58,3 +59,23 @@ def test_no_import_cycles():
         if name not in state:
             visit(name, [name])
     assert not cycles, "import cycles: " + "; ".join(" -> ".join(c) for c in cycles)
+
+
+MAX_FILE_LINES, MAX_FUNCTION_LINES = 400, 50
+REASON = "# size: "  # the one-line reason that lets a file or a function be longer
+
+
+def test_files_and_functions_stay_small_or_say_why():
+    too_long = []
+    for path in _modules().values():
+        lines = path.read_text().splitlines()
+        if len(lines) > MAX_FILE_LINES and not lines[0].startswith(REASON):
+            too_long.append(f"{path.relative_to(ROOT)}: {len(lines)} lines")
+        for node in ast.walk(ast.parse("\n".join(lines))):
+            if not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                continue
+            first = min([node.lineno, *(d.lineno for d in node.decorator_list)])
+            size = node.end_lineno - first + 1
+            if size > MAX_FUNCTION_LINES and not lines[first - 2].strip().startswith(REASON):
+                too_long.append(f"{path.relative_to(ROOT)}: {node.name}() {size} lines")
+    assert not too_long, "over the limits, with no `# size:` reason: " + "; ".join(too_long)

@@ -115,29 +115,7 @@ class SpineCastModule(L.LightningModule):
     def _loss(self, batch, out: Outputs, batch_idx: int) -> torch.Tensor:
         t = batch["treatment"]
         known = t >= 0
-        members = out.satisfied.shape[1]
-        # Each member learns from its own bootstrap resample of the training patients (Poisson(1)
-        # weights drawn once per patient by the data module); validation and test weigh all as 1.
-        weights = (
-            batch["bootstrap"][:, :members].float()
-            if "bootstrap" in batch
-            else torch.ones(len(t), members, device=t.device)
-        )
-        if "ipw" in batch:  # inverse-propensity weights (the data module's `balance`)
-            weights = weights * batch["ipw"][:, None]
-        parts = {}
-        for name, pred, fn in (
-            ("satisfied", out.satisfied, F.binary_cross_entropy_with_logits),
-            ("mcid", out.mcid, F.binary_cross_entropy_with_logits),
-            ("odi_12m", out.odi / 100, F.mse_loss),
-        ):
-            mask = batch[f"{name}_present"] & known
-            target = (batch[name] / (100 if name == "odi_12m" else 1))[mask, None].expand(
-                -1, members
-            )
-            per = fn(observed(pred, t)[mask], target, reduction="none")  # (n, K)
-            w = weights[mask]
-            parts[name] = (per * w).sum() / w.sum().clamp(min=1.0) if mask.any() else pred.sum() * 0
+        parts = _outcome_losses(batch, out, known)
         loss = sum(self.loss_weights[k] * v for k, v in parts.items())
         # Effects shrink toward the shared prognosis where the data do not say otherwise, and the
         # representation also predicts who got which treatment (DragonNet).
@@ -153,21 +131,10 @@ class SpineCastModule(L.LightningModule):
             + self.hparams.propensity_weight * parts["propensity"]
         )
         if "teacher_p_satisfied" in batch and self.hparams.distill_weight > 0:
-            # Distillation: the teacher's calibrated outcomes for all four treatments, the
-            # treatments the patient did not get included (Hinton et al. 2015, soft targets).
-            def soft(target):  # (B, T) -> (B, K, T): every member learns the teacher's outcome
-                return target.unsqueeze(1).expand(-1, members, -1)
-
-            soft_parts = {
-                "satisfied": F.binary_cross_entropy_with_logits(
-                    out.satisfied, soft(batch["teacher_p_satisfied"])
-                ),
-                "mcid": F.binary_cross_entropy_with_logits(out.mcid, soft(batch["teacher_p_mcid"])),
-                "odi_12m": F.mse_loss(out.odi / 100, soft(batch["teacher_odi_12m"]) / 100),
-            }
+            soft = _soft_losses(batch, out)
             w = self.hparams.distill_weight
-            loss = (1 - w) * loss + w * sum(self.loss_weights[k] * v for k, v in soft_parts.items())
-            parts |= {f"teacher_{k}": v for k, v in soft_parts.items()}
+            loss = (1 - w) * loss + w * sum(self.loss_weights[k] * v for k, v in soft.items())
+            parts |= {f"teacher_{k}": v for k, v in soft.items()}
         if not torch.isfinite(loss):
             raise FloatingPointError(
                 f"non-finite loss ({loss.item()}) in batch {batch_idx} of epoch "
@@ -294,3 +261,48 @@ class SpineCastModule(L.LightningModule):
         random.setstate(states["python"])
         if "cuda" in states and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def _outcome_losses(batch, out: Outputs, known: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Each outcome's loss on the treatment the patient got, per ensemble member. Each member
+    learns from its own bootstrap resample of the training patients (Poisson(1) weights drawn once
+    per patient by the data module); validation and test weigh all as 1; `ipw` (the data module's
+    `balance`) multiplies in inverse-propensity weights."""
+    t, members = batch["treatment"], out.satisfied.shape[1]
+    weights = (
+        batch["bootstrap"][:, :members].float()
+        if "bootstrap" in batch
+        else torch.ones(len(t), members, device=t.device)
+    )
+    if "ipw" in batch:
+        weights = weights * batch["ipw"][:, None]
+    parts = {}
+    for name, pred, fn in (
+        ("satisfied", out.satisfied, F.binary_cross_entropy_with_logits),
+        ("mcid", out.mcid, F.binary_cross_entropy_with_logits),
+        ("odi_12m", out.odi / 100, F.mse_loss),
+    ):
+        mask = batch[f"{name}_present"] & known
+        scale = 100 if name == "odi_12m" else 1
+        target = (batch[name] / scale)[mask, None].expand(-1, members)
+        per = fn(observed(pred, t)[mask], target, reduction="none")  # (n, K)
+        w = weights[mask]
+        parts[name] = (per * w).sum() / w.sum().clamp(min=1.0) if mask.any() else pred.sum() * 0
+    return parts
+
+
+def _soft_losses(batch, out: Outputs) -> dict[str, torch.Tensor]:
+    """Distillation: the teacher's calibrated outcomes for all four treatments, the treatments the
+    patient did not get included (Hinton et al. 2015, soft targets); every member learns them."""
+    members = out.satisfied.shape[1]
+
+    def soft(target):  # (B, T) -> (B, K, T)
+        return target.unsqueeze(1).expand(-1, members, -1)
+
+    return {
+        "satisfied": F.binary_cross_entropy_with_logits(
+            out.satisfied, soft(batch["teacher_p_satisfied"])
+        ),
+        "mcid": F.binary_cross_entropy_with_logits(out.mcid, soft(batch["teacher_p_mcid"])),
+        "odi_12m": F.mse_loss(out.odi / 100, soft(batch["teacher_odi_12m"]) / 100),
+    }

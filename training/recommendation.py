@@ -96,19 +96,7 @@ def evaluate_recommendations(
         "argmax_unsupported_share": as_float(blocked.mean()),
         "unsupported": [t for k, t in enumerate(TREATMENTS) if not (observed == k).any()],
     }
-    if truth is not None:
-        true_p, best = aligned_truth(test, truth)
-        policies["oracle"] = best
-        rows = {
-            name: truth_metrics(true_p, best, observed, predictions[name], choice)
-            if name in predictions
-            else policy_truth(true_p, best, observed, choice)
-            for name, choice in policies.items()
-        }
-        section["by_diagnosis"] = by_diagnosis(diagnosis, p, decision.recommended, true_p, best)
-    else:
-        rows = {name: {} for name in policies}
-        section["by_diagnosis"] = by_diagnosis(diagnosis, p, decision.recommended)
+    rows = _truth_rows(test, truth, policies, predictions, observed, section, diagnosis, decision)
     section["dr"] = doubly_robust(
         test, policies, p, folds=folds, seed=seed, n_boot=n_boot, floor=rule.support_floor
     )
@@ -117,6 +105,24 @@ def evaluate_recommendations(
         row |= _dr_row(section["dr"], name)
     section["policies"] = {name: rows[name] for name in LABELS if name in rows}
     return _flat(section["policies"], baselines), section
+
+
+def _truth_rows(test, truth, policies, predictions, observed, section, diagnosis, decision):
+    """Each policy's row of truth metrics (empty without a truth file, where the oracle is
+    unknown) and the per-diagnosis table into `section`."""
+    p = predictions["model"]
+    if truth is None:
+        section["by_diagnosis"] = by_diagnosis(diagnosis, p, decision.recommended)
+        return {name: {} for name in policies}
+    true_p, best = aligned_truth(test, truth)
+    policies["oracle"] = best
+    section["by_diagnosis"] = by_diagnosis(diagnosis, p, decision.recommended, true_p, best)
+    return {
+        name: truth_metrics(true_p, best, observed, predictions[name], choice)
+        if name in predictions
+        else policy_truth(true_p, best, observed, choice)
+        for name, choice in policies.items()
+    }
 
 
 def member_samples(outcomes: dict[str, np.ndarray]) -> np.ndarray:

@@ -111,6 +111,7 @@ class SentenceEncoder(nn.Module):
         encoded = self._unpadded(ids, mask) if bert else self._encode(ids, mask)
         return encoded[torch.argsort(order)[inverse + GROUPS]]
 
+    # size: BERT's forward written out layer by layer (issue 17's two-stage bundle retires it)
     def _unpadded(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """BERT's forward on (N, W) sentences sorted by length (N >= GROUPS), with the padding
         removed: the dense layers run on one (tokens, H) matrix; attention runs in GROUPS groups of

@@ -123,7 +123,7 @@ def build_card(
     labeled = cohort["satisfied"].notna().to_numpy()
     sat = cohort["satisfied"][labeled].astype(bool).to_numpy()
     gain = cohort["baseline_odi"].astype(float) - cohort["odi_12m"].astype(float)
-    note_words = cohort["clinical_note"].dropna().str.split().str.len()
+    words = cohort["clinical_note"].dropna().str.split().str.len()
     return {
         "generator": "spinecast.datasets.synth",
         "seed": seed,
@@ -138,11 +138,7 @@ def build_card(
             "not_satisfied": int((~sat).sum()),
             "missing": int((~labeled).sum()),
         },
-        "diagnosis_mix": state["diagnosis"]
-        .value_counts(normalize=True)
-        .round(4)
-        .sort_index()
-        .to_dict(),
+        "diagnosis_mix": _shares(state["diagnosis"]),
         "treatment_counts": cohort["treatment"].value_counts().sort_index().astype(int).to_dict(),
         "satisfied_rate_by_treatment": (
             cohort[labeled]
@@ -156,20 +152,20 @@ def build_card(
             auroc(observed["p_satisfied_observed"].to_numpy()[labeled], sat), 4
         ),
         "policy_value_p_satisfied": policy_values(truth, observed),
-        "best_treatment_mix": truth["best_treatment"]
-        .value_counts(normalize=True)
-        .round(4)
-        .sort_index()
-        .to_dict(),
+        "best_treatment_mix": _shares(truth["best_treatment"]),
         "min_assignment_probability": round(float(observed["p_assigned"].min()), 4),
         "practice": practice(state, observed, indication, positivity),
         "note_words": {
-            "min": int(note_words.min()),
-            "median": float(note_words.median()),
-            "max": int(note_words.max()),
+            "min": int(words.min()),
+            "median": float(words.median()),
+            "max": int(words.max()),
         },
         "facts": text_only_facts(state, cohort, in_text),
     }
+
+
+def _shares(values) -> dict:
+    return values.value_counts(normalize=True).round(4).sort_index().to_dict()
 
 
 def write_card(
@@ -191,7 +187,42 @@ def write_card(
 
 def render_markdown(card: dict) -> str:
     pv, facts, pr = card["policy_value_p_satisfied"], card["facts"], card["practice"]
-    lines = [
+    lines = _summary(card)
+    if not pr["positivity_guaranteed"]:
+        lines += [NO_POSITIVITY, ""]
+    lines += [
+        "## Treatments",
+        "",
+        "| treatment | patients | share | satisfied | P(satisfied) if all got it |",
+        "|---|---|---|---|---|",
+    ]
+    for t in TREATMENTS:
+        lines.append(
+            f"| {t} | {card['treatment_counts'].get(t, 0):,} | {pr['treatment_mix'][t]:.1%} | "
+            f"{card['satisfied_rate_by_treatment'].get(t, float('nan')):.1%} | "
+            f"{pv[f'always_{t}']:.3f} |"
+        )
+    lines += ["", "## Missing values", "", "| column | missing |", "|---|---|"]
+    lines += [f"| `{k}` | {v:.1%} |" for k, v in card["missingness"].items()]
+    lines += [
+        "",
+        "## Where the facts are",
+        "",
+        facts["how_counted"],
+        "",
+        "| fact | structured | text only | nowhere |",
+        "|---|---|---|---|",
+    ]
+    lines += [
+        f"| {k} | {v['structured']} | {v['text_only']} | {v['nowhere']} |"
+        for k, v in facts["per_fact"].items()
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _summary(card: dict) -> list[str]:
+    pv, facts, pr = card["policy_value_p_satisfied"], card["facts"], card["practice"]
+    return [
         f"# Synthetic spine cohort (seed {card['seed']}, {card['patients']:,} patients)",
         "",
         "| what | value |",
@@ -233,33 +264,3 @@ def render_markdown(card: dict) -> str:
         f"(guaranteed: {pr['guaranteed_min_probability']:.3g}) |",
         "",
     ]
-    if not pr["positivity_guaranteed"]:
-        lines += [NO_POSITIVITY, ""]
-    lines += [
-        "## Treatments",
-        "",
-        "| treatment | patients | share | satisfied | P(satisfied) if all got it |",
-        "|---|---|---|---|---|",
-    ]
-    for t in TREATMENTS:
-        lines.append(
-            f"| {t} | {card['treatment_counts'].get(t, 0):,} | {pr['treatment_mix'][t]:.1%} | "
-            f"{card['satisfied_rate_by_treatment'].get(t, float('nan')):.1%} | "
-            f"{pv[f'always_{t}']:.3f} |"
-        )
-    lines += ["", "## Missing values", "", "| column | missing |", "|---|---|"]
-    lines += [f"| `{k}` | {v:.1%} |" for k, v in card["missingness"].items()]
-    lines += [
-        "",
-        "## Where the facts are",
-        "",
-        facts["how_counted"],
-        "",
-        "| fact | structured | text only | nowhere |",
-        "|---|---|---|---|",
-    ]
-    lines += [
-        f"| {k} | {v['structured']} | {v['text_only']} | {v['nowhere']} |"
-        for k, v in facts["per_fact"].items()
-    ]
-    return "\n".join(lines) + "\n"

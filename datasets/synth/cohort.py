@@ -89,26 +89,12 @@ def generate(
     cohort["mri_image"] = np.where(with_image, "images/" + state["patient_id"] + ".png", None)
     _render_images(state, np.flatnonzero(with_image), seed, out / "images", workers)
 
-    pq.write_table(
-        pa.Table.from_pandas(cohort, schema=COHORT_SCHEMA, preserve_index=False),
-        out / "cohort.parquet",
-        compression="zstd",
-    )
-    pq.write_table(
-        pa.Table.from_pandas(truth, preserve_index=False), out / "truth.parquet", compression="zstd"
-    )
+    cohort_table = pa.Table.from_pandas(cohort, schema=COHORT_SCHEMA, preserve_index=False)
+    pq.write_table(cohort_table, out / "cohort.parquet", compression="zstd")
+    truth_table = pa.Table.from_pandas(truth, preserve_index=False)
+    pq.write_table(truth_table, out / "truth.parquet", compression="zstd")
     in_text = {"clinical_note": [f for _, f in notes], "imaging_report": [f for _, f in reports]}
-    return write_card(
-        out,
-        cohort,
-        truth,
-        state,
-        observed,
-        in_text,
-        seed=seed,
-        indication=indication,
-        positivity=positivity,
-    )
+    return write_card(out, cohort, truth, state, observed, in_text, seed, indication, positivity)
 
 
 def _drop(texts: list, rate: float, rng: np.random.Generator) -> pd.Series:

@@ -1,3 +1,4 @@
+# size: one renderer: its geometry tables and its painting share private state
 """MRI key image: a synthetic T2-weighted mid-sagittal lumbar MRI of one patient's hidden state.
 
     python -c "from spinecast.datasets.synth import image; image.example_grid('/tmp/mri.png')"

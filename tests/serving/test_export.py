@@ -363,3 +363,15 @@ def test_the_held_out_split_is_recorded_by_patient_and_survives_reordering_and_a
     lost = original[original["patient_id"] != record["val"][0]]  # one validation patient gone
     with pytest.raises(ExportError, match="no longer holds 1 of the"):
         held_out(_with_cohort(checkpoint, tmp_path, lost), None)
+
+
+def test_a_graph_that_differs_from_pytorch_is_refused_and_the_card_says_so(
+    checkpoint, tmp_path, monkeypatch
+):
+    import spinecast.training.export as export_module
+
+    monkeypatch.setattr(export_module, "PARITY_TOLERANCE", -1.0)  # no graph can pass
+    with pytest.raises(ExportError, match="ONNX Runtime differs from PyTorch by .* must not be"):
+        export(checkpoint, tmp_path / "b", eval_rows=80)
+    card = json.loads((tmp_path / "b" / "card.json").read_text())
+    assert card["parity"]["passed"] is False and card["parity"]["records"] > 0
