@@ -33,7 +33,7 @@ demo: $(STAMP)
 	$(BIN)/spinecast synth --n 3000 --seed 0 --out $(DEMO)/data
 	$(BIN)/spinecast synth --n 1000 --seed 1 --out $(DEMO)/test
 	$(BIN)/spinecast validate $(DEMO)/test/cohort.parquet --training
-	$(BIN)/spinecast train --config configs/quickstart.yaml --data.train_path $(DEMO)/data/cohort.parquet \
+	$(BIN)/spinecast train --config configs/default.yaml --config configs/quickstart.yaml --data.train_path $(DEMO)/data/cohort.parquet \
 		--data.test_fraction 0 --trainer.default_root_dir $(DEMO)/run --trainer.logger.init_args.save_dir $(DEMO)/run
 	$(BIN)/spinecast evaluate --ckpt $$(ls -d $(DEMO)/run/lightning_logs/version_*/checkpoints/best.ckpt | tail -1) \
 		--data $(DEMO)/test/cohort.parquet --baselines-train $(DEMO)/data/cohort.parquet --out $(DEMO)/eval

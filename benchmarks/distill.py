@@ -130,6 +130,8 @@ def main() -> None:
                     "--teacher",
                     str(teacher),
                     "--config",
+                    str(ROOT / "configs" / "default.yaml"),
+                    "--config",
                     str(ROOT / "configs" / "distill.yaml"),
                     *_run_args(work / "student", args.epochs),
                 ]

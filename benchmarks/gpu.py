@@ -63,6 +63,8 @@ def run(
     cli = fit(
         [
             "--config",
+            str(ROOT / "configs" / "default.yaml"),
+            "--config",
             str(ROOT / "configs" / "gpu.yaml"),
             "--data.train_path",
             str(cohort),

@@ -77,6 +77,8 @@ def tiny_bundle(work: Path) -> Path:
     fit(
         [
             "--config",
+            str(ROOT / "configs" / "default.yaml"),
+            "--config",
             str(ROOT / "configs" / "quickstart.yaml"),
             "--data.train_path",
             str(work / "tiny_cohort" / "cohort.parquet"),

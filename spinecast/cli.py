@@ -2,9 +2,10 @@
 
     spinecast synth --n 10000 --seed 0 --out data/synth [--indication 2.0 --positivity 0.10]
     spinecast validate data/synth/cohort.parquet [--training]
-    spinecast train --config configs/quickstart.yaml [--trainer.max_epochs 3 ...]
+    spinecast train --config configs/default.yaml [--config OVERLAY.yaml] [--trainer.max_epochs 3]
     spinecast evaluate --ckpt best.ckpt --data cohort.parquet --out artifacts/eval
-    spinecast distill --teacher best.ckpt --config configs/distill.yaml
+    spinecast distill --teacher best.ckpt --config configs/default.yaml \\
+        --config configs/distill.yaml
     spinecast export --ckpt best.ckpt --out artifacts/bundle [--optimize] [--quantize int8]
     spinecast predict --model artifacts/bundle --in cohort.parquet --out predictions.parquet
 

@@ -1,9 +1,11 @@
 """`spinecast train`: Lightning CLI over SpineCastModule and CohortDataModule.
 
-    spinecast train --config configs/quickstart.yaml --data.train_path data/synth/cohort.parquet
+    spinecast train --config configs/default.yaml --config configs/quickstart.yaml \\
+        --data.train_path data/synth/cohort.parquet
     spinecast train --config configs/default.yaml --trainer.max_epochs 20 --model.lr 5e-4
     spinecast train --config configs/default.yaml --ckpt_path last     # resume a killed run
-    spinecast distill --teacher best.ckpt --config configs/distill.yaml  # a smaller, faster student
+    spinecast distill --teacher best.ckpt --config configs/default.yaml \\
+        --config configs/distill.yaml
 
 Fits, then scores the test split with the best checkpoint (metrics `test/...`). `distill` trains
 on the labels and on the teacher's outcomes for all four treatments, on the teacher's own cohort

@@ -46,6 +46,8 @@ def ddp_run(small_cohort, tmp_path_factory, tiny_bert):
     args = [
         "train",
         "--config",
+        str(CONFIGS / "default.yaml"),
+        "--config",
         str(CONFIGS / "ddp.yaml"),
         "--data.train_path",
         str(small_cohort / "cohort.parquet"),

@@ -41,6 +41,8 @@ def teacher(small_cohort, tmp_path_factory, tiny_bert) -> Path:
     args = [
         "train",
         "--config",
+        str(CONFIGS / "default.yaml"),
+        "--config",
         str(CONFIGS / "quickstart.yaml"),
         "--data.train_path",
         str(small_cohort / "cohort.parquet"),
@@ -57,6 +59,8 @@ def _distill(teacher: Path, root: Path, tiny_bert: str, weight: float) -> Path:
         "distill",
         "--teacher",
         str(teacher),
+        "--config",
+        str(CONFIGS / "default.yaml"),
         "--config",
         str(CONFIGS / "distill.yaml"),
         *_common(root, tiny_bert, 3),
@@ -144,6 +148,8 @@ def test_distill_without_a_teacher_checkpoint_says_so(tmp_path):
                 "distill",
                 "--teacher",
                 str(tmp_path / "missing.ckpt"),
+                "--config",
+                str(CONFIGS / "default.yaml"),
                 "--config",
                 str(CONFIGS / "distill.yaml"),
             ]

@@ -23,10 +23,12 @@ CONFIGS = Path(__file__).parents[2] / "configs"
 
 
 def train_args(config: str, cohort: Path, root: Path, tiny_bert: str, *extra: str) -> list[str]:
+    overlay = [] if config == "default.yaml" else ["--config", str(CONFIGS / config)]
     return [
         "train",
         "--config",
-        str(CONFIGS / config),
+        str(CONFIGS / "default.yaml"),
+        *overlay,
         "--data.train_path",
         str(cohort),
         "--trainer.default_root_dir",
@@ -364,3 +366,19 @@ def test_resume_without_a_checkpoint_says_so(small_cohort, tmp_path, tiny_bert):
                 "last",
             )
         )
+
+
+def _flat(node, prefix=""):
+    if isinstance(node, dict):
+        return {k: v for key, sub in node.items() for k, v in _flat(sub, f"{prefix}{key}.").items()}
+    return {prefix.rstrip("."): node}
+
+
+@pytest.mark.parametrize("overlay", ["quickstart.yaml", "gpu.yaml", "ddp.yaml", "distill.yaml"])
+def test_each_overlay_lists_only_what_it_changes(overlay):
+    import yaml
+
+    base = _flat(yaml.safe_load((CONFIGS / "default.yaml").read_text()))
+    changes = _flat(yaml.safe_load((CONFIGS / overlay).read_text()))
+    restated = {k: v for k, v in changes.items() if k in base and base[k] == v}
+    assert changes and not restated, f"{overlay} restates the base's values: {restated}"
