@@ -25,7 +25,21 @@ INPUTS = (
     "report_mask",
     "image",
     "image_present",
-)  # SpineCastNet.forward and model.onnx, in order
+)  # SpineCastNet.forward, in order
+# the patient graph's inputs (SpineCastNet.patient): the sentence graph's embeddings added
+PATIENT_INPUTS = (
+    "numeric",
+    "numeric_missing",
+    "categorical",
+    "note_ids",
+    "note_mask",
+    "note_emb",
+    "report_ids",
+    "report_mask",
+    "report_emb",
+    "image",
+    "image_present",
+)
 # ... and their outputs, in order: (B, 4) each in TREATMENTS order, but p_satisfied_members
 # (B, K, 4)
 OUTPUTS = ("p_satisfied", "p_mcid", "odi_12m", "p_satisfied_members", "propensity")

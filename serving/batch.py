@@ -35,6 +35,7 @@ from spinecast.datasets import (
 from spinecast.datasets.ids import UniqueIds
 from tqdm import tqdm
 
+from .embeddings import SentenceCache, SentenceStore
 from .predictor import Predictor
 from .scoring import SCHEMA, score_frame
 
@@ -122,6 +123,13 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--variant", default=None, help="model variant from the card (default: the served one)"
     )
+    parser.add_argument(
+        "--sentence-cache",
+        type=Path,
+        default=None,
+        help="a file that keeps the sentence embeddings between runs (SQLite): a cohort scored "
+        "again encodes only sentences it has not seen (derived patient data: see SECURITY.md)",
+    )
     _add_ray_options(parser)
     return parser
 
@@ -167,8 +175,13 @@ def main(argv: list[str]) -> int:
                 address=args.ray_address,
             )
         else:
+            store = SentenceStore(args.sentence_cache) if args.sentence_cache else None
             predictor = Predictor(
-                args.model, args.variant, threads=args.threads, batch_size=args.batch_size
+                args.model,
+                args.variant,
+                threads=args.threads,
+                batch_size=args.batch_size,
+                cache=SentenceCache(256 << 20, store),
             )
             stats = score_file(predictor, args.src, args.out, args.chunk_rows or 10_000)
     except (CohortError, FileExistsError) as err:

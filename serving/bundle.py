@@ -16,8 +16,10 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
-MODEL = "model.onnx"
+MODEL = "model.onnx"  # the patient graph (a bundle of format 1: the whole network)
 MODEL_INT8 = "model.int8.onnx"
+SENTENCES = "sentences.onnx"  # the sentence graph (the note's, and the report's when shared)
+SENTENCES_REPORT = "sentences_report.onnx"  # the report's, when its encoder has its own weights
 TOKENIZER = "tokenizer.json"
 FEATURES = "features.json"
 CARD = "card.json"
@@ -30,10 +32,13 @@ class BundleError(RuntimeError):
 
 
 class Variant(BaseModel):
-    """One servable graph of the bundle and how it scored on held-out records at export."""
+    """One servable set of graphs and how it scored on held-out records at export: `file` the
+    patient graph, `sentences` each text's sentence graph (None: a format-1 bundle, whose one
+    graph runs the whole network)."""
 
     model_config = ConfigDict(extra="allow")
     file: str
+    sentences: dict[str, str] | None = None
     val_auroc: float | None = None
     val_rows: int | None = None
     auroc_drop: float | None = None

@@ -25,6 +25,7 @@ from spinecast.datasets.inputs import (
     INPUTS,
     MODALITIES,
     OUTPUTS,
+    PATIENT_INPUTS,
     TEXTS,
     encode_inputs,
     model_inputs,
@@ -36,6 +37,7 @@ from spinecast.datasets.sentences import SentenceWindow, load_tokenizer
 
 from . import bundle as bundle_format
 from .bundle import BundleError
+from .embeddings import SentenceCache, SentenceEmbedder
 
 
 def session_options(threads: int | None = None) -> ort.SessionOptions:
@@ -54,11 +56,13 @@ def session_options(threads: int | None = None) -> ort.SessionOptions:
 
 
 class Predictor:
-    """A verified bundle loaded into one ONNX Runtime session.
+    """A verified bundle loaded into ONNX Runtime: the patient graph and its sentence graphs behind
+    a sentence-embedding cache (`embeddings.py`), or a format-1 bundle's one graph.
 
-    `variant` picks a model file the card lists (`fp32`, `int8`); by default the one the card
-    serves. `threads` caps ONNX Runtime's intra-op threads (set it to cores / workers when several
-    run). `keep_memory=False` hands the memory arena's free blocks back after every run: a
+    `variant` picks a set of graphs the card lists (`fp32`, `int8`); by default the one the card
+    serves. `cache_mib` caps the sentence-embedding cache (0: off); `cache` shares one between
+    predictors. `threads` caps ONNX Runtime's intra-op threads (set it to cores / workers when
+    several run). `keep_memory=False` hands the memory arena's free blocks back after every run: a
     long-running server's resident memory stays flat instead of at the high-water mark of its
     largest batch, while a run still reuses blocks between its own operators (as fast as keeping
     them, measured).
@@ -71,6 +75,8 @@ class Predictor:
         threads: int | None = None,
         batch_size: int = 32,
         keep_memory: bool = True,
+        cache_mib: float = 256,
+        cache: SentenceCache | None = None,
     ):
         self.card = bundle_format.read(bundle)
         self.bundle = Path(bundle)
@@ -90,11 +96,21 @@ class Predictor:
         self.window = SentenceWindow(limits.max_sentences, limits.max_tokens)
         self.image_size: int = limits.image_size
         self.batch_size = batch_size
-        self.session = ort.InferenceSession(
-            str(self.bundle / self.card.variants[self.variant].file),
-            session_options(threads),
-            providers=["CPUExecutionProvider"],
-        )
+        graphs = self.card.variants[self.variant]
+        sessions = {
+            name: ort.InferenceSession(
+                str(self.bundle / name),
+                session_options(threads),
+                providers=["CPUExecutionProvider"],
+            )
+            for name in dict.fromkeys([graphs.file, *(graphs.sentences or {}).values()])
+        }
+        self.session = sessions[graphs.file]
+        self.cache = cache if cache is not None else SentenceCache(int(cache_mib * 2**20))
+        self.embedders = {
+            text: SentenceEmbedder(sessions[name], self.bundle / name, self.cache)
+            for text, name in (graphs.sentences or {}).items()
+        }  # empty for a format-1 bundle
         self.run_options = ort.RunOptions()
         if not keep_memory:
             self.run_options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
@@ -105,17 +121,44 @@ class Predictor:
         """Validated records -> encoded inputs (the training encoding)."""
         return encode_inputs(frame, self.features, self.tokenizer, self.window, self.image_size)
 
-    def run(self, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Encoded inputs -> {"p_satisfied", "p_mcid", "odi_12m"}: (N, 4) float32 each."""
+    def run(
+        self, arrays: dict[str, np.ndarray], embeddings: dict[str, np.ndarray] | None = None
+    ) -> dict[str, np.ndarray]:
+        """Encoded inputs -> OUTPUTS, in TREATMENTS order. `embeddings` (from `embed`, one record)
+        stand in for every record's sentences (occlusions of that record change masks only)."""
         parts = []
         for start in range(0, len(arrays["numeric"]), self.batch_size):
-            chunk = {k: arrays[k][start : start + self.batch_size] for k in INPUTS}
-            parts.append(self.session.run(list(OUTPUTS), model_inputs(chunk), self.run_options))
+            chunk = model_inputs({k: arrays[k][start : start + self.batch_size] for k in INPUTS})
+            if self.embedders:
+                chunk = self._patient_inputs(chunk, embeddings)
+            parts.append(self.session.run(list(OUTPUTS), chunk, self.run_options))
         if not parts:
             return {k: np.zeros((0, len(TREATMENTS)), np.float32) for k in OUTPUTS} | {
                 "p_satisfied_members": np.zeros((0, 1, len(TREATMENTS)), np.float32)
             }
         return {k: np.concatenate(v) for k, v in zip(OUTPUTS, zip(*parts))}
+
+    def embed(self, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The first record's (1, S, H) sentence embeddings of each text."""
+        one = model_inputs({k: arrays[k][:1] for k in INPUTS})
+        return {f"{name}_emb": self._embedding(name, one) for name, _ in TEXTS}
+
+    def _embedding(self, name: str, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        ids, mask = inputs[f"{name}_ids"], inputs[f"{name}_mask"]
+        return self.embedders[name](ids, mask, self.run_options)
+
+    def _patient_inputs(self, inputs: dict, given: dict | None) -> dict[str, np.ndarray]:
+        out = dict(inputs)
+        for name, _ in TEXTS:
+            if given is None:
+                out[f"{name}_emb"] = self._embedding(name, inputs)
+            else:  # the record's embeddings, cut to this batch's sentence axis
+                emb = given[f"{name}_emb"][:, : inputs[f"{name}_ids"].shape[1]]
+                batch = len(inputs["numeric"])
+                out[f"{name}_emb"] = np.ascontiguousarray(
+                    np.broadcast_to(emb, (batch, *emb.shape[1:]))
+                )
+        return {k: out[k] for k in PATIENT_INPUTS}
 
     # --- records -------------------------------------------------------------------------------
 
@@ -170,7 +213,7 @@ class Predictor:
         occluded, sentences = self._sentence_occlusions(frame, arrays, max_sentences)
         variants += occluded
         stacked = {k: np.concatenate([v[k] for _, _, v in variants]) for k in INPUTS}
-        outcomes = self.run(stacked)
+        outcomes = self.run(stacked, self.embed(arrays) if self.embedders else None)
         [prediction] = predictions(
             frame, arrays, {k: v[:1] for k, v in outcomes.items()}, self.version, self.rule
         )

@@ -49,6 +49,17 @@ from .schemas import (
 from .settings import load
 
 SETTINGS = load()
+CACHE_HITS = bentoml.metrics.Counter(
+    name="spinecast_sentence_cache_hits", documentation="sentences found in the embedding cache"
+)
+CACHE_MISSES = bentoml.metrics.Counter(
+    name="spinecast_sentence_cache_misses", documentation="sentences the model had to encode"
+)
+CACHE_BYTES = bentoml.metrics.Gauge(
+    name="spinecast_sentence_cache_bytes",
+    documentation="memory the embedding cache holds (per model worker, summed)",
+    multiprocess_mode="livesum",
+)
 BODY_LIMITS = {"/predict_batch": SETTINGS.max_batch_body_bytes}  # else max_body_bytes
 RESEND = Resend()
 
@@ -140,12 +151,14 @@ class SpineCastModel:
             SETTINGS.variant,
             threads=SETTINGS.threads(),
             keep_memory=SETTINGS.ort_arena,
+            cache_mib=SETTINGS.sentence_cache_mib,
         )
         self.predictor.predict([EXAMPLE_PATIENT])  # warm-up: /readyz turns true only after this
         start = time.perf_counter()
         self.predictor.predict([{**EXAMPLE_PATIENT, "patient_id": str(i)} for i in range(8)])
         self.seconds_per_patient = (time.perf_counter() - start) / 8
         self.once = Once()
+        self.counted = (0, 0)  # the cache's hits and misses already in /metrics
 
     @bentoml.api
     def speed(self) -> dict:
@@ -167,6 +180,7 @@ class SpineCastModel:
                 [{**r, "patient_id": str(i)} for i, r in enumerate(records)], validated=True
             )
         seconds = (time.perf_counter() - start) / max(1, len(records))
+        self._count_cache()
         return [
             {**o, "patient_id": r["patient_id"], "seconds": seconds} for o, r in zip(out, records)
         ]
@@ -190,12 +204,21 @@ class SpineCastModel:
             ),
         )
 
-    @staticmethod
-    def _timed(run, *args, **kwargs) -> dict:
+    def _timed(self, run, *args, **kwargs) -> dict:
         start = time.perf_counter()
         with _phi_free():
             out = run(*args, **kwargs)
+        self._count_cache()
         return {"out": out, "seconds": time.perf_counter() - start}
+
+    def _count_cache(self) -> None:
+        """The sentence cache's new hits and misses, and its size, into /metrics."""
+        cache = self.predictor.cache
+        hits, misses = cache.hits, cache.misses
+        CACHE_HITS.inc(hits - self.counted[0])
+        CACHE_MISSES.inc(misses - self.counted[1])
+        CACHE_BYTES.set(cache.bytes)
+        self.counted = (hits, misses)
 
 
 @contextlib.contextmanager

@@ -35,6 +35,8 @@ class Settings(BaseSettings):
     seconds_per_patient: float = Field(0.25, gt=0)  # the prior, before the model is measured
     chunk_patients: int = Field(32, gt=0)  # /predict_batch: patients per model call
     explain_max_sentences: int = Field(64, gt=0)
+    # sentence embeddings kept per model worker, in MiB (0: none kept; see SECURITY.md)
+    sentence_cache_mib: float = Field(256, ge=0)
     # the model worker
     workers: int = Field(1, gt=0)
     ort_threads: int = Field(0, ge=0)  # ONNX Runtime threads per worker; 0: cores / workers

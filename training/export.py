@@ -156,7 +156,9 @@ def export(
         )
 
     fp32_auroc = auroc(frame, reference["p_satisfied"])
-    card.variants["fp32"] = Variant(file=bundle.MODEL, val_auroc=fp32_auroc, val_rows=len(frame))
+    card.variants["fp32"] = card.variants["fp32"].model_copy(
+        update={"val_auroc": fp32_auroc, "val_rows": len(frame)}
+    )
     if module.hparams.get("teacher"):
         card.distillation = distillation(module, frame, fp32_auroc)
     if quantize_int8:
@@ -175,15 +177,18 @@ def _write_graph(
     from .config import resolve_pretrained
 
     out.mkdir(parents=True, exist_ok=True)
-    for name in (bundle.MODEL, bundle.MODEL_INT8, bundle.CHECKSUMS):
-        (out / name).unlink(missing_ok=True)
+    for path in [*out.glob("*.onnx"), out / bundle.CHECKSUMS]:
+        path.unlink(missing_ok=True)
     text = module.net.config.text
     load_tokenizer(resolve_pretrained(text.pretrained)).save(str(out / bundle.TOKENIZER))
     encoding = module.feature_encoding.to_dict()
     (out / bundle.FEATURES).write_text(json.dumps(encoding, indent=1) + "\n")
     # traced on two records: the parity check runs others, other batch sizes and lengths
-    to_onnx(module.net, model_inputs({k: v[:2] for k, v in arrays.items()}), out / bundle.MODEL)
-    return optimize(out / bundle.MODEL, module.net) if optimize_graph else None
+    names = graph_names(module.net)
+    to_onnx(module.net, model_inputs({k: v[:2] for k, v in arrays.items()}), out, names)
+    if not optimize_graph:
+        return None
+    return {name: optimize(out / name, module.net) for name in dict.fromkeys(names.values())}
 
 
 def _card(module, checkpoint: str, training_data: dict, out: Path, fused: dict | None) -> Card:
@@ -209,7 +214,7 @@ def _card(module, checkpoint: str, training_data: dict, out: Path, fused: dict |
             "max_text_chars": COLUMN_BY_NAME["clinical_note"].max_chars,
         },
         onnx={"opset": OPSET, "graph_fusion": fused},
-        variants={"fp32": Variant(file=bundle.MODEL)},
+        variants={"fp32": _variant(graph_names(net))},
         serve="fp32",
     )
 
@@ -234,19 +239,24 @@ def _parity(out: Path, arrays: dict, reference: dict, rows: int) -> dict:
 
 
 def _add_int8(out: Path, card: Card, frame, arrays: dict, max_auroc_drop: float) -> None:
-    """Quantize, score the held-out records, and serve INT8 only within the AUROC guard."""
-    quantize(out / bundle.MODEL, out / bundle.MODEL_INT8)
-    card.variants["int8"] = Variant(file=bundle.MODEL_INT8)
+    """Quantize every graph, score the held-out records, and serve INT8 only within the AUROC
+    guard."""
+    fp32 = card.variants["fp32"]
+    names = {"patient": fp32.file, **fp32.sentences}
+    int8 = {k: v.replace(".onnx", ".int8.onnx") for k, v in names.items()}
+    for source in dict.fromkeys(names.values()):
+        quantize(out / source, out / source.replace(".onnx", ".int8.onnx"))
+    card.variants["int8"] = _variant(int8)
     bundle.write(out, card)
     int8_auroc = auroc(frame, Predictor(out, "int8").run(arrays)["p_satisfied"])
-    fp32_auroc = card.variants["fp32"].val_auroc
-    both = fp32_auroc is not None and int8_auroc is not None
-    drop = fp32_auroc - int8_auroc if both else None
-    card.variants["int8"] = Variant(
-        file=bundle.MODEL_INT8, val_auroc=int8_auroc, val_rows=len(frame), auroc_drop=drop
+    both = fp32.val_auroc is not None and int8_auroc is not None
+    drop = fp32.val_auroc - int8_auroc if both else None
+    card.variants["int8"] = _variant(
+        int8, val_auroc=int8_auroc, val_rows=len(frame), auroc_drop=drop
     )
     if drop is None or drop > max_auroc_drop:
-        (out / bundle.MODEL_INT8).unlink()
+        for name in dict.fromkeys(int8.values()):
+            (out / name).unlink()
         del card.variants["int8"]
         bundle.write(out, card)
         shown = (
@@ -257,6 +267,19 @@ def _add_int8(out: Path, card: Card, frame, arrays: dict, max_auroc_drop: float)
             f"the fp32 bundle in {out} is complete and verified"
         )
     card.serve = "int8"
+
+
+def graph_names(net) -> dict[str, str]:
+    """The bundle's graph files: the patient graph, and each text's sentence graph (one file
+    when the note and the report share their encoder)."""
+    shared = net.note.sentences is net.report.sentences
+    report = bundle.SENTENCES if shared else bundle.SENTENCES_REPORT
+    return {"patient": bundle.MODEL, "note": bundle.SENTENCES, "report": report}
+
+
+def _variant(names: dict[str, str], **scores) -> Variant:
+    texts = {k: v for k, v in names.items() if k != "patient"}
+    return Variant(file=names["patient"], sentences=texts, **scores)
 
 
 def save_to_bentoml(out: Path) -> str:

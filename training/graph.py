@@ -1,6 +1,10 @@
-"""The network as an ONNX graph: the trace (every batch, sentence and token axis dynamic), ONNX
-Runtime's transformer fusion and dynamic INT8 quantization. `export.py` checks the result against
-PyTorch before a bundle holds it."""
+"""The network as two ONNX graphs: the sentence graph (token ids of distinct sentences -> their
+embeddings: a plain trace of the Hugging Face encoder) and the patient graph (the sentence
+embeddings, the token ids for the word channel, the structured fields and the image -> the
+calibrated outcomes). The predictor runs the first only for sentences it has not seen, in groups of
+similar length, and the second once per batch. Every batch, sentence and token axis is dynamic.
+Also ONNX Runtime's transformer fusion and dynamic INT8 quantization; `export.py` checks the
+result against PyTorch before a bundle holds it."""
 
 from __future__ import annotations
 
@@ -12,67 +16,112 @@ from pathlib import Path
 import numpy as np
 import onnx
 import torch
-from spinecast.datasets.inputs import INPUTS, OUTPUTS
+from spinecast.datasets.inputs import OUTPUTS, PATIENT_INPUTS, TEXTS
 from torch import nn
 
+from .text import SentenceGraph
+
 OPSET = 17
-AXES = {
+PATIENT_AXES = {
     "numeric": {0: "batch"},
     "numeric_missing": {0: "batch"},
     "categorical": {0: "batch"},
-    "note_ids": {0: "batch", 1: "note_sentences", 2: "note_tokens"},
-    "note_mask": {0: "batch", 1: "note_sentences", 2: "note_tokens"},
-    "report_ids": {0: "batch", 1: "report_sentences", 2: "report_tokens"},
-    "report_mask": {0: "batch", 1: "report_sentences", 2: "report_tokens"},
+    **{
+        f"{name}_{part}": {0: "batch", 1: f"{name}_sentences", 2: f"{name}_tokens"}
+        for name, _ in TEXTS
+        for part in ("ids", "mask")
+    },
+    **{f"{name}_emb": {0: "batch", 1: f"{name}_sentences"} for name, _ in TEXTS},
     "image": {0: "batch"},
     "image_present": {0: "batch"},
     **{k: {0: "batch"} for k in OUTPUTS},
 }
+SENTENCE_AXES = {
+    "ids": {0: "sentences", 1: "tokens"},
+    "mask": {0: "sentences", 1: "tokens"},
+    "embedding": {0: "sentences"},
+}
 
 
-class _Calibrated(nn.Module):
+class _Patient(nn.Module):
     def __init__(self, net: nn.Module):
         super().__init__()
         self.net = net
 
     def forward(self, *inputs):
-        return self.net.probabilities(*inputs)
+        return self.net.patient_probabilities(*inputs)
 
 
-def to_onnx(net: nn.Module, example: dict[str, np.ndarray], path: Path) -> None:
-    """Trace the calibrated network on `example` (model inputs) into `path`; dynamic batch, sentence
-    and token axes. A text backbone the graph runs as is (not a BERT, see
-    `SentenceEncoder._exported`) switches to plain (eager) attention for the trace."""
-    net = copy.deepcopy(net).eval().float()
-    for backbone in {
-        id(m): m for m in (net.note.sentences.backbone, net.report.sentences.backbone)
-    }.values():
-        backbone.config._attn_implementation = "eager"
-    args = tuple(torch.from_numpy(example[k]) for k in INPUTS)
+def sentence_encoders(net: nn.Module) -> dict[str, nn.Module]:
+    """Text name -> its sentence encoder; one object for both when the weights are shared."""
+    return {name: getattr(net, name).sentences for name, _ in TEXTS}
+
+
+def _export(module: nn.Module, args: tuple, path: Path, inputs, outputs, axes) -> None:
     # The tracer warns about shape-dependent Python in transformers' mask helpers; the parity check
     # on other batch sizes and lengths is what proves the graph right.
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         torch.onnx.export(
-            _Calibrated(net),
+            module,
             args,
             str(path),
             dynamo=False,
             opset_version=OPSET,
-            input_names=list(INPUTS),
-            output_names=list(OUTPUTS),
-            dynamic_axes=AXES,
+            input_names=list(inputs),
+            output_names=list(outputs),
+            dynamic_axes=axes,
         )
     onnx.checker.check_model(str(path))
 
 
+def to_onnx(
+    net: nn.Module, example: dict[str, np.ndarray], folder: Path, names: dict[str, str]
+) -> None:
+    """Trace the calibrated network on `example` (model inputs of a few records) into `folder`:
+    the patient graph as `names["patient"]` and each distinct sentence encoder as
+    `names[text]` (the same file for both texts when their weights are shared). The backbones
+    switch to plain (eager) attention for the trace."""
+    net = copy.deepcopy(net).eval().float()
+    encoders = sentence_encoders(net)
+    for encoder in encoders.values():
+        encoder.backbone.config._attn_implementation = "eager"
+    tensors = {k: torch.from_numpy(v) for k, v in example.items()}
+    with torch.no_grad():
+        note_emb, report_emb = net.embed(
+            *(tensors[k] for k in ("note_ids", "note_mask", "report_ids", "report_mask"))
+        )
+    tensors |= {"note_emb": note_emb, "report_emb": report_emb}
+    patient = tuple(tensors[k] for k in PATIENT_INPUTS)
+    _export(
+        _Patient(net), patient, folder / names["patient"], PATIENT_INPUTS, OUTPUTS, PATIENT_AXES
+    )
+    done = set()
+    for name, encoder in encoders.items():
+        if names[name] in done:
+            continue
+        ids, mask = (tensors[f"{name}_{k}"].flatten(0, 1) for k in ("ids", "mask"))
+        rows = mask.any(dim=1)
+        ids, mask = (ids[rows], mask[rows]) if rows.any() else (ids[:1], mask[:1])
+        _export(
+            SentenceGraph(encoder),
+            (ids, mask),
+            folder / names[name],
+            ("ids", "mask"),
+            ("embedding",),
+            SENTENCE_AXES,
+        )
+        done.add(names[name])
+
+
 def optimize(path: Path, net: nn.Module) -> dict:
-    """ONNX Runtime's transformer graph fusion (layer norm, skip layer norm, GELU), in place."""
+    """ONNX Runtime's transformer graph fusion (attention, layer norm, skip layer norm, GELU), in
+    place; the counts of the fused operators."""
     from onnxruntime.transformers.optimizer import optimize_model
 
     config = net.note.sentences.backbone.config
-    # Symbolic shape inference cannot compare the dynamic axes with the sentence dedup's output
-    # sizes and warns for each; the fused graph is checked against PyTorch afterwards.
+    # Symbolic shape inference cannot compare some dynamic axes and warns for each; the fused
+    # graph is checked against PyTorch afterwards.
     for name in ("onnxruntime.tools.symbolic_shape_infer", "symbolic_shape_infer"):
         logging.getLogger(name).setLevel(logging.ERROR)
     model = optimize_model(

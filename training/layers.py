@@ -6,11 +6,6 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-
-def exporting() -> bool:
-    return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
-
-
 # --- the transformer layer used by every encoder ----------------------------------------------
 
 

@@ -165,25 +165,22 @@ class SpineCastNet(nn.Module):
     def backbone_config(self) -> dict:
         return self.note.sentences.backbone.config.to_dict()
 
-    def _texts(self, note_ids, note_mask, report_ids, report_mask):
-        """-> note (B, D), report (B, D), their presence (B,) each."""
-        note_emb = report_emb = None
+    def embed(self, note_ids, note_mask, report_ids, report_mask):
+        """(B, S, L) ids and masks -> the note's and the report's (B, S, H) sentence embeddings
+        (zeros where a sentence slot is empty): the sentence graph's part of the model."""
         if self.note.sentences is self.report.sentences:  # one backbone: both texts in one run
-            note_emb, report_emb = self.note.sentences.encode_texts(
+            note, report = self.note.sentences.encode_texts(
                 (note_ids, note_mask), (report_ids, report_mask)
             )
-        note, note_keep, note_present = self.note.contextualize(note_ids, note_mask, note_emb)
-        report, report_keep, report_present = self.report.contextualize(
-            report_ids, report_mask, report_emb
-        )
-        if self.cross is not None:
-            note, report = self.cross(note, note_keep, report, report_keep)
-        return (
-            self.note.pool(note, note_keep),
-            self.report.pool(report, report_keep),
-            note_present,
-            report_present,
-        )
+        else:
+            note, report = (
+                encoder.sentences(ids.flatten(0, 1), mask.flatten(0, 1))
+                for encoder, ids, mask in (
+                    (self.note, note_ids, note_mask),
+                    (self.report, report_ids, report_mask),
+                )
+            )
+        return note.unflatten(0, note_ids.shape[:2]), report.unflatten(0, report_ids.shape[:2])
 
     def forward(
         self,
@@ -197,9 +194,44 @@ class SpineCastNet(nn.Module):
         image,
         image_present,
     ) -> Outputs:
-        note, report, note_present, report_present = self._texts(
-            note_ids, note_mask, report_ids, report_mask
+        note_emb, report_emb = self.embed(note_ids, note_mask, report_ids, report_mask)
+        return self.patient(
+            numeric,
+            numeric_missing,
+            categorical,
+            note_ids,
+            note_mask,
+            note_emb,
+            report_ids,
+            report_mask,
+            report_emb,
+            image,
+            image_present,
         )
+
+    def patient(
+        self,
+        numeric,
+        numeric_missing,
+        categorical,
+        note_ids,
+        note_mask,
+        note_emb,
+        report_ids,
+        report_mask,
+        report_emb,
+        image,
+        image_present,
+    ) -> Outputs:
+        """Everything after the sentence embeddings (the patient graph's part of the model); the
+        token ids still feed the documents' word channel."""
+        note, note_keep, note_present = self.note.contextualize(note_ids, note_mask, note_emb)
+        report, report_keep, report_present = self.report.contextualize(
+            report_ids, report_mask, report_emb
+        )
+        if self.cross is not None:
+            note, report = self.cross(note, note_keep, report, report_keep)
+        note, report = self.note.pool(note, note_keep), self.report.pool(report, report_keep)
         tabular = self.tabular(numeric, numeric_missing, categorical)
         tokens = torch.stack([tabular, note, report, self.image(image)], dim=1)  # (B, M, D)
         present = torch.stack(
@@ -218,9 +250,15 @@ class SpineCastNet(nn.Module):
         )
 
     def probabilities(self, *inputs):
-        """Calibrated outputs, as exported: p_satisfied (B, T) (the members' mean), p_mcid (B, T),
-        odi_12m (B, T), p_satisfied_members (B, K, T) and propensity (B, T)."""
-        out = self(*inputs)
+        """Calibrated outputs: p_satisfied (B, T) (the members' mean), p_mcid (B, T), odi_12m
+        (B, T), p_satisfied_members (B, K, T) and propensity (B, T)."""
+        return self.calibrated(self(*inputs))
+
+    def patient_probabilities(self, *inputs):
+        """`probabilities` from the patient graph's inputs (PATIENT_INPUTS), as exported."""
+        return self.calibrated(self.patient(*inputs))
+
+    def calibrated(self, out: Outputs):
         members = torch.sigmoid(out.satisfied / self.temperature[0])
         p_mcid = torch.sigmoid(out.mcid / self.temperature[1]).mean(dim=1)
         propensity = out.propensity.masked_fill(self.treated == 0, float("-inf")).softmax(dim=-1)

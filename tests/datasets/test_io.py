@@ -77,10 +77,13 @@ def test_valid_file_loads_typed_in_every_format(folder, suffix):
 
 
 def test_absent_optional_columns_are_filled_with_missing(folder):
-    records = [{k: _record(1)[k] for k in ("patient_id", "age", "sex", "treatment")}]
+    given = ("patient_id", "age", "sex", "treatment")
+    records = [{k: _record(1)[k] for k in given}]
     df = load_cohort(_write(folder, records, ".csv"), training=True)
-    assert df["clinical_note"].isna().all() and df["baseline_odi"].isna().all()
-    assert len(df.columns) == len(COLUMNS)
+    assert list(df.columns) == [c.name for c in COLUMNS]
+    absent = [c.name for c in COLUMNS if c.name not in given]
+    assert {name for name in absent if not df[name].isna().all()} == set()
+    assert df.loc[0, list(given)].tolist() == [records[0][k] for k in given]
 
 
 def _error(folder, records, suffix=".parquet", **kw) -> CohortError:
@@ -180,7 +183,10 @@ def test_error_lists_first_20_and_counts_all(folder):
 def test_validate_frame_loses_nothing_on_success(folder):
     records = [_record(i) for i in range(5)]
     df = validate_frame(pd.DataFrame(records), base_dir=folder)
-    assert df["patient_id"].tolist() == [r["patient_id"] for r in records]
+    image = str((folder / "images" / "a.png").resolve())
+    for name in records[0]:
+        want = [image if name == "mri_image" else r[name] for r in records]
+        assert df[name].tolist() == want, name
 
 
 def test_mcid_is_derived_only_where_both_odis_exist():

@@ -87,11 +87,14 @@ def test_structured_fields_go_missing_at_realistic_rates(cohort_dir, card):
         "leg_pain_nrs",
         "diagnosis",
     ]
+    cohort = pd.read_parquet(cohort_dir / "cohort.parquet")
+    missing = cohort.isna().mean()  # in the data itself; the card must report the same
+    assert card["missingness"] == {col: pytest.approx(missing[col], abs=1e-4) for col in cohort}
     for col in optional:
-        assert 0.07 <= card["missingness"][col] <= 0.33, col
-    assert card["missingness"]["age"] == 0 and card["missingness"]["treatment"] == 0
-    assert 0.05 <= card["missingness"]["imaging_report"] <= 0.35  # no MRI for some patients
-    assert card["missingness"]["mri_image"] > card["missingness"]["imaging_report"]
+        assert 0.07 <= missing[col] <= 0.33, col
+    assert missing["age"] == 0 and missing["treatment"] == 0
+    assert 0.05 <= missing["imaging_report"] <= 0.35  # no MRI for some patients
+    assert missing["mri_image"] > missing["imaging_report"]
 
 
 def test_notes_have_realistic_length_and_variety(cohort_dir):

@@ -58,11 +58,14 @@ def test_a_resend_gets_the_first_attempts_result_and_the_work_runs_once():
 
 
 def test_a_failed_call_fails_its_resend_too():
-    once = Once()
+    """The resend gets the first attempt's failure itself: the broken work is not run again."""
+    once, runs = Once(), []
 
     def broken():
-        raise RuntimeError("model run failed")
+        runs.append(1)
+        raise RuntimeError(f"model run {len(runs)} failed")
 
     for _ in range(2):
-        with pytest.raises(RuntimeError):
+        with pytest.raises(RuntimeError, match="model run 1 failed"):
             once("call-x", broken)
+    assert len(runs) == 1

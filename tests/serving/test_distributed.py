@@ -150,7 +150,8 @@ def test_ray_engine_names_a_bad_field_and_hides_the_text(
     assert not out.exists() and not (tmp_path / "out.partial").exists()
 
 
-def test_serving_imports_and_the_local_engine_run_without_ray(bundle, tmp_path):
+def test_serving_imports_and_the_local_engine_run_without_ray(bundle, cohort, tmp_path):
+    cohort.iloc[:6].to_parquet(tmp_path / "cohort.parquet")
     code = (
         "import sys; sys.modules['ray'] = None\n"  # as if the `ray` extra were not installed
         "from spinecast.serving import batch, predictor, schemas\n"
@@ -159,6 +160,15 @@ def test_serving_imports_and_the_local_engine_run_without_ray(bundle, tmp_path):
         "'--engine', 'ray'])\n"
         "except ImportError as err:\n"
         "    print(err)\n"
+        f"code = batch.main(['--model', {str(bundle)!r}, '--in', 'cohort.parquet', "
+        "'--out', 'local.parquet'])\n"
+        "print('local engine:', code)\n"
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=False, cwd=tmp_path
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
     assert "pip install 'spinecast[ray]'" in done.stdout
+    assert "local engine: 0" in done.stdout, done.stdout + done.stderr
+    scored = pd.read_parquet(tmp_path / "local.parquet")
+    assert scored["patient_id"].tolist() == cohort["patient_id"].iloc[:6].tolist()

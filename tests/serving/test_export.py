@@ -12,7 +12,7 @@ import onnx
 import pandas as pd
 import pytest
 from spinecast.datasets import CohortError, load_cohort
-from spinecast.datasets.inputs import INPUTS
+from spinecast.datasets.inputs import INPUTS, OUTPUTS, PATIENT_INPUTS
 from spinecast.serving.bundle import BundleError
 from spinecast.serving.predictor import Predictor
 from spinecast.training.export import ExportError, export
@@ -26,35 +26,46 @@ def records(small_cohort) -> pd.DataFrame:
     return load_cohort(small_cohort / "cohort.parquet", training=True).iloc[-40:]
 
 
-def test_bundle_holds_a_checked_graph_with_named_dynamic_axes_and_a_card(bundle):
+def test_bundle_holds_checked_graphs_with_named_dynamic_axes_and_a_card(bundle):
     assert {p.name for p in bundle.iterdir()} == {
         "model.onnx",
+        "sentences.onnx",
         "tokenizer.json",
         "features.json",
         "card.json",
         "SHA256SUMS",
     }
-    model = onnx.load(str(bundle / "model.onnx"))
-    onnx.checker.check_model(model)
-    inputs = {
-        i.name: [d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim]
-        for i in model.graph.input
-    }
-    assert list(inputs) == list(INPUTS)
+
+    def axes(graph):
+        return {
+            i.name: [d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim]
+            for i in graph.input
+        }
+
+    patient, sentences = (onnx.load(str(bundle / f)) for f in ("model.onnx", "sentences.onnx"))
+    onnx.checker.check_model(patient)
+    onnx.checker.check_model(sentences)
+    inputs = axes(patient.graph)
+    assert list(inputs) == list(PATIENT_INPUTS)
     assert inputs["note_ids"] == ["batch", "note_sentences", "note_tokens"]
+    assert inputs["note_emb"][:2] == ["batch", "note_sentences"]
     assert inputs["image"][0] == "batch"
-    assert [o.name for o in model.graph.output] == [
-        "p_satisfied",
-        "p_mcid",
-        "odi_12m",
-        "p_satisfied_members",
-        "propensity",
-    ]
+    assert [o.name for o in patient.graph.output] == list(OUTPUTS)
+    assert axes(sentences.graph) == {
+        "ids": ["sentences", "tokens"],
+        "mask": ["sentences", "tokens"],
+    }
+    assert [o.name for o in sentences.graph.output] == ["embedding"]
     card = json.loads((bundle / "card.json").read_text())
     assert card["version"].startswith("spinecast-") and card["git_commit"]
     assert card["parity"]["passed"] and card["parity"]["max_abs_diff_probabilities"] <= 1e-4
     assert card["training_data"]["patients"] > 0 and 0 < card["variants"]["fp32"]["val_auroc"] <= 1
     assert card["inputs"]["max_sentences"] == 48
+    # one sentence graph for both texts: the note and the report share their encoder
+    assert card["variants"]["fp32"]["sentences"] == {
+        "note": "sentences.onnx",
+        "report": "sentences.onnx",
+    }
     assert card["decision"] == {
         "margin": 0.02,
         "quantile": 0.2,
@@ -213,13 +224,15 @@ def test_optimized_and_quantized_variants_run_and_are_gated(checkpoint, tmp_path
     ]  # the quantizer's expected warnings are hushed
     assert card.serve == "int8" and card.onnx["graph_fusion"]
     assert card.parity["passed"]  # the fused fp32 graph still matches PyTorch
-    # One copy of the text encoder in the graph (note and report run through it together): no
-    # weight is stored twice (small constants may be).
+    # One copy of the text encoder, in the sentence graph only: no weight is stored twice
+    # (small constants may be).
     tensors = collections.Counter(
         onnx.numpy_helper.to_array(t).tobytes()
-        for t in onnx.load(out / "model.onnx").graph.initializer
+        for name in ("model.onnx", "sentences.onnx")
+        for t in onnx.load(out / name).graph.initializer
     )
     assert not [t for t, copies in tensors.items() if copies > 1 and len(t) > 1024]
+    assert {f.name for f in out.glob("*.int8.onnx")} == {"model.int8.onnx", "sentences.int8.onnx"}
     int8 = Predictor(out).predict(records.drop(columns=["satisfied", "odi_12m"]).to_dict("records"))
     assert Predictor(out).variant == "int8" and all(
         0 <= o["p_satisfied"] <= 1 for p in int8 for o in p["outcomes"]
@@ -229,7 +242,7 @@ def test_optimized_and_quantized_variants_run_and_are_gated(checkpoint, tmp_path
     strict = tmp_path / "strict"
     with pytest.raises(ExportError, match="refused the INT8 model"):
         export(checkpoint, strict, quantize_int8=True, eval_rows=120, max_auroc_drop=-1.0)
-    assert Predictor(strict).variant == "fp32" and not (strict / "model.int8.onnx").exists()
+    assert Predictor(strict).variant == "fp32" and not list(strict.glob("*.int8.onnx"))
 
 
 @pytest.mark.parametrize("suffix", ["parquet", "csv", "jsonl"])

@@ -53,7 +53,11 @@ def test_violations_name_the_field_and_hide_the_value(change):
 
 
 def test_integral_floats_are_integers_but_fractions_are_not():
-    assert Patient.model_validate({**EXAMPLE_PATIENT, "asa_class": 2.0}).asa_class == 2
+    integral = Patient.model_validate({**EXAMPLE_PATIENT, "asa_class": 2.0}).asa_class
+    assert integral == 2 and type(integral) is int
+    for fraction in (2.5, 2.000001):
+        with pytest.raises(ValidationError, match="asa_class"):
+            Patient.model_validate({**EXAMPLE_PATIENT, "asa_class": fraction})
 
 
 def test_request_wrappers_reject_unknown_fields_and_bad_batch_sizes():

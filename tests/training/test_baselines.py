@@ -80,7 +80,7 @@ def test_both_baselines_read_the_text(split, predictions):
         assert not np.allclose(no_text[name], predictions[name]), name
 
 
-def test_an_arm_nobody_received_in_training_gets_a_finite_constant(split):
+def test_an_arm_nobody_received_gets_the_pooled_rate_from_t_learner_finite_from_s_learner(split):
     train, test = split
     without_fusion = train[train["treatment"] != "fusion"]
     p = baseline_predictions(without_fusion, test)

@@ -13,7 +13,6 @@ from spinecast.training.config import ImageConfig, ModelConfig, TabularConfig, T
 from spinecast.training.inference import encode_frame
 from spinecast.training.model import SpineCastNet
 from spinecast.training.module import SpineCastModule
-from spinecast.training.text import SentenceEncoder
 from transformers import RobertaConfig, RobertaModel
 
 B = 6
@@ -252,87 +251,64 @@ def tiny_roberta() -> RobertaModel:
     return RobertaModel(config, add_pooling_layer=False)
 
 
-@pytest.mark.parametrize("kind", ["bert", "roberta"])
-def test_exported_sentence_encoding_matches_eager(tiny_bert, batch, kind):
-    """The graph's path (distinct rows trimmed to the longest; a BERT encoder on its real tokens
-    only, any other encoder padded) gives the eager embeddings, also for one row, only empty rows,
-    and two texts of different widths in one run."""
-    if kind == "bert":
-        sentences = SpineCastNet(tiny_config(tiny_bert)).eval().note.sentences
-    else:
-        sentences = SentenceEncoder(tiny_roberta(), trainable_layers=0).eval()
-    ids, mask = batch["note_ids"].flatten(0, 1), batch["note_mask"].flatten(0, 1)
-    with torch.no_grad():
-        if kind == "bert":  # rows sorted by length, as `_exported` hands them over
-            order = mask.sum(dim=1).argsort()
-            assert torch.allclose(
-                sentences._unpadded(ids[order], mask[order]),
-                sentences._encode(ids[order], mask[order]),
-                atol=1e-5,
-            )
-        zeros = torch.zeros_like(ids[:3])
-        cases = [
-            (ids, mask),
-            (ids[:1], mask[:1]),
-            (zeros, zeros),
-            (torch.cat([zeros, ids]), torch.cat([zeros, mask])),
-        ]
-        for i, m in cases:
-            sentences.cache.clear()
-            assert torch.allclose(sentences._exported(i, m), sentences(i, m), atol=1e-5)
-        note = batch["note_ids"][:2, :5, :10], batch["note_mask"][:2, :5, :10]
-        report = batch["report_ids"][:2, :3], batch["report_mask"][:2, :3]  # wider than the note
-        joint = sentences.encode_texts(note, report)
-        alone = [sentences(i.flatten(0, 1), m.flatten(0, 1)) for i, m in (note, report)]
-    assert [e.shape for e in joint] == [a.shape for a in alone]
-    assert all(torch.allclose(j, a, atol=1e-5) for j, a in zip(joint, alone))
-
-
-def test_a_non_bert_text_encoder_exports_and_matches_eager(tiny_bert, batch, tmp_path):
-    """Encoders other than BERT run padded in the graph (no `_unpadded`); the ONNX model still
-    matches the eager one at another batch size and with a record without text."""
+def _onnx_probabilities(net, arrays: dict, folder) -> list[np.ndarray]:
+    """Export `net` as the bundle's graphs (traced on two records) and run them on `arrays` the
+    way the predictor does: distinct sentences by length group through the sentence graph(s),
+    then the patient graph."""
     import onnxruntime as ort
+    from spinecast.datasets.inputs import PATIENT_INPUTS
+    from spinecast.serving.embeddings import SentenceEmbedder
+    from spinecast.training.export import graph_names
     from spinecast.training.graph import to_onnx
 
-    folder = tmp_path / "tiny_roberta"
-    torch.manual_seed(0)
-    tiny_roberta().save_pretrained(folder)
-    net = SpineCastNet(tiny_config(str(folder))).eval()
-    arrays = {k: v.numpy() for k, v in drop(batch, ["clinical_note"]).items() if k in INPUTS}
-    arrays["note_mask"][1:] = batch["note_mask"][1:].numpy()  # only the first record lacks a note
-    to_onnx(net, {k: v[:2] for k, v in arrays.items()}, tmp_path / "model.onnx")
-    session = ort.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
-    got = session.run(None, arrays)
-    with torch.no_grad():
-        expected = net.probabilities(*(torch.from_numpy(arrays[k]) for k in INPUTS))
-    for g, e in zip(got, expected):
-        assert np.abs(g - e.numpy()).max() <= 1e-4
+    names = graph_names(net)
+    to_onnx(net, {k: v[:2] for k, v in arrays.items()}, folder, names)
+    sessions = {
+        n: ort.InferenceSession(str(folder / n), providers=["CPUExecutionProvider"])
+        for n in set(names.values())
+    }
+    inputs = dict(arrays)
+    for text in ("note", "report"):
+        embedder = SentenceEmbedder(sessions[names[text]], folder / names[text], cache=None)
+        inputs[f"{text}_emb"] = embedder(inputs[f"{text}_ids"], inputs[f"{text}_mask"])
+    return sessions[names["patient"]].run(None, {k: inputs[k] for k in PATIENT_INPUTS})
 
 
 @pytest.mark.parametrize(
     "changes",
     [
+        {},
         {"text": {"share_weights": False}},
         {"fusion": "gated", "tabular": TabularConfig(kind="mlp")},
         {"image": ImageConfig(backbone="mobilenet_v3_small")},
         {"image": ImageConfig(backbone="resnet18")},
     ],
-    ids=["separate-text-encoders", "gated-fusion-mlp-fields", "mobilenet", "resnet18"],
+    ids=["default", "separate-text-encoders", "gated-fusion-mlp-fields", "mobilenet", "resnet18"],
 )
 def test_each_architecture_exports_and_matches_eager(changes, tiny_bert, batch, tmp_path):
-    """The ONNX graph of every architecture the configs can ask for equals the eager network
-    (traced on two records, run on six)."""
-    import onnxruntime as ort
-    from spinecast.training.graph import to_onnx
-
+    """The bundle's graphs of every architecture the configs can ask for equal the eager network
+    (traced on two records, run on six, one of them without a note)."""
     torch.manual_seed(0)
     net = SpineCastNet(tiny_config(tiny_bert, **changes)).eval()
-    arrays = {k: v.numpy() for k, v in batch.items() if k in INPUTS}
-    to_onnx(net, {k: v[:2] for k, v in arrays.items()}, tmp_path / "model.onnx")
-    session = ort.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
-    got = session.run(None, arrays)
+    arrays = {k: v.numpy() for k, v in drop(batch, ["clinical_note"]).items() if k in INPUTS}
+    arrays["note_mask"][1:] = batch["note_mask"][1:].numpy()  # only the first record lacks a note
+    got = _onnx_probabilities(net, arrays, tmp_path)
     with torch.no_grad():
         expected = net.probabilities(*(torch.from_numpy(arrays[k]) for k in INPUTS))
-    assert len(got) == len(expected)
+    assert len(got) == len(expected) == 5
     for g, e in zip(got, expected):
         assert g.shape == e.shape and np.abs(g - e.numpy()).max() <= 1e-4
+
+
+def test_a_non_bert_text_encoder_exports_and_matches_eager(batch, tmp_path):
+    """A RoBERTa sentence graph (another position scheme, padding id 1) matches too."""
+    folder = tmp_path / "tiny_roberta"
+    torch.manual_seed(0)
+    tiny_roberta().save_pretrained(folder)
+    net = SpineCastNet(tiny_config(str(folder))).eval()
+    arrays = {k: v.numpy() for k, v in batch.items() if k in INPUTS}
+    got = _onnx_probabilities(net, arrays, tmp_path)
+    with torch.no_grad():
+        expected = net.probabilities(*(torch.from_numpy(arrays[k]) for k in INPUTS))
+    for g, e in zip(got, expected):
+        assert np.abs(g - e.numpy()).max() <= 1e-4

@@ -1,0 +1,157 @@
+"""Sentence embeddings for the patient graph: each distinct sentence encoded once, by length group,
+and kept in a bounded cache.
+
+A sentence's embedding depends on that sentence alone (the encoder reads sentence by sentence),
+and clinical text repeats itself: templated phrases, copied-forward notes, the same report read for
+several visits, the same patient scored again. `SentenceEmbedder` looks every sentence of a batch
+up in the `SentenceCache` (keyed by the encoder and the sentence's exact token ids), runs the
+sentence graph only on the ones it has not seen, sorted by length in groups padded only to their
+own longest, and returns the (B, S, H) embeddings the patient graph takes.
+
+The cache holds embeddings (float32 vectors) and token-id keys, never text. `max_bytes=0` turns it
+off; see SECURITY.md. `SentenceStore` keeps the same on disk (SQLite) for `spinecast predict
+--sentence-cache`, so that a cohort scored again, in another run, encodes nothing it has seen.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+import threading
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+GROUP_SENTENCES = 64  # sentences per sentence-graph run
+ENTRY_OVERHEAD = 160  # bytes a cache entry costs beyond its key and vector (dict, objects)
+
+
+class SentenceStore:
+    """Embeddings on disk, in one SQLite file: key -> float32 bytes. Safe across threads (one
+    connection, a lock); a later run of the same bundle finds what an earlier one stored."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(self.path, check_same_thread=False)
+        self._db.execute("CREATE TABLE IF NOT EXISTS embedding (key BLOB PRIMARY KEY, value BLOB)")
+        self._lock = threading.Lock()
+
+    def get(self, keys: list[bytes]) -> dict[bytes, np.ndarray]:
+        found = {}
+        with self._lock:
+            for start in range(0, len(keys), 500):  # SQLite's bound on parameters
+                part = keys[start : start + 500]
+                marks = ",".join("?" * len(part))
+                rows = self._db.execute(
+                    f"SELECT key, value FROM embedding WHERE key IN ({marks})", part
+                )
+                found |= {k: np.frombuffer(v, dtype=np.float32) for k, v in rows}
+        return found
+
+    def put(self, items: dict[bytes, np.ndarray]) -> None:
+        with self._lock, self._db:
+            self._db.executemany(
+                "INSERT OR IGNORE INTO embedding VALUES (?, ?)",
+                ((k, v.astype(np.float32).tobytes()) for k, v in items.items()),
+            )
+
+
+class SentenceCache:
+    """A thread-safe LRU map of sentence keys to embeddings, capped in bytes (keys, vectors and
+    their bookkeeping); counts its hits and misses. Behind it, optionally, a `SentenceStore`."""
+
+    def __init__(self, max_bytes: int, store: SentenceStore | None = None):
+        self.max_bytes, self.store = max_bytes, store
+        self.bytes = 0
+        self.hits = self.misses = 0
+        self._entries: OrderedDict[bytes, np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, keys: list[bytes]) -> dict[bytes, np.ndarray]:
+        with self._lock:
+            found = {k: self._entries[k] for k in keys if k in self._entries}
+            for k in found:
+                self._entries.move_to_end(k)
+        if self.store is not None and len(found) < len(keys):
+            stored = self.store.get([k for k in keys if k not in found])
+            self._keep(stored)
+            found |= stored
+        with self._lock:
+            self.hits += len(found)
+            self.misses += len(keys) - len(found)
+        return found
+
+    def put(self, items: dict[bytes, np.ndarray]) -> None:
+        if self.store is not None:
+            self.store.put(items)
+        self._keep(items)
+
+    def _keep(self, items: dict[bytes, np.ndarray]) -> None:
+        if self.max_bytes <= 0:
+            return
+        with self._lock:
+            for key, vector in items.items():
+                if key in self._entries:
+                    continue
+                self._entries[key] = vector
+                self.bytes += _cost(key, vector)
+            while self.bytes > self.max_bytes and self._entries:
+                key, vector = self._entries.popitem(last=False)
+                self.bytes -= _cost(key, vector)
+
+
+def _cost(key: bytes, vector: np.ndarray) -> int:
+    return len(key) + vector.nbytes + ENTRY_OVERHEAD
+
+
+class SentenceEmbedder:
+    """One sentence graph (an ONNX Runtime session) behind the cache."""
+
+    def __init__(self, session: ort.InferenceSession, graph: Path, cache: SentenceCache | None):
+        self.session, self.cache = session, cache
+        # the encoder's identity in the cache's keys: two graphs never share an entry
+        with graph.open("rb") as f:
+            self.prefix = hashlib.file_digest(f, "sha256").digest()[:8]
+        self.width = int(session.get_outputs()[0].shape[-1])
+
+    def __call__(self, ids: np.ndarray, mask: np.ndarray, run_options=None) -> np.ndarray:
+        """(B, S, L) token ids and mask (each sentence's mask a prefix of its row) -> (B, S, H)
+        float32 embeddings, zeros where a sentence slot is empty."""
+        b, s, length = ids.shape
+        ids, lengths = ids.reshape(b * s, length), mask.reshape(b * s, length).sum(axis=1)
+        out = np.zeros((b * s, self.width), dtype=np.float32)
+        rows = np.flatnonzero(lengths)
+        keys = [self.prefix + ids[r, : lengths[r]].astype(np.int32).tobytes() for r in rows]
+        distinct = list(dict.fromkeys(keys))
+        found = self.cache.get(distinct) if self.cache is not None else {}
+        todo = [k for k in distinct if k not in found]
+        if todo:
+            computed = self._encode(todo, run_options)
+            if self.cache is not None:
+                self.cache.put(computed)
+            found |= computed
+        for r, key in zip(rows, keys):
+            out[r] = found[key]
+        return out.reshape(b, s, self.width)
+
+    def _encode(self, keys: list[bytes], run_options) -> dict[bytes, np.ndarray]:
+        """Sentences by length, in groups padded only to their own longest."""
+        tokens = [np.frombuffer(k[len(self.prefix) :], dtype=np.int32) for k in keys]
+        order = sorted(range(len(keys)), key=lambda i: len(tokens[i]))
+        out = {}
+        for start in range(0, len(order), GROUP_SENTENCES):
+            group = order[start : start + GROUP_SENTENCES]
+            width = len(tokens[group[-1]])
+            ids = np.zeros((len(group), width), dtype=np.int64)
+            mask = np.zeros((len(group), width), dtype=np.int64)
+            for row, i in enumerate(group):
+                ids[row, : len(tokens[i])], mask[row, : len(tokens[i])] = tokens[i], 1
+            [emb] = self.session.run(None, {"ids": ids, "mask": mask}, run_options)
+            out |= {keys[i]: emb[row] for row, i in enumerate(group)}
+        return out
