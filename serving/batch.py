@@ -184,6 +184,10 @@ def main(argv: list[str]) -> int:
                 cache=SentenceCache(256 << 20, store),
             )
             stats = score_file(predictor, args.src, args.out, args.chunk_rows or 10_000)
+            stats["sentence_cache"] = {
+                "hits": predictor.cache.hits,
+                "misses": predictor.cache.misses,
+            }
     except (CohortError, FileExistsError) as err:
         print(err, file=sys.stderr)
         return 1

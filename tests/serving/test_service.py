@@ -300,3 +300,19 @@ def test_hostile_values_are_refused_or_handled_never_500(server, patients):
         ).status_code
         == 415
     )
+
+
+def _metric(server, name: str) -> float:
+    text = httpx.get(server[0] + "/metrics").text
+    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name))
+
+
+def test_a_patient_scored_again_is_a_sentence_cache_hit_in_metrics(server, patients):
+    patient = {**_full(patients), "patient_id": "CACHE-1", "mri_image": None}
+    before = _metric(server, "spinecast_sentence_cache_hits_total")
+    assert post(server, "/predict", {"patient": patient}).status_code == 200
+    misses = _metric(server, "spinecast_sentence_cache_misses_total")
+    assert post(server, "/predict", {"patient": patient}).status_code == 200
+    assert _metric(server, "spinecast_sentence_cache_hits_total") > before
+    assert _metric(server, "spinecast_sentence_cache_misses_total") == misses  # nothing encoded
+    assert _metric(server, "spinecast_sentence_cache_bytes") > 0
