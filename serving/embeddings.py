@@ -4,11 +4,12 @@ and kept in a bounded cache.
 A sentence's embedding depends on that sentence alone (the encoder reads sentence by sentence),
 and clinical text repeats itself: templated phrases, copied-forward notes, the same report read for
 several visits, the same patient scored again. `SentenceEmbedder` looks every sentence of a batch
-up in the `SentenceCache` (keyed by the encoder and the sentence's exact token ids), runs the
-sentence graph only on the ones it has not seen, sorted by length in groups padded only to their
-own longest, and returns the (B, S, H) embeddings the patient graph takes.
+up in the `SentenceCache` (keyed by the encoder and a hash of the sentence's exact token ids),
+runs the sentence graph only on the ones it has not seen (sorted by length; the graph itself drops
+the padding), and returns the (B, S, H) embeddings the patient graph takes.
 
-The cache holds embeddings (float32 vectors) and token-id keys, never text. `max_bytes=0` turns it
+The cache holds embeddings (float32 vectors) under 24-byte keys (8 bytes of the encoder's hash,
+16 of the token ids' BLAKE2b hash), never text nor token ids. `max_bytes=0` turns it
 off; see SECURITY.md. `SentenceStore` keeps the same on disk (SQLite) for `spinecast predict
 --sentence-cache`, so that a cohort scored again, in another run, encodes nothing it has seen.
 """
@@ -24,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-GROUP_SENTENCES = 64  # sentences per sentence-graph run
+GROUP_SENTENCES = 256  # sentences per sentence-graph run at most (bounds its memory)
 ENTRY_OVERHEAD = 160  # bytes a cache entry costs beyond its key and vector (dict, objects)
 
 
@@ -123,35 +124,51 @@ class SentenceEmbedder:
     def __call__(self, ids: np.ndarray, mask: np.ndarray, run_options=None) -> np.ndarray:
         """(B, S, L) token ids and mask (each sentence's mask a prefix of its row) -> (B, S, H)
         float32 embeddings, zeros where a sentence slot is empty."""
-        b, s, length = ids.shape
-        ids, lengths = ids.reshape(b * s, length), mask.reshape(b * s, length).sum(axis=1)
-        out = np.zeros((b * s, self.width), dtype=np.float32)
-        rows = np.flatnonzero(lengths)
-        keys = [self.prefix + ids[r, : lengths[r]].astype(np.int32).tobytes() for r in rows]
-        distinct = list(dict.fromkeys(keys))
-        found = self.cache.get(distinct) if self.cache is not None else {}
-        todo = [k for k in distinct if k not in found]
+        [out] = self.many([(ids, mask)], run_options)
+        return out
+
+    def many(self, texts: list[tuple[np.ndarray, np.ndarray]], run_options=None) -> list:
+        """`__call__` for several texts at once (the note and the report of a shared encoder):
+        one cache lookup, and their unseen sentences in one run."""
+        flat = []
+        for ids, mask in texts:
+            b, s, length = ids.shape
+            flat.append((ids.reshape(b * s, length), mask.reshape(b * s, length).sum(axis=1)))
+        tokens = {}  # key -> the sentence's token ids
+        keys = []  # per text, per non-empty row: (row, key)
+        for ids, lengths in flat:
+            keys.append([])
+            for r in np.flatnonzero(lengths):
+                row = ids[r, : lengths[r]].astype(np.int32)
+                key = self.prefix + hashlib.blake2b(row.tobytes(), digest_size=16).digest()
+                tokens.setdefault(key, row)
+                keys[-1].append((r, key))
+        found = self.cache.get(list(tokens)) if self.cache is not None else {}
+        todo = {k: v for k, v in tokens.items() if k not in found}
         if todo:
             computed = self._encode(todo, run_options)
             if self.cache is not None:
                 self.cache.put(computed)
             found |= computed
-        for r, key in zip(rows, keys):
-            out[r] = found[key]
-        return out.reshape(b, s, self.width)
+        out = []
+        for (ids, mask), rows in zip(texts, keys):
+            emb = np.zeros((ids.shape[0] * ids.shape[1], self.width), dtype=np.float32)
+            for r, key in rows:
+                emb[r] = found[key]
+            out.append(emb.reshape(*ids.shape[:2], self.width))
+        return out
 
-    def _encode(self, keys: list[bytes], run_options) -> dict[bytes, np.ndarray]:
-        """Sentences by length, in groups padded only to their own longest."""
-        tokens = [np.frombuffer(k[len(self.prefix) :], dtype=np.int32) for k in keys]
-        order = sorted(range(len(keys)), key=lambda i: len(tokens[i]))
+    def _encode(self, todo: dict[bytes, np.ndarray], run_options) -> dict[bytes, np.ndarray]:
+        """Sentences by length, in runs of at most GROUP_SENTENCES."""
+        keys = sorted(todo, key=lambda k: len(todo[k]))
         out = {}
-        for start in range(0, len(order), GROUP_SENTENCES):
-            group = order[start : start + GROUP_SENTENCES]
-            width = len(tokens[group[-1]])
+        for start in range(0, len(keys), GROUP_SENTENCES):
+            group = keys[start : start + GROUP_SENTENCES]
+            width = len(todo[group[-1]])
             ids = np.zeros((len(group), width), dtype=np.int64)
             mask = np.zeros((len(group), width), dtype=np.int64)
-            for row, i in enumerate(group):
-                ids[row, : len(tokens[i])], mask[row, : len(tokens[i])] = tokens[i], 1
+            for row, key in enumerate(group):
+                ids[row, : len(todo[key])], mask[row, : len(todo[key])] = todo[key], 1
             [emb] = self.session.run(None, {"ids": ids, "mask": mask}, run_options)
-            out |= {keys[i]: emb[row] for row, i in enumerate(group)}
+            out |= {key: emb[row] for row, key in enumerate(group)}
         return out
