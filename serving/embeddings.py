@@ -68,11 +68,19 @@ class SentenceCache:
         self.max_bytes, self.store = max_bytes, store
         self.bytes = 0
         self.hits = self.misses = 0
+        self._taken = (0, 0)
         self._entries: OrderedDict[bytes, np.ndarray] = OrderedDict()
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
         return len(self._entries)
+
+    def take_counts(self) -> tuple[int, int]:
+        """Hits and misses since the last call (for a metrics counter), read and reset at once."""
+        with self._lock:
+            counts = (self.hits - self._taken[0], self.misses - self._taken[1])
+            self._taken = (self.hits, self.misses)
+        return counts
 
     def get(self, keys: list[bytes]) -> dict[bytes, np.ndarray]:
         with self._lock:

@@ -158,7 +158,6 @@ class SpineCastModel:
         self.predictor.predict([{**EXAMPLE_PATIENT, "patient_id": str(i)} for i in range(8)])
         self.seconds_per_patient = (time.perf_counter() - start) / 8
         self.once = Once()
-        self.counted = (0, 0)  # the cache's hits and misses already in /metrics
 
     @bentoml.api
     def speed(self) -> dict:
@@ -213,12 +212,10 @@ class SpineCastModel:
 
     def _count_cache(self) -> None:
         """The sentence cache's new hits and misses, and its size, into /metrics."""
-        cache = self.predictor.cache
-        hits, misses = cache.hits, cache.misses
-        CACHE_HITS.inc(hits - self.counted[0])
-        CACHE_MISSES.inc(misses - self.counted[1])
-        CACHE_BYTES.set(cache.bytes)
-        self.counted = (hits, misses)
+        hits, misses = self.predictor.cache.take_counts()
+        CACHE_HITS.inc(hits)
+        CACHE_MISSES.inc(misses)
+        CACHE_BYTES.set(self.predictor.cache.bytes)
 
 
 @contextlib.contextmanager

@@ -3,15 +3,17 @@
     spinecast export --ckpt best.ckpt --out artifacts/bundle [--data held_out.parquet] \\
         [--optimize] [--quantize int8] [--bentoml]
 
-The bundle (one folder): `model.onnx` (every encoder, the fusion, the four treatment heads and the
-temperature: calibrated probabilities come out), `tokenizer.json`, `features.json` (the fitted
-encoding of the structured fields), `card.json` (version, provenance, training data, validation
-metrics of each variant, input limits, the parity result) and `SHA256SUMS`.
+The bundle (one folder): `sentences.onnx` (the sentence graph: distinct sentences -> embeddings;
+`sentences_report.onnx` too when the report has its own encoder), `model.onnx` (the patient graph:
+the embeddings, fields and image through the fusion, the four treatment heads and the temperature:
+calibrated probabilities come out), `tokenizer.json`, `features.json` (the fitted encoding of the
+structured fields), `card.json` (version, provenance, training data, validation metrics of each
+variant, input limits, the parity result) and `SHA256SUMS`.
 
 Before it finishes, the command runs the bundle through the torch-free predictor on held-out records
 (the checkpoint's validation split unless `--data` is given), with another batch size and other
 sentence and token lengths than the trace, and fails if any probability differs from PyTorch's by
-more than 1e-4. `--quantize int8` adds `model.int8.onnx` (dynamic INT8) and serves it only if its
+more than 1e-4. `--quantize int8` adds `*.int8.onnx` (dynamic INT8) and serves them only if their
 validation AUROC is within 0.005 of fp32's; otherwise the command says so and fails. `--bentoml`
 saves the finished bundle into the BentoML model store as `spinecast:<version>`, for the service.
 """

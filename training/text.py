@@ -188,9 +188,9 @@ class CrossDocument(nn.Module):
 class SentenceGraph(nn.Module):
     """What the bundle's sentence graph computes: (N, L) token ids and mask of sentences -> (N, H)
     embeddings (the masked mean of the last layer; an empty row gives zeros), equal to
-    `SentenceEncoder`'s. For a BERT encoder the graph runs on the real tokens only (`_unpadded`,
-    measured 1.4x faster per patient than the padded encoder on 2 cores); any other encoder is
-    traced as it is."""
+    `SentenceEncoder`'s. For a BERT encoder the graph runs on the real tokens only (`_unpadded`;
+    a padded trace of the encoder was 1.5-2.5x slower per patient on 2 cores, see
+    benchmarks/README.md); any other encoder is traced as it is."""
 
     def __init__(self, sentences: SentenceEncoder):
         super().__init__()

@@ -83,10 +83,15 @@ def server(bentoml_home, tmp_path_factory):
     from tools.demo import free_port, running_server
 
     log = tmp_path_factory.mktemp("server") / "server.log"
+    # Its own BentoML home (the same model store): BentoML keeps the Prometheus files of a serve in
+    # $BENTOML_HOME/prometheus_multiproc_dir and empties it when a serve starts, so the servers
+    # other tests start would otherwise wipe this one's /metrics counters mid-session.
+    home = tmp_path_factory.mktemp("server_home")
+    (home / "models").symlink_to(bentoml_home / "models")
     port = free_port()
     key = "test-key-123"
     env = {
-        "BENTOML_HOME": str(bentoml_home),
+        "BENTOML_HOME": str(home),
         "SPINECAST_API_KEY": key,
         "SPINECAST_EXPLAIN_MAX_SENTENCES": "12",
     }
