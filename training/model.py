@@ -13,7 +13,7 @@ from typing import NamedTuple
 
 import torch
 from spinecast.datasets.features import FeatureEncoding
-from spinecast.datasets.inputs import MODALITIES
+from spinecast.datasets.inputs import INPUTS, MODALITIES, PATIENT_INPUTS
 from spinecast.datasets.schema import TREATMENTS
 from torch import nn
 from torch.nn import functional as F
@@ -182,32 +182,13 @@ class SpineCastNet(nn.Module):
             )
         return note.unflatten(0, note_ids.shape[:2]), report.unflatten(0, report_ids.shape[:2])
 
-    def forward(
-        self,
-        numeric,
-        numeric_missing,
-        categorical,
-        note_ids,
-        note_mask,
-        report_ids,
-        report_mask,
-        image,
-        image_present,
-    ) -> Outputs:
-        note_emb, report_emb = self.embed(note_ids, note_mask, report_ids, report_mask)
-        return self.patient(
-            numeric,
-            numeric_missing,
-            categorical,
-            note_ids,
-            note_mask,
-            note_emb,
-            report_ids,
-            report_mask,
-            report_emb,
-            image,
-            image_present,
+    def forward(self, *inputs) -> Outputs:
+        """INPUTS (the encoded records) -> Outputs: `embed`, then `patient`."""
+        named = dict(zip(INPUTS, inputs, strict=True))
+        named["note_emb"], named["report_emb"] = self.embed(
+            *(named[k] for k in ("note_ids", "note_mask", "report_ids", "report_mask"))
         )
+        return self.patient(*(named[k] for k in PATIENT_INPUTS))
 
     def patient(
         self,
