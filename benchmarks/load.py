@@ -43,6 +43,9 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--bundle", type=Path, default=ROOT / "artifacts" / "bench" / "bundle")
     parser.add_argument("--seconds", type=float, default=60)
+    parser.add_argument(
+        "--out", default="load.json", help="results file in benchmarks/results (the soak only)"
+    )
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument(
         "--log", type=Path, help="keep the server's output in this file (default: discarded)"
@@ -109,7 +112,7 @@ def main() -> None:
         "rss_growth_under_10pct": result["rss_growth"] < 0.10,
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    RESULTS.with_name(args.out).write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
 
 
