@@ -115,7 +115,13 @@ async def run(
                 bad = rng.random() < invalid
                 body = {"patient": {**patient, "age": 7} if bad else patient}
                 t = time.perf_counter()
-                r = await client.post("/predict", json=body)
+                try:
+                    r = await client.post("/predict", json=body)
+                except httpx.TransportError as err:  # no answer: counted, the run goes on
+                    counts["other"] += 1
+                    key = f"no answer ({type(err).__name__})"
+                    unexpected[key] = unexpected.get(key, 0) + 1
+                    continue
                 latencies.append((time.perf_counter() - t) * 1000)
                 if r.status_code != (400 if bad else 200):
                     counts["5xx" if r.status_code >= 500 else "other"] += 1  # other: e.g. 401, 413
