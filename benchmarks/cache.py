@@ -44,8 +44,7 @@ RESULTS = ROOT / "benchmarks" / "results" / "cache.json"
 
 
 def _empty(predictor: Predictor) -> None:
-    predictor.cache._entries.clear()
-    predictor.cache.bytes = 0
+    predictor.cache.clear()
 
 
 def _ms(seconds: list[float]) -> float:

@@ -75,6 +75,12 @@ class SentenceCache:
     def __len__(self) -> int:
         return len(self._entries)
 
+    def clear(self) -> None:
+        """Forget every entry (the counts stay)."""
+        with self._lock:
+            self._entries.clear()
+            self.bytes = 0
+
     def take_counts(self) -> tuple[int, int]:
         """Hits and misses since the last call (for a metrics counter), read and reset at once."""
         with self._lock:

@@ -32,6 +32,8 @@ def test_the_cache_stays_under_its_cap_and_evicts_the_least_recently_used():
     assert len(cache) == 3 and cache.bytes <= cache.max_bytes
     assert set(cache.get(keys[:4])) == {keys[0], keys[2], keys[3]}  # k001 went first
     assert (cache.hits, cache.misses) == (4, 1)
+    cache.clear()
+    assert len(cache) == 0 and cache.bytes == 0 and cache.get([keys[0]]) == {}
     off = SentenceCache(max_bytes=0)
     off.put({keys[0]: vector(0)})
     assert len(off) == 0 and off.get([keys[0]]) == {}
