@@ -44,7 +44,7 @@ def main() -> None:
     parser.add_argument("--bundle", type=Path, default=ROOT / "artifacts" / "bench" / "bundle")
     parser.add_argument("--seconds", type=float, default=60)
     parser.add_argument(
-        "--out", default="load.json", help="results file in benchmarks/results (the soak only)"
+        "--out", type=Path, default=RESULTS, help="the soak's results file (default: %(default)s)"
     )
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument(
@@ -111,9 +111,9 @@ def main() -> None:
         "no_5xx": result["5xx"] == 0,
         "rss_growth_under_10pct": result["rss_growth"] < 0.10,
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.with_name(args.out).write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -230,3 +230,17 @@ def test_unique_ids_find_repeats_within_a_chunk_and_across_chunks():
     assert seen.add(["A-1", None, "A-2", "A-1", None]).tolist() == [3]  # missing ids never repeat
     assert seen.add(pd.Series(["A-3", "A-2"], index=[7, 9])).tolist() == [1]  # an earlier chunk's
     assert seen.add(["A-4"]).tolist() == []
+
+
+def test_unique_ids_agree_on_small_and_large_calls():
+    """A request's few ids go through a set, a file's many through pandas: same answers."""
+    from spinecast.datasets.ids import SMALL, UniqueIds
+
+    many = [f"P-{i % (SMALL * 2)}" for i in range(SMALL * 3)] + [None, None]
+    seen = UniqueIds()
+    assert seen.add(many).tolist() == list(range(SMALL * 2, SMALL * 3))
+    assert seen.add(["P-1", "new", "new"]).tolist() == [0, 2]  # earlier call's, then this one's
+    few = UniqueIds()
+    for chunk in (many[i : i + 100] for i in range(0, len(many), 100)):
+        few.add(chunk)
+    assert few.add(["P-3", "other"]).tolist() == [0]
