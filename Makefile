@@ -38,7 +38,7 @@ demo: $(STAMP)
 	$(BIN)/spinecast evaluate --ckpt $$(ls -d $(DEMO)/run/lightning_logs/version_*/checkpoints/best.ckpt | tail -1) \
 		--data $(DEMO)/test/cohort.parquet --baselines-train $(DEMO)/data/cohort.parquet --out $(DEMO)/eval
 	$(BIN)/spinecast export --ckpt $$(ls -d $(DEMO)/run/lightning_logs/version_*/checkpoints/best.ckpt | tail -1) \
-		--out $(DEMO)/bundle --optimize --bentoml
+		--out $(DEMO)/bundle --optimize --bentoml --model-card $(DEMO)/eval/MODEL_CARD.md
 	$(BIN)/spinecast predict --model $(DEMO)/bundle --in $(DEMO)/test/cohort.parquet --out $(DEMO)/predictions.parquet
 	@$(BIN)/python -c "import pandas as pd; print(pd.read_parquet('$(DEMO)/predictions.parquet').iloc[:3, :8].to_string())"
 	$(BIN)/python -m tools.demo --cohort $(DEMO)/test/cohort.parquet

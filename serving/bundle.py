@@ -2,6 +2,7 @@
 
     card = read(folder)            # SHA256SUMS checked, card.json parsed into a `Card`
     write(folder, card)            # card.json, then SHA256SUMS over every file in the folder
+    model_card(folder)             # MODEL_CARD.md (TRIPOD+AI) as text, None when absent
 
 Export writes a bundle (`spinecast.training.export`), the predictor, the service and the BentoML
 store read one; this module is the format both sides share. Torch-free: it ships in the Bento.
@@ -24,6 +25,7 @@ TOKENIZER = "tokenizer.json"
 FEATURES = "features.json"
 CARD = "card.json"
 CHECKSUMS = "SHA256SUMS"
+MODEL_CARD = "MODEL_CARD.md"  # optional: the TRIPOD+AI card `spinecast evaluate` wrote
 REQUIRED = (MODEL, TOKENIZER, FEATURES, CARD)
 
 
@@ -128,6 +130,13 @@ def verify(folder: str | Path) -> Path:
                 "(altered or truncated); refusing to load it"
             )
     return folder
+
+
+def model_card(folder: str | Path) -> str | None:
+    """The bundle's TRIPOD+AI model card (Markdown), None when it carries none. `verify` checks
+    it against SHA256SUMS with every other file when the bundle is loaded."""
+    path = Path(folder) / MODEL_CARD
+    return path.read_text() if path.is_file() else None
 
 
 def read(folder: str | Path) -> Card:

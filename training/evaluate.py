@@ -2,11 +2,13 @@
 
     spinecast evaluate --ckpt artifacts/quickstart/.../best.ckpt --data data/test/cohort.parquet \\
         --out artifacts/eval [--truth data/test/truth.parquet] \\
-        [--baselines-train data/train/cohort.parquet]
+        [--baselines-train data/train/cohort.parquet] [--bootstrap 1000]
 
 The truth file is found beside the cohort when not given; without one, the truth-based metrics are
 skipped and the recommendations are scored by doubly robust estimates alone. Prints the short
-recommendation table (model rule, baselines, oracle); the report holds aggregates only.
+recommendation table (model rule, baselines, oracle); the report holds aggregates only. Beside
+`report.md` it writes the TRIPOD+AI model card `MODEL_CARD.md` (training/model_card.py), every
+metric with a bootstrap 95 % interval.
 """
 
 from __future__ import annotations
@@ -29,8 +31,10 @@ def evaluate(
     out: Path,
     truth: Path | None = None,
     baselines_train: Path | None = None,
+    n_boot: int = 1000,
 ) -> dict:
     from .baselines import baseline_predictions
+    from .model_card import data_sources, model_summary, write_model_card
     from .report import evaluate_predictions, write_report
 
     module = load_module(ckpt)
@@ -52,7 +56,13 @@ def evaluate(
     )  # the checkpoint's rule settings
     rule = DecisionRule.from_dict(rule) if isinstance(rule, dict) else rule
     metrics = evaluate_predictions(
-        test, outcomes, ablations=ablations, baselines=baselines, truth=truth_frame, rule=rule
+        test,
+        outcomes,
+        ablations=ablations,
+        baselines=baselines,
+        truth=truth_frame,
+        rule=rule,
+        n_boot=n_boot,
     )
     metrics["inference_seconds_per_patient"] = seconds / len(test)
     metrics["text_truncated"] = {
@@ -60,6 +70,8 @@ def evaluate(
         "imaging_report": float(arrays["report_truncated"].mean()),
     }
     write_report(out, metrics, test, outcomes, baselines=baselines, truth=truth_frame)
+    sources, model = data_sources(ckpt, data), model_summary(module, ckpt, rule)
+    write_model_card(out, test, outcomes, metrics, sources=sources, model=model, n_boot=n_boot)
     return metrics
 
 
@@ -81,8 +93,18 @@ def main(argv: list[str]) -> int:
         default=None,
         help="cohort to fit the classical baselines on (omit to skip them)",
     )
+    parser.add_argument(
+        "--bootstrap",
+        type=int,
+        default=1000,
+        help="bootstrap resamples of the patients for every 95 %% interval (fixed seed 0)",
+    )
     args = parser.parse_args(argv)
-    metrics = evaluate(args.ckpt, args.data, args.out, args.truth, args.baselines_train)
+    if args.bootstrap < 1:
+        parser.error(f"--bootstrap must be a positive number of resamples; got {args.bootstrap}")
+    metrics = evaluate(
+        args.ckpt, args.data, args.out, args.truth, args.baselines_train, args.bootstrap
+    )
     from .markdown import fmt, recommendation_table
 
     counts = metrics["counts"]
@@ -91,5 +113,5 @@ def main(argv: list[str]) -> int:
         f"AUROC {fmt(metrics['test/auroc'])}, ECE {fmt(metrics['test/ece'])}:"
     )
     print(recommendation_table(metrics))
-    print(f"Report: {args.out / 'report.md'}")
+    print(f"Report: {args.out / 'report.md'}; model card: {args.out / 'MODEL_CARD.md'}")
     return 0

@@ -1,14 +1,15 @@
 """`spinecast export`: a checkpoint -> the model bundle that ONNX Runtime serves without torch.
 
     spinecast export --ckpt best.ckpt --out artifacts/bundle [--data held_out.parquet] \\
-        [--optimize] [--quantize int8] [--bentoml]
+        [--optimize] [--quantize int8] [--bentoml] [--model-card eval/MODEL_CARD.md]
 
 The bundle (one folder): `sentences.onnx` (the sentence graph: distinct sentences -> embeddings;
 `sentences_report.onnx` too when the report has its own encoder), `model.onnx` (the patient graph:
 the embeddings, fields and image through the fusion, the four treatment heads and the temperature:
 calibrated probabilities come out), `tokenizer.json`, `features.json` (the fitted encoding of the
 structured fields), `card.json` (version, provenance, training data, validation metrics of each
-variant, input limits, the parity result) and `SHA256SUMS`.
+variant, input limits, the parity result), with `--model-card` the TRIPOD+AI `MODEL_CARD.md` that
+`spinecast evaluate` wrote, and `SHA256SUMS` over them all.
 
 Before it finishes, the command runs the bundle through the torch-free predictor on held-out records
 (the checkpoint's validation split unless `--data` is given), with another batch size and other
@@ -134,14 +135,19 @@ def export(
     eval_rows: int = 512,
     parity_rows: int = 64,
     max_auroc_drop: float = 0.005,
+    model_card: Path | None = None,
 ) -> Card:
     """Write the bundle to `out`; return its card. ExportError when parity or accuracy fail."""
+    if model_card is not None and not Path(model_card).is_file():
+        raise ExportError(f"--model-card {model_card}: no such file")
     module = load_module(ckpt)
     frame, training_data = held_out(Path(ckpt), data)
     frame = frame.iloc[: max(eval_rows, parity_rows + 2)]
     arrays = encode_for(module, frame)
 
     fused = _write_graph(module, arrays, out, optimize_graph)
+    if model_card is not None:  # listed in SHA256SUMS by every bundle.write below
+        (out / bundle.MODEL_CARD).write_bytes(Path(model_card).read_bytes())
     card = _card(module, Path(ckpt).name, training_data, out, fused)
     bundle.write(out, card)
 
@@ -179,7 +185,7 @@ def _write_graph(
     from .config import resolve_pretrained
 
     out.mkdir(parents=True, exist_ok=True)
-    for path in [*out.glob("*.onnx"), out / bundle.CHECKSUMS]:
+    for path in [*out.glob("*.onnx"), out / bundle.CHECKSUMS, out / bundle.MODEL_CARD]:
         path.unlink(missing_ok=True)
     text = module.net.config.text
     load_tokenizer(resolve_pretrained(text.pretrained)).save(str(out / bundle.TOKENIZER))
@@ -340,6 +346,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument(
         "--bentoml", action="store_true", help="also save the bundle in the BentoML model store"
     )
+    parser.add_argument("--model-card", type=Path, help="MODEL_CARD.md to carry in the bundle")
     args = parser.parse_args(argv)
     try:
         card = export(
@@ -350,6 +357,7 @@ def main(argv: list[str]) -> int:
             args.quantize == "int8",
             args.eval_rows,
             max_auroc_drop=args.max_auroc_drop,
+            model_card=args.model_card,
         )
     except ExportError as err:
         print(f"spinecast export: {err}")

@@ -130,3 +130,23 @@ def plot_propensity(path: Path, overlap: dict) -> None:
         ax.legend(fontsize=8)
     fig.suptitle("Propensity overlap (cross-fitted)")
     fig.savefig(path, dpi=100, bbox_inches="tight")
+
+
+def plot_decision_curve(path: Path, curve: dict) -> None:
+    """Net benefit of the model against acting on everyone and on no one, across thresholds."""
+    t = np.asarray(curve["thresholds"])
+    fig = Figure(figsize=(6, 4.5))
+    ax = fig.subplots()
+    ax.plot(t, curve["model"], label="model: act if P(satisfied) >= threshold")
+    ax.plot(t, curve["treat_all"], ls="--", color="grey", label="act on all")
+    ax.plot(t, curve["treat_none"], ls=":", color="black", label="act on none")
+    top = max(max(curve["model"]), max(curve["treat_all"]), 0.0)
+    ax.set(
+        xlim=(t[0], t[-1]),
+        ylim=(-0.05, top + 0.05),
+        xlabel="threshold probability of satisfaction",
+        ylabel="net benefit",
+        title="Decision curve, observed treatment",
+    )
+    ax.legend(loc="upper right", fontsize=8)
+    fig.savefig(path, dpi=110, bbox_inches="tight")

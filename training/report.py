@@ -127,18 +127,24 @@ def _ablation(
     return out
 
 
-def _subgroups(test: pd.DataFrame, p: np.ndarray, labeled: np.ndarray) -> list[dict]:
-    """One row per subgroup with its labeled-row count n, AUROC (None with a single class) and
-    satisfied rate. Values come from the contract's category lists, never from the data."""
+def subgroup_masks(test: pd.DataFrame) -> list[tuple[str, str, np.ndarray]]:
+    """(field, group, row mask) of every reported subgroup: sex, age band, diagnosis (and its
+    absence), treatment given. Values come from the contract's category lists, never the data."""
     age = test["age"].astype(float).to_numpy()
     groups = [("sex", v, _equals(test, "sex", v)) for v in COLUMN_BY_NAME["sex"].categories]
     groups += [("age", label, (age >= lo) & (age < hi)) for lo, hi, label in AGE_BANDS]
     groups += [("diagnosis", v, _equals(test, "diagnosis", v)) for v in DIAGNOSES]
     groups.append(("diagnosis", "missing", _missing(test, "diagnosis")))
     groups += [("treatment", t, _equals(test, "treatment", t)) for t in TREATMENTS]
+    return groups
+
+
+def _subgroups(test: pd.DataFrame, p: np.ndarray, labeled: np.ndarray) -> list[dict]:
+    """One row per subgroup with its labeled-row count n, AUROC (None with a single class) and
+    satisfied rate."""
     satisfied = test["satisfied"].astype("boolean").fillna(False).to_numpy(dtype=bool)
     rows = []
-    for field, value, member in groups:
+    for field, value, member in subgroup_masks(test):
         keep = member & labeled
         y = satisfied[keep]
         rate = as_float(y.mean()) if keep.any() else None
