@@ -8,6 +8,8 @@
         --config configs/distill.yaml
     spinecast export --ckpt best.ckpt --out artifacts/bundle [--optimize] [--quantize int8]
     spinecast predict --model artifacts/bundle --in cohort.parquet --out predictions.parquet
+    spinecast fhir-to-cohort bundles/*.json --out cohort.jsonl [--as-of 2026-01-15]
+    spinecast cohort-to-fhir data/synth/cohort.parquet --out bundles/
 
 Each subcommand imports what it needs when it runs, so `spinecast validate` works on a serving-only
 install (no torch).
@@ -18,6 +20,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from datetime import date
 from pathlib import Path
 
 
@@ -58,6 +61,61 @@ def _validate(args: argparse.Namespace) -> int:
         return 1
     print(summarize(frame, Path(args.file).name))
     return 0
+
+
+def _fhir_to_cohort(args: argparse.Namespace) -> int:
+    from spinecast.datasets import CohortError
+    from spinecast.datasets.fhir import FhirError
+    from spinecast.datasets.fhir_files import bundles_to_cohort
+
+    try:
+        rows, warnings = bundles_to_cohort(args.bundles, args.out, as_of=args.as_of)
+    except (FhirError, CohortError) as err:
+        print(f"spinecast fhir-to-cohort: {err}", file=sys.stderr)
+        return 1
+    print(f"Wrote {rows:,} patients from {len(args.bundles):,} bundle file(s) to {args.out}.")
+    if warnings:  # kinds only: never a value from the chart
+        print(f"{sum(warnings.values()):,} warning(s), by kind (datasets/README.md, FHIR R4 in):")
+        for kind, count in warnings.most_common():
+            print(f"  {count:>7,}  {kind}")
+    return 0
+
+
+def _cohort_to_fhir(args: argparse.Namespace) -> int:
+    from spinecast.datasets import CohortError
+    from spinecast.datasets.fhir_files import cohort_to_bundles
+
+    try:
+        count = cohort_to_bundles(args.cohort, args.out)
+    except CohortError as err:
+        print(err, file=sys.stderr)
+        return 1
+    print(f"Wrote {count:,} FHIR R4 bundles to {args.out}.")
+    return 0
+
+
+def _add_fhir(sub) -> None:
+    fhir_in = sub.add_parser(
+        "fhir-to-cohort", help="FHIR R4 bundles -> a contract cohort (one row per Patient)"
+    )
+    fhir_in.add_argument("bundles", type=Path, nargs="+", help="FHIR R4 Bundle JSON files")
+    fhir_in.add_argument(
+        "--out", type=Path, required=True, help="cohort file (.jsonl, .csv or .parquet)"
+    )
+    fhir_in.add_argument(
+        "--as-of",
+        type=date.fromisoformat,
+        default=None,
+        help="reference date (YYYY-MM-DD) for a patient with no Encounter and no clinic note "
+        "(default: today)",
+    )
+    fhir_in.set_defaults(run=_fhir_to_cohort)
+    fhir_out = sub.add_parser(
+        "cohort-to-fhir", help="a cohort file -> one FHIR R4 Bundle per row (test data)"
+    )
+    fhir_out.add_argument("cohort", type=Path)
+    fhir_out.add_argument("--out", type=Path, required=True, help="output folder")
+    fhir_out.set_defaults(run=_cohort_to_fhir)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -103,13 +161,18 @@ def build_parser() -> argparse.ArgumentParser:
         "predict", help="score a cohort file with a model bundle (no torch)", add_help=False
     )
 
+    _add_validate(sub)
+    _add_fhir(sub)
+    return parser
+
+
+def _add_validate(sub) -> None:
     validate = sub.add_parser("validate", help="check a cohort file against the contract")
     validate.add_argument("file", type=Path)
     validate.add_argument(
         "--training", action="store_true", help="also require `treatment` on every row"
     )
     validate.set_defaults(run=_validate)
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
