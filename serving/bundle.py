@@ -18,7 +18,6 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 MODEL = "model.onnx"  # the patient graph (a bundle of format 1: the whole network)
-MODEL_INT8 = "model.int8.onnx"
 SENTENCES = "sentences.onnx"  # the sentence graph (the note's, and the report's when shared)
 SENTENCES_REPORT = "sentences_report.onnx"  # the report's, when its encoder has its own weights
 TOKENIZER = "tokenizer.json"

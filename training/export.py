@@ -14,8 +14,10 @@ variant, input limits, the parity result), with `--model-card` the TRIPOD+AI `MO
 Before it finishes, the command runs the bundle through the torch-free predictor on held-out records
 (the checkpoint's validation split unless `--data` is given), with another batch size and other
 sentence and token lengths than the trace, and fails if any probability differs from PyTorch's by
-more than 1e-4. `--quantize int8` adds `*.int8.onnx` (dynamic INT8) and serves them only if their
-validation AUROC is within 0.005 of fp32's; otherwise the command says so and fails. `--bentoml`
+more than 1e-4. `--quantize int8` adds two INT8 variants (quantize.py): `*.int8.onnx` (dynamic) and
+`*.int8.static.onnx` (static QDQ, calibrated on the held-out records); each is kept only if its
+validation AUROC is within 0.005 of fp32's, the faster kept one (per patient, batch 1, cold) is
+served, and the card records both; when neither is kept the command says so and fails. `--bentoml`
 saves the finished bundle into the BentoML model store as `spinecast:<version>`, for the service.
 """
 
@@ -40,8 +42,9 @@ from spinecast.serving.predictor import Predictor
 from spinecast.metrics import observed_auroc
 
 from .data import SplitError, recorded_split, split_cohort
-from .graph import OPSET, optimize, quantize, to_onnx
+from .graph import OPSET, optimize, to_onnx
 from .inference import encode_for, load_module, predict
+from .quantize import add_int8
 
 PARITY_TOLERANCE = 1e-4
 
@@ -247,34 +250,13 @@ def _parity(out: Path, arrays: dict, reference: dict, rows: int) -> dict:
 
 
 def _add_int8(out: Path, card: Card, frame, arrays: dict, max_auroc_drop: float) -> None:
-    """Quantize every graph, score the held-out records, and serve INT8 only within the AUROC
-    guard."""
-    fp32 = card.variants["fp32"]
-    names = {"patient": fp32.file, **fp32.sentences}
-    int8 = {k: v.replace(".onnx", ".int8.onnx") for k, v in names.items()}
-    for source in dict.fromkeys(names.values()):
-        quantize(out / source, out / source.replace(".onnx", ".int8.onnx"))
-    card.variants["int8"] = _variant(int8)
-    bundle.write(out, card)
-    int8_auroc = auroc(frame, Predictor(out, "int8").run(arrays)["p_satisfied"])
-    both = fp32.val_auroc is not None and int8_auroc is not None
-    drop = fp32.val_auroc - int8_auroc if both else None
-    card.variants["int8"] = _variant(
-        int8, val_auroc=int8_auroc, val_rows=len(frame), auroc_drop=drop
-    )
-    if drop is None or drop > max_auroc_drop:
-        for name in dict.fromkeys(int8.values()):
-            (out / name).unlink()
-        del card.variants["int8"]
-        bundle.write(out, card)
-        shown = (
-            "unknown (the held-out records hold a single class)" if drop is None else f"{drop:.4f}"
-        )
+    """Both INT8 variants (quantize.py) behind the AUROC guard; the faster kept one is served."""
+    refused = add_int8(out, card, arrays, lambda p: auroc(frame, p), max_auroc_drop)
+    if refused:
         raise ExportError(
-            f"refused the INT8 model: validation AUROC drop {shown} exceeds {max_auroc_drop}; "
+            f"refused the INT8 models ({'; '.join(refused)}); "
             f"the fp32 bundle in {out} is complete and verified"
         )
-    card.serve = "int8"
 
 
 def graph_names(net) -> dict[str, str]:
@@ -331,9 +313,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument(
         "--optimize", action="store_true", help="ONNX Runtime transformer graph fusion"
     )
-    parser.add_argument(
-        "--quantize", choices=["int8"], default=None, help="add a dynamic INT8 variant and serve it"
-    )
+    faster = "add the INT8 variants (dynamic, static QDQ); serve the faster one within the guard"
+    parser.add_argument("--quantize", choices=["int8"], default=None, help=faster)
     parser.add_argument(
         "--max-auroc-drop",
         type=float,

@@ -3,7 +3,7 @@ embeddings: a plain trace of the Hugging Face encoder) and the patient graph (th
 embeddings, the token ids for the word channel, the structured fields and the image -> the
 calibrated outcomes). The predictor runs the first only for sentences it has not seen, in groups of
 similar length, and the second once per batch. Every batch, sentence and token axis is dynamic.
-Also ONNX Runtime's transformer fusion and dynamic INT8 quantization; `export.py` checks the
+Also ONNX Runtime's transformer fusion (INT8 variants: `quantize.py`); `export.py` checks the
 result against PyTorch before a bundle holds it."""
 
 from __future__ import annotations
@@ -133,31 +133,3 @@ def optimize(path: Path, net: nn.Module) -> dict:
     )
     model.save_model_to_file(str(path))
     return {k: v for k, v in model.get_fused_operator_statistics().items() if v}
-
-
-def quantize(src: Path, dst: Path) -> None:
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    # Fused ops (com.microsoft domain) defeat ONNX shape inference; their tensors are float. The
-    # quantizer warns on the root logger for each tensor it cannot type (the float ones covered
-    # above, the graph's integer index tensors it has no use for) and suggests its pre-processing
-    # (shape inference again): expected here, so hushed.
-    def typed(record: logging.LogRecord) -> bool:
-        return not record.getMessage().startswith(
-            (
-                "Failed to infer data type",
-                "Inference failed or unsupported type",
-                "Please consider to run pre-processing",
-            )
-        )
-
-    logging.getLogger().addFilter(typed)
-    try:
-        quantize_dynamic(
-            str(src),
-            str(dst),
-            weight_type=QuantType.QInt8,
-            extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
-        )
-    finally:
-        logging.getLogger().removeFilter(typed)
