@@ -16,6 +16,7 @@ from collections.abc import Callable
 
 from starlette.responses import JSONResponse
 
+from .page import is_page
 from .schemas import Patient
 
 OPEN_PATHS = ("/livez", "/readyz", "/healthz", "/metrics")  # probes and scraping need no key
@@ -200,8 +201,8 @@ class Guard:
 
     def _refusal(self, scope) -> JSONResponse | None:
         """The answer to a request refused on its headers alone, or None."""
-        if scope["path"] in OPEN_PATHS:
-            return None
+        if scope["path"] in OPEN_PATHS or is_page(scope["method"], scope["path"]):
+            return None  # the clinician page's files hold no patient data; its calls send the key
         tokens = [v for k, v in scope["headers"] if k == b"authorization"]
         if len(tokens) > 1:
             return _problem(400, "headers.authorization", "must be sent once")

@@ -32,7 +32,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from . import bundle as bundle_format
-from . import edge
+from . import edge, page
 from .bundle import BundleError
 from .capacity import Capacity, Once, Saturated
 from .guard import Guard
@@ -241,7 +241,9 @@ async def _model_card(request):
     return JSONResponse(_card)
 
 
-@bentoml.asgi_app(Starlette(routes=[Route("/model", _model_card, methods=["GET"])]), path="/")
+@bentoml.asgi_app(
+    Starlette(routes=[Route("/model", _model_card, methods=["GET"]), *page.routes()]), path="/"
+)
 @bentoml.service(
     name="spinecast", traffic={"timeout": 3600}
 )  # every model call has its own deadline

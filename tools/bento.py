@@ -4,8 +4,9 @@
 
 Copies exactly the modules serving imports (`modules`: followed through the imports from the
 service and the batch CLI) into a staging folder, in the `spinecast.*` layout the service imports
-(the repository maps folders to packages; a Bento copies files), with `bentofile.yaml`, and runs
-`bentoml build` there. Training code, the generator and torch stay out.
+(the repository maps folders to packages; a Bento copies files), with the `DATA` folders (the /ui
+page) and `bentofile.yaml`, and runs `bentoml build` there. Training code, the generator and torch
+stay out.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ PACKAGES = {
 }
 ENTRY = ("spinecast.serving.service", "spinecast.serving.batch")
 OPTIONAL = {"spinecast.serving.distributed"}  # the `ray` extra: not in the Bento
+DATA = ("serving/ui",)  # folders of files the service reads (the /ui page), copied whole
 
 
 def _path(module: str) -> Path | None:
@@ -79,6 +81,8 @@ def stage(dst: Path) -> Path:
         target = dst / package / path.relative_to(ROOT / folder)
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(path, target)
+    for folder in DATA:
+        shutil.copytree(ROOT / folder, dst / "spinecast" / folder)
     shutil.copy2(ROOT / "bentofile.yaml", dst / "bentofile.yaml")
     return dst
 

@@ -34,6 +34,7 @@ def test_bento_builds_without_torch_or_training_code(bentoml_home, tmp_path):
         "spinecast/serving/capacity.py",
         "spinecast/datasets/decision.py",
     } <= sources
+    assert (bento / "src" / "spinecast" / "serving" / "ui" / "index.html").is_file()  # the /ui page
     assert not any(
         s.startswith(("spinecast/training", "training/", "spinecast/datasets/synth"))
         for s in sources

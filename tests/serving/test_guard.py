@@ -98,3 +98,27 @@ def test_every_400_has_one_shape_and_echoes_no_client_text(client):
 def test_a_busy_answer_says_when_to_come_back(client):
     busy = client.post("/predict", json={"busy": True}, headers=AUTH)
     assert busy.status_code == 503 and busy.headers["retry-after"] == "7"
+
+
+def test_the_clinician_pages_files_need_no_key_but_nothing_else_under_them_does():
+    from spinecast.serving import page
+
+    async def model(request):
+        return JSONResponse({"version": "v"})
+
+    app = Starlette(routes=[Route("/model", model), *page.routes()])
+    guarded = Guard(
+        app, api_key=KEY, max_body_bytes=1000, limits={}, body_timeout_s=5, retry_after=lambda: 1
+    )
+    client = TestClient(guarded)
+    index = client.get("/ui/")
+    assert index.status_code == 200 and index.headers["content-type"].startswith("text/html")
+    assert "default-src 'self'" in index.headers["content-security-policy"]
+    assert client.get("/ui", follow_redirects=False).headers["location"] == "/ui/"
+    assert client.head("/ui/app.js").status_code == 200
+    assert client.get("/ui/style.css").headers["content-type"].startswith("text/css")
+    assert client.get("/ui/nothing.js").status_code == 404  # no route: only the folder's files
+    assert client.post("/ui/", json={}).status_code == 401  # reads only
+    assert client.get("/uix").status_code == 401  # the prefix is /ui itself, not any /ui...
+    assert client.get("/model").status_code == 401  # the page's own calls send the key
+    assert client.get("/model", headers=AUTH).json() == {"version": "v"}
