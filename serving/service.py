@@ -28,7 +28,7 @@ from bentoml.exceptions import InvalidArgument, ServiceUnavailable
 from bentoml.validators import ContentType
 from spinecast.datasets.ids import UniqueIds
 from starlette.applications import Starlette
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, PlainTextResponse
 from starlette.routing import Route
 
 from . import bundle as bundle_format
@@ -238,6 +238,13 @@ _card: dict = {}
 
 
 async def _model_card(request):
+    """The card as JSON; with `Accept: text/markdown`, the TRIPOD+AI MODEL_CARD.md the bundle
+    carries (404 when it carries none)."""
+    if "text/markdown" in request.headers.get("accept", ""):
+        text = _card.get("model_card")
+        if text is None:
+            return JSONResponse({"error": "this bundle carries no MODEL_CARD.md"}, 404)
+        return PlainTextResponse(text, media_type="text/markdown")
     return JSONResponse(_card)
 
 
@@ -255,7 +262,11 @@ class SpineCast:
 
     def __init__(self) -> None:
         card = bundle_format.read(self.bundle.path).model_dump(mode="json")
-        _card.update(card, input_schema=Patient.model_json_schema())
+        _card.update(
+            card,
+            input_schema=Patient.model_json_schema(),
+            model_card=bundle_format.model_card(self.bundle.path),
+        )
         self.calibrated = asyncio.Event()
 
     async def _call(self, kind: str, units: int, call, resend: bool = False):

@@ -98,7 +98,10 @@ def main() -> None:
         print(f"curl -s -X POST {url} -H 'Content-Type: application/json' -d {shlex.quote(body)}\n")
         answer = httpx.post(url, json={"patient": patient}, timeout=60)
         print(f"HTTP {answer.status_code}:\n{json.dumps(answer.json(), indent=2)}")
-    print("\nServe it yourself: make serve (port 3000); build the Bento: make bento.")
+    print(
+        "\nServe it yourself: make serve (port 3000), then open the clinician page at "
+        "http://127.0.0.1:3000/ui; build the Bento: make bento."
+    )
 
 
 if __name__ == "__main__":

@@ -55,6 +55,8 @@ def bentoml_home(checkpoint, tmp_path_factory) -> Path:
     """A BentoML home holding the exported model as `spinecast:<version>`, by `export --bentoml`."""
     home = tmp_path_factory.mktemp("bentoml_home")
     out = tmp_path_factory.mktemp("bento_bundle")
+    card = tmp_path_factory.mktemp("model_card") / "MODEL_CARD.md"
+    card.write_text("# SpineCast model card\n\nA tiny test model.\n")
     spinecast = Path(sys.executable).with_name("spinecast")
     subprocess.run(
         [
@@ -66,6 +68,8 @@ def bentoml_home(checkpoint, tmp_path_factory) -> Path:
             str(out),
             "--eval-rows",
             "80",
+            "--model-card",
+            str(card),
             "--bentoml",
         ],
         env={**os.environ, "BENTOML_HOME": str(home)},

@@ -69,7 +69,11 @@ def test_sync_client_calls_every_endpoint(server, patients):
     assert (
         card["version"] == prediction["model_version"]
         and "age" in card["input_schema"]["properties"]
+        and card["model_card"].startswith("# SpineCast model card")
     )
+    markdown = httpx.get(server[0] + "/model", headers={**auth(server), "accept": "text/markdown"})
+    assert markdown.headers["content-type"].startswith("text/markdown")
+    assert markdown.text == card["model_card"]  # the bundle's MODEL_CARD.md, as it was exported
     for probe in ("/readyz", "/livez", "/metrics"):
         assert (
             httpx.get(server[0] + probe).status_code == 200
