@@ -94,13 +94,20 @@ def _number(res):
     return None
 
 
+def _known(res, chart: Chart, table: dict):
+    """The first coding of `res.code` the table knows (system, code), else None with a warning."""
+    codings = _codings(res.code)
+    coding = next((c for c in codings if (c.system, c.code) in table), None)
+    if coding is None:
+        chart.warn("unknown code", res, _first(codings))
+    return coding
+
+
 def observation(res, chart: Chart) -> None:
     if not _status_ok(res, chart):
         return
-    codings = _codings(res.code)
-    coding = next((c for c in codings if (c.system, c.code) in C.OBSERVATIONS), None)
+    coding = _known(res, chart, C.OBSERVATIONS)
     if coding is None:
-        chart.warn("unknown code", res, _first(codings))
         return
     column = C.OBSERVATIONS[(coding.system, coding.code)]
     when = day(res.effectiveDateTime) or day(res.effectivePeriod and res.effectivePeriod.start)
@@ -235,10 +242,8 @@ def procedure(res, chart: Chart) -> None:
 def service_request(res, chart: Chart) -> None:
     if not _status_ok(res, chart):
         return
-    codings = _codings(res.code)
-    coding = next((c for c in codings if (c.system, c.code) in C.TREATMENTS), None)
+    coding = _known(res, chart, C.TREATMENTS)
     if coding is None:
-        chart.warn("unknown code", res, _first(codings))
         return
     chart.put("treatment", C.TREATMENTS[(coding.system, coding.code)], day(res.authoredOn), res)
 
