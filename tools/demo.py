@@ -33,13 +33,20 @@ def free_port() -> int:
 
 @contextlib.contextmanager
 def running_server(
-    port: int, env: dict[str, str] | None = None, log: Path | None = None, timeout: float = 120
+    port: int,
+    env: dict[str, str] | None = None,
+    log: Path | None = None,
+    timeout: float = 120,
+    service: str = SERVICE,
+    cwd: Path | None = None,
 ) -> Iterator[subprocess.Popen]:
-    """`bentoml serve` on localhost:`port`, ready; output to `log` (default: discarded)."""
+    """`bentoml serve` of `service` (run in `cwd`) on localhost:`port`, ready; output to `log`
+    (default: discarded)."""
     out = log.open("wb") if log else subprocess.DEVNULL
     bentoml = Path(sys.executable).with_name("bentoml")
     proc = subprocess.Popen(
-        [str(bentoml), "serve", SERVICE, "--host", "127.0.0.1", "--port", str(port)],
+        [str(bentoml), "serve", service, "--host", "127.0.0.1", "--port", str(port)],
+        cwd=cwd,
         env={**os.environ, **(env or {})},
         stdout=out,
         stderr=subprocess.STDOUT,

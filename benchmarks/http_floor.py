@@ -1,0 +1,122 @@
+"""What two BentoML hops cost by themselves: the floor under HTTP `/predict` at concurrency 1.
+
+    .venv/bin/python benchmarks/http_floor.py [--bundle artifacts/demo/bundle] [--rounds 200]
+
+SpineCast answers `/predict` through two services (the public one validates and admits, the model
+worker batches and scores). Served side by side in one run, on loopback, one patient sent
+`--rounds` times at concurrency 1 (its sentences cached after the first):
+- `echo`: the same two-service shape with no work: the public service takes the patient as a
+  dict, calls a batchable worker API, which returns a stored answer of a real prediction's size;
+- `spinecast`: the real service on the bundle (fp32, 2 threads).
+Also the predictor's own p50 for that patient (records in, sentences cached, the schema's
+checks done: as the model worker calls it). Writes
+benchmarks/results/http_floor.json. Issue 17 asks for <= 10 ms warm over HTTP: the echo floor
+plus the predictor's time says how much of that is the model's to lose.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+from spinecast.datasets.synth import generate
+from spinecast.serving.predictor import Predictor
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # `tools` is not installed
+from tools.demo import free_port, running_server
+from tools.loadtest import cohort_patients
+
+RESULTS = ROOT / "benchmarks" / "results" / "http_floor.json"
+
+ECHO = """
+import json
+from pathlib import Path
+
+import bentoml
+
+ANSWER = json.loads(Path(__file__).with_name("answer.json").read_text())
+
+
+@bentoml.service(name="echo_model")
+class Worker:
+    @bentoml.api(batchable=True, max_batch_size=32, max_latency_ms=20000)
+    def score(self, patients: list[dict]) -> list[dict]:
+        return [{**ANSWER, "patient_id": p["patient_id"]} for p in patients]
+
+
+@bentoml.service(name="echo")
+class Echo:
+    worker = bentoml.depends(Worker)
+
+    @bentoml.api(route="/predict")
+    async def predict(self, patient: dict) -> dict:
+        [out] = await self.worker.to_async.score([patient])
+        return out
+"""
+
+
+def _p50(url: str, patient: dict, rounds: int) -> float:
+    with httpx.Client(base_url=url, timeout=60) as client:
+        for _ in range(5):
+            assert client.post("/predict", json={"patient": patient}).status_code == 200
+        seconds = []
+        for _ in range(rounds):
+            start = time.perf_counter()
+            answer = client.post("/predict", json={"patient": patient})
+            seconds.append(time.perf_counter() - start)
+            assert answer.status_code == 200
+    return round(statistics.median(seconds) * 1000, 2)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--bundle", type=Path, default=ROOT / "artifacts" / "demo" / "bundle")
+    parser.add_argument("--rounds", type=int, default=200)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        generate(4, seed=601, out=work / "cohort")
+        patient = cohort_patients(work / "cohort" / "cohort.parquet", 1, images=False)[0]
+        predictor = Predictor(args.bundle, threads=2)
+        [answer] = predictor.predict([patient])
+        (work / "answer.json").write_text(json.dumps(answer))
+        (work / "echo_service.py").write_text(ECHO)
+        seconds = []
+        for _ in range(args.rounds):
+            start = time.perf_counter()
+            predictor.predict([patient], validated=True)  # as the model worker calls it
+            seconds.append(time.perf_counter() - start)
+        del predictor
+        os.environ.update({"BENTOML_HOME": str(work / "bentoml"), "SPINECAST_ORT_THREADS": "2"})
+        from spinecast.training.export import save_to_bentoml
+
+        save_to_bentoml(args.bundle)
+        port = free_port()
+        with running_server(port, service="echo_service:Echo", cwd=work):
+            echo = _p50(f"http://127.0.0.1:{port}", patient, args.rounds)
+        port = free_port()
+        with running_server(port, {"SPINECAST_VARIANT": "fp32"}):
+            real = _p50(f"http://127.0.0.1:{port}", patient, args.rounds)
+    result = {
+        "benchmark": "http_floor",
+        "machine": f"{os.cpu_count()} cores",
+        "rounds": args.rounds,
+        "echo_two_hops_p50_ms": echo,
+        "spinecast_warm_p50_ms": real,
+        "predictor_warm_p50_ms": round(statistics.median(seconds) * 1000, 2),
+        "spinecast_over_echo_ms": round(real - echo, 2),
+    }
+    RESULTS.write_text(json.dumps(result, indent=1) + "\n")
+    print(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()
