@@ -16,6 +16,7 @@ from collections.abc import Callable
 
 from starlette.responses import JSONResponse
 
+from .cds import KNOWN_KEYS as CDS_KEYS
 from .page import is_page
 from .schemas import Patient
 
@@ -49,7 +50,7 @@ def _path(loc, body: object) -> str:
     return ".".join(parts) or "body"
 
 
-_KNOWN_KEYS = {"patient", "patients", *Patient.model_fields}
+_KNOWN_KEYS = {"patient", "patients", *Patient.model_fields, *CDS_KEYS}
 
 
 class _Huge:

@@ -32,7 +32,7 @@ from starlette.responses import JSONResponse, PlainTextResponse
 from starlette.routing import Route
 
 from . import bundle as bundle_format
-from . import edge, page
+from . import cds, edge, page
 from .bundle import BundleError
 from .capacity import Capacity, Once, Saturated
 from .guard import Guard
@@ -66,7 +66,11 @@ CACHE_BYTES = bentoml.metrics.Gauge(
 # every response to find one: more of the worker's time than the model at batch 1 (py-spy).
 JSONList = Annotated[list[dict], ContentType("application/json")]
 JSONDict = Annotated[dict, ContentType("application/json")]
-BODY_LIMITS = {"/predict_batch": SETTINGS.max_batch_body_bytes}  # else max_body_bytes
+# else max_body_bytes; a hook's prefetch carries the chart, the note, the report and the image
+BODY_LIMITS = {
+    "/predict_batch": SETTINGS.max_batch_body_bytes,
+    **{f"/cds-services/{s}": SETTINGS.max_batch_body_bytes for s in cds.HOOKS},
+}
 RESEND = Resend()
 
 edge.install(SETTINGS.max_connections, SETTINGS.header_timeout_s)
@@ -249,7 +253,14 @@ async def _model_card(request):
 
 
 @bentoml.asgi_app(
-    Starlette(routes=[Route("/model", _model_card, methods=["GET"]), *page.routes()]), path="/"
+    Starlette(
+        routes=[
+            Route("/model", _model_card, methods=["GET"]),
+            cds.route(),
+            *page.routes(),
+        ]
+    ),
+    path="/",
 )
 @bentoml.service(
     name="spinecast", traffic={"timeout": 3600}
@@ -294,16 +305,48 @@ class SpineCast:
         CAPACITY.measured(kind, units, answer["seconds"])
         return answer["out"]
 
-    @bentoml.api(route="/predict", input_spec=PredictRequest)
-    async def predict(self, patient: Patient) -> Prediction:
-        """Predicted outcomes under all four treatments for one patient."""
+    async def _score(self, patient: Patient) -> dict:
+        """One patient through the batchable `score` (what /predict and the hooks answer from)."""
         records = await _checked([patient], batch=False)
         with await self._admit("patient", 1):
             [out] = await self._call(
                 "patient", 1, lambda: self.model.to_async.score(records), resend=True
             )
         CAPACITY.measured("patient", 1, out.pop("seconds"))
-        return Prediction(**out)
+        return out
+
+    @bentoml.api(route="/predict", input_spec=PredictRequest)
+    async def predict(self, patient: Patient) -> Prediction:
+        """Predicted outcomes under all four treatments for one patient."""
+        return Prediction(**await self._score(patient))
+
+    async def _hook(self, service: str, request: cds.HookRequest, ctx: bentoml.Context) -> dict:
+        """A CDS Hooks call (cds.py): the prefetched chart -> one Patient -> cards."""
+        try:
+            resources = cds.chart(service, request)
+            found, fhir_warnings, problems = await asyncio.get_running_loop().run_in_executor(
+                IMAGES, cds.patient, resources
+            )
+        except cds.HookError as err:
+            raise err.http() from None
+        base = SETTINGS.public_url or str(ctx.request.base_url).rstrip("/")
+        if found is None:
+            return {"cards": cds.unscorable(problems, base)}
+        if not cds.relevant(service, found.model_dump(include={"treatment", "diagnosis"})):
+            return {"cards": []}
+        out = Prediction(**await self._score(found)).model_dump(mode="json")
+        drafted = cds.drafted_reference(service, resources)
+        return {"cards": cds.cards(out, fhir_warnings, base, request.context, drafted)}
+
+    @bentoml.api(route=f"/cds-services/{cds.ID}", input_spec=cds.HookRequest)
+    async def cds_order_select(self, ctx: bentoml.Context, **request) -> JSONDict:
+        """CDS Hooks order-select: the drafted spine treatment and its alternatives, as cards."""
+        return await self._hook(cds.ID, cds.HookRequest.model_construct(**request), ctx)
+
+    @bentoml.api(route=f"/cds-services/{cds.REVIEW_ID}", input_spec=cds.HookRequest)
+    async def cds_patient_view(self, ctx: bentoml.Context, **request) -> JSONDict:
+        """CDS Hooks patient-view: the four treatments' outcomes for a spine patient, as cards."""
+        return await self._hook(cds.REVIEW_ID, cds.HookRequest.model_construct(**request), ctx)
 
     @bentoml.api(route="/predict_batch", input_spec=BatchRequest)
     async def predict_batch(self, patients: list[Patient]) -> PredictionBatch:

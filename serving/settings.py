@@ -23,6 +23,7 @@ class Settings(BaseSettings):
     model: str = "spinecast:latest"  # the BentoML store tag of the bundle
     variant: str | None = None  # a graph the card lists (fp32, int8); default: the served one
     api_key: str | None = None  # when set, every route but the probes needs `Bearer <key>`
+    public_url: str | None = None  # the address clinicians reach (CDS cards' links); else the Host
     # the request edge
     max_body_bytes: int = Field(1 << 20, gt=0)  # /predict, /explain
     max_batch_body_bytes: int = Field(16 << 20, gt=0)  # /predict_batch
