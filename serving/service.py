@@ -32,7 +32,7 @@ from starlette.responses import JSONResponse, PlainTextResponse
 from starlette.routing import Route
 
 from . import bundle as bundle_format
-from . import cds, edge, page
+from . import cds, edge, fhir_route, page
 from .bundle import BundleError
 from .capacity import Capacity, Once, Saturated
 from .guard import Guard
@@ -70,6 +70,7 @@ JSONDict = Annotated[dict, ContentType("application/json")]
 BODY_LIMITS = {
     "/predict_batch": SETTINGS.max_batch_body_bytes,
     **{f"/cds-services/{s}": SETTINGS.max_batch_body_bytes for s in cds.HOOKS},
+    fhir_route.PATH: SETTINGS.max_batch_body_bytes,
 }
 RESEND = Resend()
 
@@ -257,6 +258,7 @@ async def _model_card(request):
         routes=[
             Route("/model", _model_card, methods=["GET"]),
             cds.route(),
+            fhir_route.route(),
             *page.routes(),
         ]
     ),

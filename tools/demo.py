@@ -1,4 +1,5 @@
-"""The end of `make demo`: serve the model, show one `curl` call to /predict and its answer, stop.
+"""The end of `make demo`: serve the model, show one `curl` call to /predict and its answer, one
+CDS Hooks order-select call and its cards, stop.
 
     .venv/bin/python -m tools.demo --cohort artifacts/demo/test/cohort.parquet [--port 3000]
 
@@ -88,6 +89,7 @@ def main() -> None:
     )
     parser.add_argument("--port", type=int, default=3000)
     args = parser.parse_args()
+    from tools.cds_request import hook_request
     from tools.loadtest import cohort_patients
 
     patient = next(
@@ -105,10 +107,27 @@ def main() -> None:
         print(f"curl -s -X POST {url} -H 'Content-Type: application/json' -d {shlex.quote(body)}\n")
         answer = httpx.post(url, json={"patient": patient}, timeout=60)
         print(f"HTTP {answer.status_code}:\n{json.dumps(answer.json(), indent=2)}")
+        _cds_call(args.port, hook_request(patient))
     print(
         "\nServe it yourself: make serve (port 3000), then open the clinician page at "
         "http://127.0.0.1:3000/ui; build the Bento: make bento."
     )
+
+
+def _cds_call(port: int, body: dict) -> None:
+    """What an EHR's order-select call for the same patient answers (README "CDS Hooks")."""
+    url = f"http://127.0.0.1:{port}/cds-services/spinecast-treatment"
+    resources = sum(
+        len(v.get("entry", [])) if v.get("resourceType") == "Bundle" else 1
+        for v in body["prefetch"].values()
+        if v
+    )
+    print(
+        f"\nA CDS Hooks call, as an EHR makes it when the treatment is ordered: POST {url} "
+        f"(hook order-select; the chart as {resources} prefetched FHIR R4 resources). Its cards:\n"
+    )
+    answer = httpx.post(url, json=body, timeout=60)
+    print(f"HTTP {answer.status_code}:\n{json.dumps(answer.json(), indent=2)}")
 
 
 if __name__ == "__main__":

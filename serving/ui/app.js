@@ -193,6 +193,23 @@ function loadJson() {
   showErrors(null);
 }
 
+async function openFhir(file) {
+  let bundle;
+  try { bundle = JSON.parse(await file.text()); } catch {
+    return showErrors("The file is not valid JSON.", []);
+  }
+  const { status, data } = await call("POST", "/fhir/patient", bundle);
+  if (status !== 200) return explainFailure(status, data);
+  fillForm(data.patient);
+  showTab("form");
+  const n = data.warnings.length;
+  showErrors(n ? `Read from FHIR; ${n} item(s) not used:` : null, []);
+  if (!n) return;
+  const list = el("ul");
+  for (const w of data.warnings) list.append(el("li", {}, w));
+  $("form-error").append(list);
+}
+
 // ---- errors, near the form
 
 function showErrors(message, errors = []) {
@@ -386,6 +403,11 @@ document.addEventListener("DOMContentLoaded", () => {
   $("tab-form").addEventListener("click", () => showTab("form"));
   $("tab-json").addEventListener("click", () => showTab("json"));
   $("json-load").addEventListener("click", () => state.schema && loadJson());
+  $("fhir-file").addEventListener("change", (e) => {
+    const [file] = e.target.files;
+    if (file && state.schema) openFhir(file);
+    e.target.value = "";
+  });
   $("example").addEventListener("click", () => state.schema && fillForm(examplePatient()));
   $("clear").addEventListener("click", () => state.schema && fillForm({}));
   connect();

@@ -2,6 +2,7 @@
 prefetched FHIR R4 charts made from the synthetic cohort, every answer validated against the spec's
 JSON shapes (below, from https://cds-hooks.hl7.org/2.0/), and the spec's errors."""
 
+import base64
 import copy
 
 import httpx
@@ -265,3 +266,16 @@ def test_unknown_service_and_missing_key(server, patient):
     body = hook_request(patient, cds.ID)
     assert post(server, "/cds-services/nope", body).status_code == 404
     assert post(server, f"/cds-services/{cds.ID}", body, headers={}).status_code == 401
+
+
+def test_fhir_patient_route_gives_the_contract_patient_the_page_opens(server, patient):
+    from spinecast.datasets.fhir import to_bundle
+
+    record = {**patient, "mri_image": base64.b64decode(patient["mri_image"])}
+    r = post(server, "/fhir/patient", to_bundle(record))
+    assert r.status_code == 200, r.text
+    assert r.json() == {"patient": patient, "warnings": []}  # the image comes back as base64
+    bad = post(server, "/fhir/patient", {"resourceType": "Bundle", "type": "collection"})
+    assert bad.status_code == 400 and bad.json()["errors"][0]["field"] == "bundle"
+    assert "Patient" in bad.json()["errors"][0]["rule"]
+    assert post(server, "/fhir/patient", to_bundle(record), headers={}).status_code == 401

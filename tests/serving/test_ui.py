@@ -178,3 +178,25 @@ def test_the_bento_stage_and_the_package_carry_the_page(tmp_path):
         '"spinecast.serving" = ["ui/*.html", "ui/*.js", "ui/*.css"]'
         in (ROOT / "pyproject.toml").read_text()
     )
+
+
+def test_a_fhir_bundle_opens_into_the_form_with_its_warnings(page, tmp_path):
+    import json
+
+    from playwright.sync_api import expect
+    from spinecast.datasets.fhir import to_bundle
+
+    bundle = to_bundle({k: v for k, v in EXAMPLE_PATIENT.items() if k != "mri_image"} | {"age": 62})
+    condition = next(e for e in bundle["entry"] if e["resource"]["resourceType"] == "Condition")
+    condition["resource"]["code"]["coding"] = [{"system": "http://snomed.info/sct", "code": "1"}]
+    (tmp_path / "bundle.json").write_text(json.dumps(bundle))
+    _connect(page, page.key)
+    expect(page.locator("#patient-form")).to_be_visible(timeout=20_000)
+    page.click("#tab-json")
+    page.set_input_files("#fhir-file", str(tmp_path / "bundle.json"))
+    expect(page.locator("#form-error")).to_contain_text("Condition: unknown code", timeout=20_000)
+    assert page.locator("[name=age]").input_value() == "62"
+    (tmp_path / "bad.json").write_text(json.dumps({"resourceType": "Bundle", "type": "x"}))
+    page.click("#tab-json")
+    page.set_input_files("#fhir-file", str(tmp_path / "bad.json"))
+    expect(page.locator("#form-error")).to_contain_text("The server refused this patient")
