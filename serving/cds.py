@@ -296,7 +296,7 @@ def cards(
         )
     detail = [_table(prediction["outcomes"])]
     if prediction.get("recommendation_reason"):
-        detail.append(f"**Why {NAMES[best]}:** {prediction['recommendation_reason']}.")
+        detail.append(f"**Why:** {prediction['recommendation_reason'].rstrip('.')}.")
     detail.append("Intervals: the model ensemble's spread; a prediction, not a guarantee.")
     card = {
         "summary": summary[:140],
