@@ -21,7 +21,6 @@ request: it gets one card saying which fields and rules, never their values.
 
 from __future__ import annotations
 
-import base64
 from http import HTTPStatus
 from typing import Any
 
@@ -32,16 +31,12 @@ from spinecast.datasets.fhir import FhirError, read_bundle
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from .schemas import Patient
+from .fhir_route import api_patient
+from .schemas import TREATMENTS, Patient
 
 ID = "spinecast-treatment"
 REVIEW_ID = "spinecast-treatment-review"
-NAMES = {
-    "physical_therapy": "physical therapy",
-    "epidural_steroid_injection": "epidural steroid injection",
-    "decompression": "decompression",
-    "fusion": "fusion",
-}
+NAMES = {t: t.replace("_", " ") for t in TREATMENTS}  # "physical therapy", ...
 _CHART = {
     "patient": "Patient/{{context.patientId}}",
     "encounters": "Encounter?patient={{context.patientId}}",
@@ -222,9 +217,7 @@ def patient(resources: list[dict]) -> tuple[Patient | None, list[str], list[str]
     except FhirError as err:
         raise HookError("prefetch", str(err).removeprefix("prefetch: ").replace("; ", ", "))
     warnings = [str(w) for w in converted.warnings]
-    record = dict(converted.record)
-    if record.get("mri_image"):
-        record["mri_image"] = base64.b64encode(record["mri_image"]).decode()
+    record = api_patient(converted)
     try:
         return Patient.model_validate(record), warnings, []
     except ValidationError as err:
@@ -299,7 +292,7 @@ def cards(
         detail.append(f"**Why:** {prediction['recommendation_reason'].rstrip('.')}.")
     detail.append("Intervals: the model ensemble's spread; a prediction, not a guarantee.")
     card = {
-        "summary": summary[:140],
+        "summary": summary[:139],  # the spec: under 140 characters
         "indicator": "warning" if planned and planned != best else "info",
         "detail": "\n\n".join(detail),
         "source": _source(base_url, prediction["model_version"]),

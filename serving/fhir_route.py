@@ -14,12 +14,20 @@ from __future__ import annotations
 import base64
 import json
 
-from spinecast.datasets.fhir import FhirError, read_bundle
+from spinecast.datasets.fhir import Converted, FhirError, read_bundle
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 PATH = "/fhir/patient"
+
+
+def api_patient(converted: Converted) -> dict:
+    """A converted FHIR patient as the API's Patient: the values present, the image base64."""
+    patient = {k: v for k, v in converted.record.items() if v is not None}
+    if isinstance(patient.get("mri_image"), bytes):
+        patient["mri_image"] = base64.b64encode(patient["mri_image"]).decode()
+    return patient
 
 
 def _refused(rule: str) -> JSONResponse:
@@ -38,9 +46,7 @@ async def _patient(request) -> JSONResponse:
     if len(found) != 1:
         return _refused(f"must hold one Patient (it holds {len(found)})")
     [converted] = found
-    patient = {k: v for k, v in converted.record.items() if v is not None}
-    if isinstance(patient.get("mri_image"), bytes):
-        patient["mri_image"] = base64.b64encode(patient["mri_image"]).decode()
+    patient = api_patient(converted)
     return JSONResponse({"patient": patient, "warnings": [str(w) for w in converted.warnings]})
 
 
