@@ -14,9 +14,10 @@ say: an order-select whose selected orders are no spine treatment SpineCast know
 of a chart without a lumbar diagnosis or treatment order it knows.
 
 Errors, as the spec says: 400 for a request that breaks the spec (the Guard's one shape, naming
-field and rule), 401 without the API key, 412 when the Patient was not prefetched. A chart the
-model cannot score (a required field missing, a value out of range) is not an error of the
-request: it gets one card saying which fields and rules, never their values.
+field and rule), 401 without the API key, 412 when the chart could not be had: the Patient
+neither prefetched nor read from an allowed `fhirServer` (fhir_fetch.py), or that server failing.
+A chart the model cannot score (a required field missing, a value out of range) is not an error
+of the request: it gets one card saying which fields and rules, never their values.
 """
 
 from __future__ import annotations
@@ -179,7 +180,7 @@ def chart(service: str, request: HookRequest) -> list[dict]:
     if "patient" not in prefetch:
         raise HookError(
             "prefetch.patient",
-            "is required: SpineCast reads the chart from prefetch (it does not call fhirServer)",
+            "is required: prefetch it, or name a fhirServer the service is allowed to read",
             status=412,
         )
     resources = [r for value in prefetch.values() for r in _resources(value)]
@@ -271,9 +272,9 @@ def _link(base_url: str) -> dict:
 
 
 def cards(
-    prediction: dict, fhir_warnings: list[str], base_url: str, context: Context, drafted: str | None
+    prediction: dict, fhir_warnings: list[str], base_url: str, context: Context, drafts: list[dict]
 ) -> list[dict]:
-    """The cards for one prediction. `drafted`: the selected order's reference (order-select)."""
+    """The cards for one prediction. `drafts`: the selected draft orders (order-select)."""
     by = {o["treatment"]: o for o in prediction["outcomes"]}
     best = prediction["recommended_treatment"]
     planned = prediction.get("planned_treatment")
@@ -298,8 +299,9 @@ def cards(
         "source": _source(base_url, prediction["model_version"]),
         "links": [_link(base_url)],
     }
-    if drafted and planned and planned != best:
-        card["suggestions"] = [_instead(best, planned, drafted, context.patientId)]
+    replaced = _ordering(planned, drafts)
+    if replaced and planned != best:
+        card["suggestions"] = [_instead(best, planned, replaced, context.patientId)]
         card["selectionBehavior"] = "at-most-one"
     out = [card]
     warnings = prediction["warnings"] + fhir_warnings
@@ -315,17 +317,32 @@ def cards(
     return out
 
 
-def _instead(best: str, planned: str, drafted: str, patient_id: str) -> dict:
+def _ordering(treatment: str | None, drafts: list[dict]) -> list[str]:
+    """The references of the draft orders whose code orders `treatment` (the plan read_bundle
+    took from them), so that a suggestion replaces those and no other."""
+    return [
+        f"ServiceRequest/{r['id']}"
+        for r in drafts
+        if r.get("id")
+        and any(
+            C.TREATMENTS.get((c.get("system"), c.get("code"))) == treatment
+            for c in (r.get("code") or {}).get("coding") or []
+            if isinstance(c, dict)
+        )
+    ]
+
+
+def _instead(best: str, planned: str, replaced: list[str], patient_id: str) -> dict:
     system, code = C.TREATMENT_CODE[best]
+    deletes = [
+        {"type": "delete", "description": f"Remove the {NAMES[planned]} order", "resourceId": ref}
+        for ref in replaced
+    ]
     return {
         "label": f"Order {NAMES[best]} instead of {NAMES[planned]}",
         "isRecommended": False,  # the clinician and patient decide
         "actions": [
-            {
-                "type": "delete",
-                "description": f"Remove the {NAMES[planned]} order",
-                "resourceId": drafted,
-            },
+            *deletes,
             {
                 "type": "create",
                 "description": f"Order {NAMES[best]}",
@@ -354,8 +371,8 @@ def unscorable(problems: list[str], base_url: str) -> list[dict]:
     ]
 
 
-def drafted_reference(service: str, resources: list[dict]) -> str | None:
-    if service != ID:
-        return None
-    ids = [r.get("id") for r in resources if r.get("resourceType") == "ServiceRequest"]
-    return f"ServiceRequest/{ids[0]}" if ids and ids[0] else None
+def drafts(service: str, resources: list[dict]) -> list[dict]:
+    """The selected draft orders of an order-select chart (cds.chart keeps only those)."""
+    return (
+        [r for r in resources if r.get("resourceType") == "ServiceRequest"] if service == ID else []
+    )

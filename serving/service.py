@@ -32,7 +32,7 @@ from starlette.responses import JSONResponse, PlainTextResponse
 from starlette.routing import Route
 
 from . import bundle as bundle_format
-from . import cds, edge, fhir_route, page
+from . import cds, edge, fhir_fetch, fhir_route, page
 from .bundle import BundleError
 from .capacity import Capacity, Once, Saturated
 from .guard import Guard
@@ -325,6 +325,7 @@ class SpineCast:
     async def _hook(self, service: str, request: cds.HookRequest, ctx: bentoml.Context) -> dict:
         """A CDS Hooks call (cds.py): the prefetched chart -> one Patient -> cards."""
         try:
+            request = await fhir_fetch.complete(service, request, SETTINGS)
             resources = cds.chart(service, request)
             found, fhir_warnings, problems = await asyncio.get_running_loop().run_in_executor(
                 IMAGES, cds.patient, resources
@@ -337,8 +338,8 @@ class SpineCast:
         if not cds.relevant(service, found.model_dump(include={"treatment", "diagnosis"})):
             return {"cards": []}
         out = Prediction(**await self._score(found)).model_dump(mode="json")
-        drafted = cds.drafted_reference(service, resources)
-        return {"cards": cds.cards(out, fhir_warnings, base, request.context, drafted)}
+        drafts = cds.drafts(service, resources)
+        return {"cards": cds.cards(out, fhir_warnings, base, request.context, drafts)}
 
     @bentoml.api(route=f"/cds-services/{cds.ID}", input_spec=cds.HookRequest)
     async def cds_order_select(self, ctx: bentoml.Context, **request) -> JSONDict:

@@ -10,8 +10,9 @@ variable's name and the rule, never silently falls back to the default.
 from __future__ import annotations
 
 import os
+import re
 
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PREFIX = "SPINECAST_"
@@ -24,6 +25,9 @@ class Settings(BaseSettings):
     variant: str | None = None  # a graph the card lists (fp32, int8); default: the served one
     api_key: str | None = None  # when set, every route but the probes needs `Bearer <key>`
     public_url: str | None = None  # the address clinicians reach (CDS cards' links); else the Host
+    # CDS Hooks: the FHIR base URLs a request's fhirServer may name (comma-separated; none: never)
+    cds_fhir_servers: str = ""
+    cds_fhir_timeout_s: float = Field(10, gt=0)  # reading one hook's chart from its fhirServer
     # the request edge
     max_body_bytes: int = Field(1 << 20, gt=0)  # /predict, /explain
     max_batch_body_bytes: int = Field(16 << 20, gt=0)  # /predict_batch
@@ -45,6 +49,19 @@ class Settings(BaseSettings):
     batching: bool = True  # BentoML adaptive batching of /predict
     max_batch_size: int = Field(32, gt=0)
     max_latency_ms: int = Field(20000, gt=0)
+
+    @field_validator("cds_fhir_servers")
+    @classmethod
+    def _urls(cls, value: str) -> str:
+        for url in filter(None, (u.strip() for u in value.split(","))):
+            if not re.fullmatch(r"https?://[^/?#\s]+(/[^?#\s]*)?", url):
+                raise ValueError("must be comma-separated http(s) base URLs, no query or fragment")
+        return value
+
+    def fhir_servers(self) -> frozenset[str]:
+        return frozenset(
+            u.strip().rstrip("/") for u in self.cds_fhir_servers.split(",") if u.strip()
+        )
 
     def threads(self) -> int:
         return self.ort_threads or max(1, (os.cpu_count() or 1) // self.workers)

@@ -3,6 +3,8 @@
 import os
 import subprocess
 import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -80,8 +82,42 @@ def bentoml_home(checkpoint, tmp_path_factory) -> Path:
     return home
 
 
+class FhirStub(ThreadingHTTPServer):
+    """A FHIR server for CDS Hooks' fhirServer: `answers` maps a path (query included) to
+    (status, headers, body); every GET is recorded in `seen` as (path, Authorization header)."""
+
+    def __init__(self):
+        super().__init__(("127.0.0.1", 0), _FhirHandler)
+        self.answers: dict[str, tuple[int, dict, bytes]] = {}
+        self.seen: list[tuple[str, str | None]] = []
+        self.base = f"http://127.0.0.1:{self.server_port}"
+
+
+class _FhirHandler(BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.server.seen.append((self.path, self.headers.get("Authorization")))
+        status, headers, body = self.server.answers.get(self.path, (404, {}, b"{}"))
+        self.send_response(status)
+        for name, value in {"Content-Type": "application/fhir+json", **headers}.items():
+            self.send_header(name, value)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
 @pytest.fixture(scope="session")
-def server(bentoml_home, tmp_path_factory):
+def fhir_stub():
+    stub = FhirStub()
+    threading.Thread(target=stub.serve_forever, daemon=True).start()
+    yield stub
+    stub.shutdown()
+
+
+@pytest.fixture(scope="session")
+def server(bentoml_home, tmp_path_factory, fhir_stub):
     """`bentoml serve` of the tiny model with an API key: (base URL, log file of all its output,
     key)."""
     from tools.demo import free_port, running_server
@@ -98,6 +134,7 @@ def server(bentoml_home, tmp_path_factory):
         "BENTOML_HOME": str(home),
         "SPINECAST_API_KEY": key,
         "SPINECAST_EXPLAIN_MAX_SENTENCES": "12",
+        "SPINECAST_CDS_FHIR_SERVERS": f"{fhir_stub.base}/fhir",  # the only fhirServer it reads
     }
     with running_server(port, env, log=log):
         yield f"http://127.0.0.1:{port}", log, key

@@ -4,6 +4,7 @@ JSON shapes (below, from https://cds-hooks.hl7.org/2.0/), and the spec's errors.
 
 import base64
 import copy
+import json
 
 import httpx
 import jsonschema
@@ -182,6 +183,24 @@ def test_order_select_cards_match_predict_and_suggest_the_recommendation(server,
     assert create["resource"]["code"]["text"] == cds.NAMES[best]
 
 
+def test_of_two_selected_orders_the_suggestion_replaces_the_plan_only(server, patient):
+    best = _predict(server, patient)["recommended_treatment"]
+    other, third = [t for t in cds.NAMES if t != best][:2]
+    body = hook_request({**patient, "treatment": other}, cds.ID)
+    [plan] = [e["resource"] for e in body["context"]["draftOrders"]["entry"]]
+    system, code = cds.C.TREATMENT_CODE[third]
+    earlier = {**copy.deepcopy(plan), "id": "earlier-order"}
+    earlier["code"] = {"coding": [{"system": system, "code": code}]}
+    body["context"]["draftOrders"]["entry"].insert(0, {"resource": earlier})
+    body["context"]["selections"].insert(0, "ServiceRequest/earlier-order")
+    r = _hook(server, body)  # the plan: the later order (read_bundle), as /predict is told
+    card = _valid(RESPONSE, r.json())["cards"][0]
+    assert cds.NAMES[other] in card["summary"], card["summary"]
+    [suggestion] = card["suggestions"]
+    deleted = [a["resourceId"] for a in suggestion["actions"] if a["type"] == "delete"]
+    assert deleted == [f"ServiceRequest/{plan['id']}"]
+
+
 def test_patient_view_answers_one_info_card_and_the_agreeing_order_no_suggestion(server, patient):
     best = _predict(server, patient)["recommended_treatment"]
     for service in (cds.REVIEW_ID, cds.ID):
@@ -279,3 +298,79 @@ def test_fhir_patient_route_gives_the_contract_patient_the_page_opens(server, pa
     assert bad.status_code == 400 and bad.json()["errors"][0]["field"] == "bundle"
     assert "Patient" in bad.json()["errors"][0]["rule"]
     assert post(server, "/fhir/patient", to_bundle(record), headers={}).status_code == 401
+
+
+TOKEN = "tok-SECRET-4d1c"  # the EHR's access token: sent to its FHIR server, never logged
+_AUTHORIZATION = {
+    "access_token": TOKEN,
+    "token_type": "Bearer",
+    "expires_in": 300,
+    "scope": "patient/*.read",
+    "subject": "spinecast",
+}
+
+
+def _answer(value: dict, status: int = 200, **headers) -> tuple:
+    return status, headers, json.dumps(value).encode()
+
+
+def _serve_chart(stub, body: dict, keys: list[str]) -> dict:
+    """Moves `keys` of the request's prefetch onto the stub FHIR server, the observations search
+    in two pages (its second page's `next` lies on another server); the paths it serves."""
+    stub.answers.clear()
+    stub.seen.clear()
+    pid = body["context"]["patientId"]
+    paths = {}
+    for key in keys:
+        template = cds.PREFETCH[cds.ID][key].replace("{{context.patientId}}", pid)
+        paths[key] = f"/fhir/{template}"
+        value = body["prefetch"].pop(key)
+        if key == "observations":
+            entries, page2 = value["entry"], f"/fhir/{template}&page=2"
+            stub.answers[page2] = _answer(
+                {**value, "entry": entries[1:], "link": [{"relation": "next", "url": "http://x/"}]}
+            )
+            link = [{"relation": "next", "url": stub.base + page2}]
+            value = {**value, "entry": entries[:1], "link": link}
+            paths["observations, page 2"] = page2
+        stub.answers[paths[key]] = _answer(value)
+    body.update(fhirServer=f"{stub.base}/fhir/", fhirAuthorization=_AUTHORIZATION)
+    return paths
+
+
+def test_the_chart_not_prefetched_is_read_from_the_allowed_fhir_server(server, patient, fhir_stub):
+    full = hook_request(patient, cds.ID)
+    body = copy.deepcopy(full)
+    paths = _serve_chart(fhir_stub, body, ["patient", "observations", "notes"])
+    body["prefetch"]["reports"] = None  # null: the EHR has none, so it is not asked for
+    r = _hook(server, body)
+    assert r.status_code == 200, r.text
+    assert sorted(fhir_stub.seen) == sorted((p, f"Bearer {TOKEN}") for p in paths.values())
+    full["prefetch"]["reports"] = None
+    assert r.json() == _hook(server, full).json()  # the same chart, the same cards
+    assert TOKEN not in server[1].read_text()
+
+
+@pytest.mark.parametrize(
+    ("server_path", "answer", "field"),
+    [
+        ("/elsewhere", None, "prefetch.patient"),  # not the allowed base: never fetched
+        ("/fhir", _answer({}, 302, Location="/fhir/moved"), "prefetch.patient"),  # not followed
+        ("/fhir", _answer({}, 500), "prefetch.patient"),
+        ("/fhir", (200, {}, b"not json"), "prefetch.patient"),
+        ("/fhir", (200, {}, b" " * (17 << 20)), "prefetch.patient"),  # over the body limit
+    ],
+)
+def test_a_fhir_server_not_allowed_or_failing_is_412(
+    server, patient, fhir_stub, server_path, answer, field
+):
+    body = hook_request(patient, cds.ID)
+    [path] = _serve_chart(fhir_stub, body, ["patient"]).values()
+    body["fhirServer"] = fhir_stub.base + server_path
+    if answer is not None:
+        fhir_stub.answers["/fhir/moved"] = fhir_stub.answers[path]  # where a redirect would go
+        fhir_stub.answers[path] = answer
+    r = post(server, f"/cds-services/{cds.ID}", body)
+    assert r.status_code == 412, r.text
+    assert field in r.text and TOKEN not in r.text
+    assert [p for p, _ in fhir_stub.seen] == ([] if answer is None else [path])

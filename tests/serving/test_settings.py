@@ -12,6 +12,9 @@ def test_settings_come_from_the_environment(monkeypatch):
     assert settings.max_queue_s == 7.5 and settings.batching is False
     assert settings.model == "spinecast:latest" and settings.max_body_bytes == 1 << 20
     assert settings.threads() >= 1
+    assert settings.fhir_servers() == frozenset()  # no fhirServer is read unless ops list it
+    monkeypatch.setenv("SPINECAST_CDS_FHIR_SERVERS", "https://ehr.example/fhir/, http://10.0.0.2")
+    assert load().fhir_servers() == {"https://ehr.example/fhir", "http://10.0.0.2"}
 
 
 @pytest.mark.parametrize(
@@ -20,6 +23,8 @@ def test_settings_come_from_the_environment(monkeypatch):
         ("SPINECAST_MAX_QUEUE_S", "-1", "greater than 0"),
         ("SPINECAST_WORKERS", "two", "valid integer"),
         ("SPINECAST_BATCHING", "maybe", "valid boolean"),
+        ("SPINECAST_CDS_FHIR_SERVERS", "ehr.example/fhir", "http\\(s\\) base URLs"),
+        ("SPINECAST_CDS_FHIR_SERVERS", "https://ehr.example/fhir?x=1", "no query"),
     ],
 )
 def test_a_bad_value_is_refused_with_the_variable_and_the_rule(monkeypatch, name, value, rule):
