@@ -1,7 +1,7 @@
 """`spinecast predict`: batch scoring of a cohort file with the torch-free predictor.
 
     spinecast predict --model artifacts/bundle --in cohort.parquet --out predictions.parquet \\
-        [--chunk-rows 10000] [--threads 2]
+        [--chunk-rows 10000] [--threads 2] [--cache scored.sqlite]
     spinecast predict --model artifacts/bundle --in cohort.parquet --out predictions/ \\
         --engine ray [--ray-address auto] [--concurrency 8] [--threads 1]
 
@@ -37,7 +37,7 @@ from tqdm import tqdm
 
 from .embeddings import SentenceCache, SentenceStore
 from .predictor import Predictor
-from .scoring import SCHEMA, score_frame
+from .scoring import SCHEMA, PredictionStore, score_frame
 
 
 def _rows(path: Path) -> int | None:
@@ -45,9 +45,15 @@ def _rows(path: Path) -> int | None:
 
 
 def score_file(
-    predictor: Predictor, src: Path, dst: Path, chunk_rows: int = 10_000, progress: bool = True
+    predictor: Predictor,
+    src: Path,
+    dst: Path,
+    chunk_rows: int = 10_000,
+    progress: bool = True,
+    store: PredictionStore | None = None,
 ) -> dict:
-    """Score every row of `src` into `dst` (Parquet); return counts, seconds and peak memory."""
+    """Score every row of `src` into `dst` (Parquet); return counts, seconds and peak memory.
+    `store`: the records it holds are answered from it (scoring.PredictionStore)."""
     src, dst = Path(src), Path(dst)
     start, done, seen = time.perf_counter(), 0, UniqueIds()
     dst.parent.mkdir(parents=True, exist_ok=True)
@@ -63,7 +69,7 @@ def score_file(
                 typed=typed_format(src),
             )
             _check_unique(frame["patient_id"], seen, src.name, done)
-            writer.write_table(score_frame(predictor, frame, bar.update))
+            writer.write_table(score_frame(predictor, frame, bar.update, store))
             done += len(frame)
     bar.close()
     partial.replace(dst)
@@ -124,11 +130,14 @@ def _parser() -> argparse.ArgumentParser:
         "--variant", default=None, help="model variant from the card (default: the served one)"
     )
     parser.add_argument(
+        "--cache",
         "--sentence-cache",
+        dest="cache",
         type=Path,
         default=None,
-        help="a file that keeps the sentence embeddings between runs (SQLite): a cohort scored "
-        "again encodes only sentences it has not seen (derived patient data: see SECURITY.md)",
+        help="a file that keeps each record's prediction and the sentence embeddings between runs "
+        "(SQLite): a cohort scored again by the same bundle answers every unchanged record from "
+        "it and encodes only sentences it has not seen (derived patient data: see SECURITY.md)",
     )
     _add_ray_options(parser)
     return parser
@@ -175,7 +184,7 @@ def main(argv: list[str]) -> int:
                 address=args.ray_address,
             )
         else:
-            store = SentenceStore(args.sentence_cache) if args.sentence_cache else None
+            store = SentenceStore(args.cache) if args.cache else None
             predictor = Predictor(
                 args.model,
                 args.variant,
@@ -183,11 +192,14 @@ def main(argv: list[str]) -> int:
                 batch_size=args.batch_size,
                 cache=SentenceCache(256 << 20, store),
             )
-            stats = score_file(predictor, args.src, args.out, args.chunk_rows or 10_000)
+            kept = PredictionStore(args.cache, predictor) if args.cache else None
+            stats = score_file(predictor, args.src, args.out, args.chunk_rows or 10_000, store=kept)
             stats["sentence_cache"] = {
                 "hits": predictor.cache.hits,
                 "misses": predictor.cache.misses,
             }
+            if kept is not None:
+                stats["prediction_cache"] = {"hits": kept.hits, "misses": kept.misses}
     except (CohortError, FileExistsError) as err:
         print(err, file=sys.stderr)
         return 1

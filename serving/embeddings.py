@@ -29,35 +29,45 @@ GROUP_SENTENCES = 256  # sentences per sentence-graph run at most (bounds its me
 ENTRY_OVERHEAD = 160  # bytes a cache entry costs beyond its key and vector (dict, objects)
 
 
-class SentenceStore:
-    """Embeddings on disk, in one SQLite file: key -> float32 bytes. Safe across threads (one
-    connection, a lock); a later run of the same bundle finds what an earlier one stored."""
+class BlobStore:
+    """Values by key in one table of a SQLite file: key -> bytes. Safe across threads (one
+    connection, a lock); a later run finds what an earlier one stored."""
 
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
+    def __init__(self, path: str | Path, table: str):
+        self.path, self.table = Path(path), table
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(self.path, check_same_thread=False)
-        self._db.execute("CREATE TABLE IF NOT EXISTS embedding (key BLOB PRIMARY KEY, value BLOB)")
+        self._db.execute(f"CREATE TABLE IF NOT EXISTS {table} (key BLOB PRIMARY KEY, value BLOB)")
         self._lock = threading.Lock()
 
-    def get(self, keys: list[bytes]) -> dict[bytes, np.ndarray]:
+    def get(self, keys: list[bytes]) -> dict[bytes, bytes]:
         found = {}
         with self._lock:
             for start in range(0, len(keys), 500):  # SQLite's bound on parameters
                 part = keys[start : start + 500]
                 marks = ",".join("?" * len(part))
                 rows = self._db.execute(
-                    f"SELECT key, value FROM embedding WHERE key IN ({marks})", part
+                    f"SELECT key, value FROM {self.table} WHERE key IN ({marks})", part
                 )
-                found |= {k: np.frombuffer(v, dtype=np.float32) for k, v in rows}
+                found |= dict(rows)
         return found
 
-    def put(self, items: dict[bytes, np.ndarray]) -> None:
+    def put(self, items: dict[bytes, bytes]) -> None:
         with self._lock, self._db:
-            self._db.executemany(
-                "INSERT OR IGNORE INTO embedding VALUES (?, ?)",
-                ((k, v.astype(np.float32).tobytes()) for k, v in items.items()),
-            )
+            self._db.executemany(f"INSERT OR IGNORE INTO {self.table} VALUES (?, ?)", items.items())
+
+
+class SentenceStore(BlobStore):
+    """Sentence embeddings on disk: key -> float32 vector."""
+
+    def __init__(self, path: str | Path):
+        super().__init__(path, "embedding")
+
+    def get(self, keys: list[bytes]) -> dict[bytes, np.ndarray]:
+        return {k: np.frombuffer(v, dtype=np.float32) for k, v in super().get(keys).items()}
+
+    def put(self, items: dict[bytes, np.ndarray]) -> None:
+        super().put({k: v.astype(np.float32).tobytes() for k, v in items.items()})
 
 
 class SentenceCache:

@@ -2,13 +2,17 @@
 gives the cold path's numbers; `spinecast predict --sentence-cache` encodes nothing it has seen."""
 
 import json
+import shutil
 import threading
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from spinecast.serving import bundle as bundle_format
 from spinecast.serving.embeddings import ENTRY_OVERHEAD, SentenceCache, SentenceStore
 from spinecast.serving.predictor import Predictor
+from spinecast.serving.scoring import PredictionStore
 
 from spinecast.cli import main
 
@@ -96,16 +100,38 @@ def test_warm_predictions_equal_cold_ones_and_encode_nothing(bundle, records):
     assert [p["recommended_treatment"] for p in again] == [p["recommended_treatment"] for p in cold]
 
 
-def test_predict_with_a_sentence_cache_encodes_nothing_the_second_time(
+def test_predict_again_answers_unchanged_records_from_the_cache_and_rescores_changed_ones(
     bundle, small_cohort, tmp_path, capsys
 ):
-    src, store = small_cohort / "cohort.parquet", tmp_path / "sentences.sqlite"
-    runs = []
-    for name in ("first", "second"):
+    frame = pd.read_parquet(small_cohort / "cohort.parquet")
+    changed = frame.copy()
+    changed.loc[3, "clinical_note"] += " Walks the dog daily."  # a new sentence
+    changed.loc[5, "age"] += 1
+    changed.to_parquet(tmp_path / "changed.parquet")
+    for image in frame["mri_image"].dropna().unique():  # the images, found beside the cohort
+        (tmp_path / image).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / image).write_bytes((small_cohort / image).read_bytes())
+    store = tmp_path / "scored.sqlite"
+
+    def predict(src: Path, name: str, *cache: str) -> tuple[dict, pd.DataFrame]:
         out = tmp_path / f"{name}.parquet"
-        args = ["predict", "--model", str(bundle), "--in", str(src), "--out", str(out)]
-        assert main([*args, "--sentence-cache", str(store)]) == 0
-        runs.append((json.loads(capsys.readouterr().out), pd.read_parquet(out)))
-    (first, a), (second, b) = runs
-    assert first["sentence_cache"]["misses"] > 0 and second["sentence_cache"]["misses"] == 0
-    pd.testing.assert_frame_equal(a, b, atol=1e-6)
+        args = ["predict", "--model", str(bundle), "--in", str(src), "--out", str(out), *cache]
+        assert main(args) == 0
+        return json.loads(capsys.readouterr().out), pd.read_parquet(out)
+
+    first, _ = predict(small_cohort / "cohort.parquet", "first", "--cache", str(store))
+    # the option's earlier name still works
+    second, b = predict(tmp_path / "changed.parquet", "second", "--sentence-cache", str(store))
+    _, fresh = predict(tmp_path / "changed.parquet", "fresh")  # no cache at all
+    assert first["prediction_cache"] == {"hits": 0, "misses": len(frame)}
+    assert second["prediction_cache"] == {"hits": len(frame) - 2, "misses": 2}
+    assert 0 < second["sentence_cache"]["misses"] < first["sentence_cache"]["misses"]
+    pd.testing.assert_frame_equal(b, fresh, atol=1e-6)  # answers from the file: the model's own
+    other = tmp_path / "other_rule"  # the same graphs under another decision rule
+    shutil.copytree(bundle, other)
+    card = bundle_format.read(other)
+    rule = {**card.decision, "margin": 0.2}
+    bundle_format.write(other, card.model_copy(update={"decision": rule}))
+    row = frame.iloc[1:2]  # a record without an image
+    keys = [PredictionStore(store, Predictor(b)).keys(row)[0] for b in (bundle, other)]
+    assert None is not keys[0] != keys[1]  # another bundle never shares an answer
