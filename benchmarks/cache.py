@@ -13,8 +13,20 @@ predictor still loads). On 2 threads, per patient at batch 1, on a fresh synthet
   patients only: the honest hit rate), its p50 and hit rate;
 - /explain vs /predict, both cold, in the predictor (records in, predictions out);
 - HTTP /predict at concurrency 1 with the patient's sentences cached (warm), through a real server;
-- `spinecast predict --sentence-cache` on a cohort (seed 502) twice: the second run's speed-up.
+- `spinecast predict --cache` on a cohort (seed 502) twice, then with a tenth of its notes changed:
+  the speed-up of each later run over the first;
+- `--student`, a distilled student exported with `--quantize int8`: its INT8 graph against its
+  fp32 one, cold p50 at batch 1 and the AUROC on the same patients.
 Writes benchmarks/results/cache.json.
+
+The single graph of an old commit, from the same venv (its package folders shadow the editable
+install when they come first on the path, and the working directory holds no `spinecast/`):
+
+    git worktree add /tmp/old 92b12c4 && mkdir /tmp/oldpkg && cp -r /tmp/old/spinecast /tmp/oldpkg
+    for d in datasets training serving; do ln -s /tmp/old/$d /tmp/oldpkg/spinecast/$d; done
+    cd /tmp && PYTHONPATH=/tmp/oldpkg python -c "import sys, spinecast.cli as c; \\
+        c.main(sys.argv[1:])" export --ckpt CKPT --out SINGLE_GRAPH --optimize --data COHORT
+    echo 92b12c4... > SINGLE_GRAPH/EXPORTED_BY_COMMIT
 """
 
 from __future__ import annotations
@@ -30,10 +42,13 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 from spinecast.datasets import load_cohort
 from spinecast.datasets.synth import generate
+from spinecast.serving import bundle as bundle_format
 from spinecast.serving.batch import main as predict_main
 from spinecast.serving.predictor import Predictor
+from spinecast.training.export import auroc
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # `tools` is not installed
@@ -122,18 +137,62 @@ async def _http_warm(url: str, patient: dict, rounds: int) -> float:
 
 
 def _rescore(bundle: Path, work: Path, patients: int) -> dict:
+    """`spinecast predict --cache` three times: a cohort, the same cohort again, and that cohort
+    with a tenth of its notes changed (a sentence added): records answered from the file, changed
+    ones re-scored with their other sentences found."""
     generate(patients, seed=502, out=work / "rescore")
-    src, store = work / "rescore" / "cohort.parquet", work / "sentences.sqlite"
+    src, store = work / "rescore" / "cohort.parquet", work / "scored.sqlite"
+    changed = pd.read_parquet(src)
+    some = changed.sample(frac=0.1, random_state=0).index
+    changed.loc[some, "clinical_note"] = changed.loc[some, "clinical_note"] + " Seen again today."
+    changed.to_parquet(work / "rescore" / "changed.parquet")  # beside its images
     runs = []
-    for name in ("first", "second"):
-        args = ["--model", str(bundle), "--in", str(src), "--out", str(work / f"{name}.parquet")]
-        runs.append(_timed(lambda a=args: predict_main([*a, "--sentence-cache", str(store)])))
+    for name, cohort in (
+        ("first", src),
+        ("second", src),
+        ("changed", src.with_name("changed.parquet")),
+    ):
+        args = ["--model", str(bundle), "--in", str(cohort), "--out", str(work / f"{name}.parquet")]
+        runs.append(_timed(lambda a=args: predict_main([*a, "--cache", str(store)])))
     return {
         "rescore_patients": patients,
         "rescore_first_s": round(runs[0], 1),
         "rescore_second_s": round(runs[1], 1),
         "rescore_speedup": round(runs[0] / runs[1], 2),
+        "rescore_changed_share": 0.1,
+        "rescore_changed_s": round(runs[2], 1),
+        "rescore_changed_speedup": round(runs[0] / runs[2], 2),
     }
+
+
+def _student(student: Path, frame, rounds: int) -> dict:
+    """The distilled student's INT8 graphs against its fp32 one: cold p50 per patient at batch 1
+    (alternating, the cache emptied before every call) and test AUROC on the same patients."""
+    if not (student / "card.json").is_file():
+        return {"student_int8_cold_p50_ms": None, "student_int8_auroc_drop": None}
+    variants = list(bundle_format.read(student).variants)
+    predictors = {v: Predictor(student, v, threads=2, batch_size=1) for v in variants}
+    arrays = {v: p.encode(frame) for v, p in predictors.items()}
+    times = {v: [] for v in variants}
+    for i in range(rounds + 1):
+        for v, predictor in predictors.items():
+            one = {k: a[i : i + 1] for k, a in arrays[v].items()}
+            _empty(predictor)
+            seconds = _timed(lambda p=predictor, one=one: p.run(one))
+            if i:  # the first round warms up
+                times[v].append(seconds)
+    scores = {v: auroc(frame, p.run(arrays[v])["p_satisfied"]) for v, p in predictors.items()}
+    [int8] = [v for v in variants if v != "fp32"] or [None]
+    out = {
+        "student_bundle": predictors["fp32"].version,
+        "student_variants": {
+            v: {"cold_p50_ms": _ms(times[v]), "test_auroc": round(scores[v], 4)} for v in variants
+        },
+        "student_int8_variant": int8,
+        "student_int8_cold_p50_ms": _ms(times[int8]) if int8 else None,
+        "student_int8_auroc_drop": round(scores["fp32"] - scores[int8], 4) if int8 else None,
+    }
+    return out
 
 
 def main() -> None:
@@ -142,6 +201,12 @@ def main() -> None:
     parser.add_argument("--single-graph", type=Path, default=ROOT / "artifacts/bench/single_graph")
     parser.add_argument("--rounds", type=int, default=100)
     parser.add_argument("--rescore-patients", type=int, default=10_000)
+    parser.add_argument(
+        "--student",
+        type=Path,
+        default=ROOT / "artifacts/bench/student_int8",
+        help="a distilled student exported with --quantize int8 (skipped when absent)",
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -165,6 +230,7 @@ def main() -> None:
         records = frame.drop(columns=["satisfied", "odi_12m"]).to_dict("records")
         result |= _explain(two, records, min(args.rounds, 50))
         del single
+        result |= _student(args.student, frame, args.rounds)
         os.environ.update({"BENTOML_HOME": str(work / "bentoml"), "SPINECAST_ORT_THREADS": "2"})
         from spinecast.training.export import save_to_bentoml
 
@@ -176,8 +242,6 @@ def main() -> None:
                 _http_warm(f"http://127.0.0.1:{port}", patient, args.rounds)
             )
         result |= _rescore(args.bundle, work, args.rescore_patients)
-    result["student_int8_cold_p50_ms"] = None  # not measured: no distilled student in this run
-    result["student_int8_auroc_drop"] = None
     RESULTS.write_text(json.dumps(result, indent=1) + "\n")
     print(json.dumps(result, indent=1))
 
