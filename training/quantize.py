@@ -3,12 +3,16 @@
 - `int8`: dynamic quantization (weights INT8; activations scaled per run from their own range);
 - `int8_static`: static QDQ quantization (activation scales fixed at export, calibrated on the
   held-out records' own inputs to each graph: the distinct sentences for the sentence graph, their
-  fp32 embeddings and the fields for the patient graph).
+  fp32 embeddings and the fields for the patient graph);
+- `int8_text` (two-stage bundles): `int8`'s sentence graph before the fp32 patient graph. The
+  text encoder's matrix products are where INT8 pays; a small patient graph can run slower in
+  INT8 than in fp32 (its quantize/dequantize steps cost more than its small products save:
+  the distilled student's patient graph, 4.1 vs 2.5 ms per patient, benchmarks/README.md).
 
 Each is scored on the held-out records and timed per patient at batch 1 with nothing cached (the
-cold path), side by side with fp32. Of those within the AUROC guard the faster is kept and served;
-the other's files are deleted. The card records both (`int8_candidates`: AUROC, drop, cold p50,
-kept) and fp32's cold p50.
+cold path), side by side with fp32. Of those within the AUROC guard the fastest is kept and served;
+the others' files are deleted. The card records every one (`int8_candidates`: AUROC, drop, cold
+p50, kept) and fp32's cold p50.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from spinecast.serving import bundle
 from spinecast.serving.bundle import Card, Variant
 from spinecast.serving.predictor import Predictor
 
-KINDS = ("int8", "int8_static")
+KINDS = ("int8", "int8_static", "int8_text")
 CALIBRATION_ROWS = 32  # held-out records whose inputs calibrate the static scales
 SENTENCES_PER_FEED = 64  # the calibrator keeps every tensor of a feed: bounded memory
 TIMED_ROWS = 24
@@ -166,11 +170,11 @@ def add_int8(
     auroc: Callable[[np.ndarray], float | None],
     max_auroc_drop: float,
 ) -> list[str]:
-    """Write, score and time both INT8 variants; keep those within the guard and serve the faster.
+    """Write, score and time the INT8 variants; of those within the guard serve the fastest.
     Returns the refused variants' reasons (empty when at least one is kept and served)."""
     fp32 = card.variants["fp32"]
     feeds = calibration_feeds(out, arrays)
-    for kind in KINDS:
+    for kind in KINDS[:2]:
         rename = {f: f.replace(".onnx", f".{kind.replace('_', '.')}.onnx") for f in _files(fp32)}
         for src, dst in rename.items():
             if kind == "int8":
@@ -181,6 +185,10 @@ def add_int8(
             file=rename[fp32.file],
             sentences={t: rename[f] for t, f in (fp32.sentences or {}).items()},
         )
+    if fp32.sentences:
+        card.variants["int8_text"] = Variant(
+            file=fp32.file, sentences=card.variants["int8"].sentences
+        )
     bundle.write(out, card)
     return _guard(out, card, arrays, auroc, max_auroc_drop)
 
@@ -189,19 +197,21 @@ def _guard(out, card: Card, arrays, auroc, max_auroc_drop) -> list[str]:
     """Score and time every INT8 variant; keep the fastest within the guard, delete the others'
     files, and record all of them in `card.int8_candidates`."""
     fp32 = card.variants["fp32"]
-    speed = per_patient_ms(out, ["fp32", *KINDS], arrays)
+    kinds = [k for k in KINDS if k in card.variants]
+    speed = per_patient_ms(out, ["fp32", *kinds], arrays)
     card.variants["fp32"] = fp32.model_copy(update={"cold_p50_ms": speed["fp32"]})
     found, refused = {}, []
-    for kind in KINDS:
+    for kind in kinds:
         score = auroc(Predictor(out, kind, cache_mib=0).run(arrays)["p_satisfied"])
         drop = fp32.val_auroc - score if None not in (fp32.val_auroc, score) else None
         found[kind] = {"val_auroc": score, "auroc_drop": drop, "cold_p50_ms": speed[kind]}
         if drop is None or drop > max_auroc_drop:
             shown = "unknown (one class)" if drop is None else f"{drop:.4f}"
             refused.append(f"{kind}: validation AUROC drop {shown} exceeds {max_auroc_drop}")
-    within = [k for k in KINDS if not any(r.startswith(f"{k}:") for r in refused)]
+    within = [k for k in kinds if not any(r.startswith(f"{k}:") for r in refused)]
     best = min(within, key=lambda k: speed[k]) if within else None
-    for kind in KINDS:
+    used = {*_files(fp32), *(_files(card.variants[best]) if best else [])}  # graphs shared
+    for kind in kinds:
         found[kind]["kept"] = kind == best
         variant = card.variants.pop(kind)
         if kind == best:
@@ -209,8 +219,8 @@ def _guard(out, card: Card, arrays, auroc, max_auroc_drop) -> list[str]:
                 update={**found[kind], "val_rows": len(arrays["numeric"])}
             )
         else:
-            for name in _files(variant):
-                (out / name).unlink()
+            for name in set(_files(variant)) - used:
+                (out / name).unlink(missing_ok=True)  # int8 and int8_text share a file
     card.int8_candidates = found
     if best is not None:
         card.serve = best
