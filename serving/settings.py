@@ -22,7 +22,7 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix=PREFIX, frozen=True, protected_namespaces=())
 
     model: str = "spinecast:latest"  # the BentoML store tag of the bundle
-    variant: str | None = None  # a graph the card lists (fp32, int8); default: the served one
+    variant: str | None = None  # a variant the card lists (fp32, int8...); default: the served one
     api_key: str | None = None  # when set, every route but the probes needs `Bearer <key>`
     public_url: str | None = None  # the address clinicians reach (CDS cards' links); else the Host
     # CDS Hooks: the FHIR base URLs a request's fhirServer may name (comma-separated; none: never)
