@@ -19,6 +19,7 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -189,10 +190,45 @@ def running(
     try:
         yield proc
     finally:
+        inside = _namespaces_under(proc.pid)
         stop(proc)
+        _kill_in(inside)
         _run("buildah", "rm", ctr, capture=True)
         if log:
             out.close()
+
+
+def _namespaces_under(pid: int) -> set[str]:
+    """The mount namespaces, other than ours, of `pid`'s descendants: the container's."""
+    parents = {}
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit():  # "pid (comm) state ppid ..."
+                parents[int(proc.name)] = int(
+                    (proc / "stat").read_text().rsplit(")", 1)[1].split()[1]
+                )
+        except (OSError, ValueError, IndexError):
+            pass  # gone already
+    tree = {pid}
+    while more := {child for child, parent in parents.items() if parent in tree} - tree:
+        tree |= more
+    return {ns for ns in map(_mount_namespace, tree) if ns} - {_mount_namespace("self")}
+
+
+def _mount_namespace(pid) -> str | None:
+    try:
+        return os.readlink(f"/proc/{pid}/ns/mnt")
+    except OSError:
+        return None
+
+
+def _kill_in(namespaces: set[str]) -> None:
+    """SIGKILL what still runs in the container: BentoML's workers live in sessions of their own
+    and outlive `buildah run`."""
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit() and _mount_namespace(proc.name) in namespaces:
+            with contextlib.suppress(OSError):
+                os.kill(int(proc.name), signal.SIGKILL)
 
 
 def main() -> None:

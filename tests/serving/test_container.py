@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -63,3 +64,17 @@ def test_image_builds_without_torch_and_answers_predict(bentoml_home, tmp_path):
         )
     assert answer.status_code == 200, (tmp_path / "container.log").read_text()[-2000:]
     assert answer.json()["patient_id"] == "C-1" and len(answer.json()["outcomes"]) == 4
+    assert not _serving_the_bento()  # the container's workers ended with it
+
+
+def _serving_the_bento() -> list[str]:
+    """The processes still serving the image's Bento (its path inside the image)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if proc.name.isdigit() and "/home/bentoml/bento" in cmd:
+            found.append(cmd)
+    return found
