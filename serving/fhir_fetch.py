@@ -51,7 +51,7 @@ async def complete(service: str, request: cds.HookRequest, settings: Settings) -
     """`request` with the prefetch keys it left out read from its fhirServer, when the settings
     allow that server; else unchanged (cds.chart answers 412 where the Patient is missing)."""
     keys = missing(service, request)
-    if not keys or not allowed(request.fhirServer, settings.fhir_servers()):
+    if not keys or not allowed(request.fhirServer, settings.fhir_servers):
         return request
     timeout_s = settings.cds_fhir_timeout_s
     base = request.fhirServer.rstrip("/")

@@ -9,6 +9,7 @@ variable's name and the rule, never silently falls back to the default.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 
@@ -58,7 +59,9 @@ class Settings(BaseSettings):
                 raise ValueError("must be comma-separated http(s) base URLs, no query or fragment")
         return value
 
+    @functools.cached_property
     def fhir_servers(self) -> frozenset[str]:
+        """The allowed fhirServer base URLs, parsed once."""
         return frozenset(
             u.strip().rstrip("/") for u in self.cds_fhir_servers.split(",") if u.strip()
         )

@@ -12,9 +12,9 @@ def test_settings_come_from_the_environment(monkeypatch):
     assert settings.max_queue_s == 7.5 and settings.batching is False
     assert settings.model == "spinecast:latest" and settings.max_body_bytes == 1 << 20
     assert settings.threads() >= 1
-    assert settings.fhir_servers() == frozenset()  # no fhirServer is read unless ops list it
+    assert settings.fhir_servers == frozenset()  # no fhirServer is read unless ops list it
     monkeypatch.setenv("SPINECAST_CDS_FHIR_SERVERS", "https://ehr.example/fhir/, http://10.0.0.2")
-    assert load().fhir_servers() == {"https://ehr.example/fhir", "http://10.0.0.2"}
+    assert load().fhir_servers == {"https://ehr.example/fhir", "http://10.0.0.2"}
 
 
 @pytest.mark.parametrize(
