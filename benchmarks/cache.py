@@ -183,7 +183,7 @@ def _student(student: Path, frame, rounds: int) -> dict:
                 times[v].append(seconds)
     scores = {v: auroc(frame, p.run(arrays[v])["p_satisfied"]) for v, p in predictors.items()}
     [int8] = [v for v in variants if v != "fp32"] or [None]
-    out = {
+    return {
         "student_bundle": predictors["fp32"].version,
         "student_variants": {
             v: {"cold_p50_ms": _ms(times[v]), "test_auroc": round(scores[v], 4)} for v in variants
@@ -192,7 +192,6 @@ def _student(student: Path, frame, rounds: int) -> dict:
         "student_int8_cold_p50_ms": _ms(times[int8]) if int8 else None,
         "student_int8_auroc_drop": round(scores["fp32"] - scores[int8], 4) if int8 else None,
     }
-    return out
 
 
 def main() -> None:
