@@ -7,7 +7,11 @@ did.
 - numeric fields (integers and floats): standardized with the training mean and standard deviation;
   a missing value becomes 0 plus an explicit missing indicator;
 - categorical and boolean fields: integer ids with 0 reserved for "missing"
-  (booleans: 1 = false, 2 = true; categories: 1..k in contract order).
+  (booleans: 1 = false, 2 = true; categories: 1..k in contract order);
+- facts read from the text (`sides.SIDE_FEATURES`: the side of the leg symptoms in the note, of the
+  compressed root in the report, and their agreement) are numeric fields like the others. A
+  bundle's `features.json` lists the numeric fields it was trained on, so an older bundle without
+  them encodes as it always did.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from .schema import COLUMN_BY_NAME, TABULAR_COLUMNS
+from .sides import SIDE_FEATURES, frame_side_features
 
 NUMERIC_FIELDS = tuple(c for c in TABULAR_COLUMNS if COLUMN_BY_NAME[c].is_number)
 CATEGORICAL_FIELDS = tuple(c for c in TABULAR_COLUMNS if not COLUMN_BY_NAME[c].is_number)
@@ -34,21 +39,23 @@ def vocabulary(name: str) -> tuple[str, ...]:
 class FeatureEncoding:
     mean: dict[str, float] = field(default_factory=dict)
     std: dict[str, float] = field(default_factory=dict)
-    numeric: tuple[str, ...] = NUMERIC_FIELDS
+    numeric: tuple[str, ...] = NUMERIC_FIELDS + SIDE_FEATURES
     categorical: dict[str, tuple[str, ...]] = field(
         default_factory=lambda: {name: vocabulary(name) for name in CATEGORICAL_FIELDS}
     )
 
     @classmethod
-    def fit(cls, train: pd.DataFrame) -> FeatureEncoding:
+    def fit(
+        cls, train: pd.DataFrame, numeric: tuple[str, ...] = NUMERIC_FIELDS + SIDE_FEATURES
+    ) -> FeatureEncoding:
         """Statistics from the training split only; a field never observed gets mean 0, std 1."""
         mean, std = {}, {}
-        for name in NUMERIC_FIELDS:
-            values = train[name].astype("float64").dropna()
+        for name, values in zip(numeric, _numeric(train, numeric).T):
+            values = values[~np.isnan(values)]
             mean[name] = float(values.mean()) if len(values) else 0.0
-            sd = float(values.std(ddof=0)) if len(values) > 1 else 1.0
+            sd = float(values.std()) if len(values) > 1 else 1.0
             std[name] = sd if sd > 1e-6 else 1.0
-        return cls(mean=mean, std=std)
+        return cls(mean=mean, std=std, numeric=numeric)
 
     def to_dict(self) -> dict:
         return {
@@ -77,11 +84,7 @@ class FeatureEncoding:
         """Validated records -> {"numeric": (B, N) float32, "numeric_missing": (B, N) float32,
         "categorical": (B, C) int64}."""
         n = len(frame)
-        raw = (
-            np.stack([_column(frame, name, n) for name in self.numeric], axis=1)
-            if self.numeric
-            else np.zeros((n, 0))
-        )
+        raw = _numeric(frame, self.numeric)
         missing = np.isnan(raw)
         mean = np.asarray([self.mean[k] for k in self.numeric])
         std = np.asarray([self.std[k] for k in self.numeric])
@@ -109,6 +112,17 @@ def _lookup(lookup: dict, value) -> int:
         return lookup.get(value, MISSING_ID)
     except TypeError:  # unhashable: not a value of the field
         return MISSING_ID
+
+
+def _numeric(frame: pd.DataFrame, names: tuple[str, ...]) -> np.ndarray:
+    """(N, len(names)) float64, NaN where missing: contract fields and facts read from the text."""
+    n = len(frame)
+    sides = frame_side_features(frame) if set(names) & set(SIDE_FEATURES) else None
+    columns = [
+        sides[:, SIDE_FEATURES.index(name)] if name in SIDE_FEATURES else _column(frame, name, n)
+        for name in names
+    ]
+    return np.stack(columns, axis=1) if columns else np.zeros((n, 0))
 
 
 def _column(frame: pd.DataFrame, name: str, n: int) -> np.ndarray:

@@ -62,9 +62,9 @@ class TextFields:
     empty, or too few documents) is left out rather than failing."""
 
     def __init__(self, train: pd.DataFrame):
+        # The contract's fields only (not the sides read from the text): the baselines as specified.
         # A whole optional column may be absent (CONTRACT.md): it counts as all missing.
-        absent = {c: np.nan for c in NUMERIC_FIELDS if c not in train.columns}
-        self.encoding = FeatureEncoding.fit(train.assign(**absent))
+        self.encoding = FeatureEncoding.fit(train, numeric=NUMERIC_FIELDS)
         self.vectorizers = {col: v for col in TEXT_COLUMNS if (v := _fit_vectorizer(train, col))}
         self.one_hot = OneHotEncoder(handle_unknown="ignore", dtype=np.float64)
         self.one_hot.fit(self.encoding.encode(train)["categorical"])

@@ -1,0 +1,160 @@
+"""The side of the leg symptoms in the note and of the compressed nerve root in the report, read
+from the text, and whether the two agree: the agreement decides who benefits from decompression
+(CLINICAL.md), and a frozen sentence encoder barely tells "left" from "right" (the two embed
+alike), so the network is given these facts as numbers beside the structured fields.
+
+A small lexicon, not a model, so that it reads other sites' notes for the reason a clinician
+would: side words and their usual abbreviations (L, R, lt, rt, LLE, b/l, ...) in English, German,
+French, Spanish, Italian, Portuguese and Dutch. A mention in a negated clause ("SLR negative on
+the left", "denies right leg pain") does not count. In the report, the sides named in a sentence
+about a nerve root or its compression count; a report that names none there falls back to every
+side it names. A document that states no side gives NaN (the missing indicator), never a guess.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+
+import numpy as np
+import pandas as pd
+
+SIDE_FEATURES = (
+    "note_side_left",  # share of the note's side mentions naming the left (bilateral: both sides)
+    "note_side_right",
+    "report_side_left",  # ... of the report's compression sentences
+    "report_side_right",
+    "side_agreement",  # note_left * report_left + note_right * report_right, in [0, 1]
+)
+
+_LEFT = {
+    *("left", "lt", "l", "lle", "sinistral"),
+    *("links", "linke", "linken", "linker", "linkes", "linksseitig", "li", "linkerzijde"),
+    *("gauche", "gauches", "izquierda", "izquierdo", "izq", "izda", "izdo"),
+    *("sinistra", "sinistro", "esquerda", "esquerdo", "esq"),
+}
+_RIGHT = {
+    *("right", "rt", "r", "rle", "dextral"),
+    *("rechts", "rechte", "rechten", "rechter", "rechtes", "rechtsseitig", "re", "rechterzijde"),
+    *("droite", "droit", "droits", "droites", "derecha", "derecho", "dcha", "dcho"),
+    *("destra", "destro", "direita", "direito", "dta"),
+}
+_BOTH = {
+    *("bilateral", "bilaterally", "bilat", "ble", "beidseits", "beidseitig", "bds", "beiderseits"),
+    *("bilatéral", "bilatérale", "bilatéraux", "bilateralmente", "bilaterale", "bilaterali"),
+    *("tweezijdig", "dubbelzijdig", "beiderzijds", "bilat"),
+}
+# A negation before a side negates it ("denies right leg pain", but "contacting the left L5 root
+# without displacement" keeps the left); a negative result negates its whole clause ("SLR neg b/l").
+_NEGATION = {
+    *("no", "not", "denies", "denied", "deny", "without", "nil", "free", "never", "nor"),
+    *("kein", "keine", "keinen", "keiner", "nicht", "ohne", "sans", "pas", "aucun", "aucune"),
+    *("niega", "niegan", "non", "nessun", "nessuna", "senza", "geen", "zonder", "nega", "sem"),
+    *("nao", "não", "sin", "ni"),
+}
+_NEGATIVE = {
+    *("negative", "neg", "absent", "none", "negativ", "négatif", "négative", "negativo"),
+    *("negativa", "negatief", "assente", "ausente", "fehlend"),
+}
+_NORMAL = {  # a normal finding names a side without a symptom there ("SILT bilaterally")
+    *("normal", "normally", "intact", "silt", "symmetric", "symmetrical", "painless", "full"),
+    *("unremarkable", "wnl", "palpable", "intakt", "unauffällig", "seitengleich", "symmetrisch"),
+    *("normale", "normaux", "normales", "intacte", "symétrique", "normali", "simmetrici"),
+    *("normales", "intacto", "intacta", "simétrico", "simétricos", "normaal", "symmetrisch"),
+}
+_ROOT_STEMS = (
+    *("root", "nerve", "radic", "compress", "imping", "abut", "contact", "displac", "deflect"),
+    *("effac", "encroach", "touch", "recess", "tether", "entrap", "pinch"),
+    *("wurzel", "kompri", "kompress", "bedräng", "tangier", "racine", "radicul", "conflit"),
+    *("raíz", "raiz", "raíces", "comprim", "compres", "radice", "radici", "wortel", "raiz"),
+)
+_WORD = re.compile(r"\w+")
+# Sentences, cut again where a contrast starts ("5/5 except EHL 4/5 on the left"); a normal
+# finding drops its segment, a negation only its comma-separated clause ("SLR positive on the
+# left, negative on the right").
+_SEGMENT = re.compile(
+    r"[.;!?\n]+|\b(?:but|however|except|otherwise|aber|jedoch|sonst|außer|ausser|mais|sauf"
+    r"|sinon|pero|excepto|salvo|ma|tranne|maar|behalve|exceto)\b"
+)
+_PHRASES = (  # on the lowercased text, before the split into words
+    (re.compile(r"\bb\s*/\s*l\b|\bboth\s+(?:legs|sides|lower)"), " bilateral "),
+    (re.compile(r"\b[lr]\s*[>=<]\s*[lr]\b"), " bilateral "),
+    (re.compile(r"\br\s*/\s*o\b"), " rule out "),
+    (re.compile(r"\b[lr]\s*-\s*(?=[^\W\d_])"), " "),  # "L-spine": the lumbar spine
+    (re.compile(r"\b5\s*/\s*5\b|\b2\s*\+"), " normal "),  # full strength, normal reflex
+)
+
+
+def side_features(notes: Iterable, reports: Iterable) -> np.ndarray:
+    """Note and report texts (None where absent) -> (N, len(SIDE_FEATURES)) float64, NaN where a
+    document states no side."""
+    rows = [
+        _row(_sides(n, root_only=False), _sides(r, root_only=True)) for n, r in zip(notes, reports)
+    ]
+    return np.asarray(rows, dtype=np.float64).reshape(-1, len(SIDE_FEATURES))
+
+
+def frame_side_features(frame: pd.DataFrame) -> np.ndarray:
+    n = len(frame)
+    texts = [
+        frame[c].tolist() if c in frame else [None] * n for c in ("clinical_note", "imaging_report")
+    ]
+    return side_features(*texts)
+
+
+def _row(note: tuple[float, float] | None, report: tuple[float, float] | None) -> list[float]:
+    nan = (np.nan, np.nan)
+    agreement = min(1.0, note[0] * report[0] + note[1] * report[1]) if note and report else np.nan
+    return [*(note or nan), *(report or nan), agreement]
+
+
+def _sides(text, root_only: bool) -> tuple[float, float] | None:
+    """(share naming the left, share naming the right) of a document's side mentions, or None."""
+    if not isinstance(text, str) or not text:
+        return None
+    text = text.lower()
+    for pattern, replacement in _PHRASES:
+        text = pattern.sub(replacement, text)
+    every, about_roots = [], []
+    for segment in _SEGMENT.split(text):
+        if any(w in _NORMAL for w in _WORD.findall(segment)):
+            continue
+        for clause in segment.split(","):
+            words = _WORD.findall(clause)
+            if any(w in _NEGATIVE for w in words):
+                continue
+            negated = next((i for i, w in enumerate(words) if w in _NEGATION), len(words))
+            sides = [s for w in words[:negated] if (s := _side(w))]
+            if not sides:
+                continue
+            every += sides
+            if any(w.startswith(_ROOT_STEMS) for w in words[:negated]):
+                about_roots += sides
+    mentions = about_roots if root_only else every
+    if not mentions:
+        return None
+    left = sum(s in ("left", "both") for s in mentions) / len(mentions)
+    right = sum(s in ("right", "both") for s in mentions) / len(mentions)
+    return left, right
+
+
+def _typos(word: str) -> set[str]:
+    """One letter left out or two swapped ("rght", "lfet"): a typo, not another word."""
+    cut = {word[:i] + word[i + 1 :] for i in range(len(word))}
+    swapped = {word[:i] + word[i + 1] + word[i] + word[i + 2 :] for i in range(len(word) - 1)}
+    return (cut | swapped) - {word, "let", "ight", "lft"}
+
+
+_LEFT |= _typos("left")
+_RIGHT |= _typos("right")
+_BOTH |= _typos("bilateral") | _typos("bilaterally")
+
+
+def _side(word: str) -> str | None:
+    if word in _BOTH:
+        return "both"
+    if word in _LEFT:
+        return "left"
+    if word in _RIGHT:
+        return "right"
+    return None
