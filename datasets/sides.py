@@ -70,8 +70,8 @@ _ROOT_STEMS = (
 )
 _WORD = re.compile(r"\w+")
 # Sentences, cut again where a contrast starts ("5/5 except EHL 4/5 on the left"); a normal
-# finding drops its segment, a negation only its comma-separated clause ("SLR positive on the
-# left, negative on the right").
+# finding drops the rest of its segment, a negative result only its comma-separated clause ("SLR
+# positive on the left, negative on the right").
 _SEGMENT = re.compile(
     r"[.;!?\n]+|\b(?:but|however|except|otherwise|aber|jedoch|sonst|außer|ausser|mais|sauf"
     r"|sinon|pero|excepto|salvo|ma|tranne|maar|behalve|exceto)\b"
@@ -117,10 +117,10 @@ def _sides(text, root_only: bool) -> tuple[float, float] | None:
         text = pattern.sub(replacement, text)
     every, about_roots = [], []
     for segment in _SEGMENT.split(text):
-        if any(w in _NORMAL for w in _WORD.findall(segment)):
-            continue
         for clause in segment.split(","):
             words = _WORD.findall(clause)
+            if any(w in _NORMAL for w in words):
+                break  # this clause and the rest of its segment: "5/5 in A, B and C bilaterally"
             if any(w in _NEGATIVE for w in words):
                 continue
             negated = next((i for i, w in enumerate(words) if w in _NEGATION), len(words))
