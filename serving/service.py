@@ -6,8 +6,9 @@
 Two services: `SpineCast` (public: validation, auth, limits, admission, the routes) calls
 `SpineCastModel` (the ONNX Runtime session) through `bentoml.depends`; concurrent `/predict` calls
 reach the model's batchable `score` API, which BentoML's adaptive batching merges into one model
-run; `/predict_batch` is scored in chunks. `edge.py` guards the connections (see SECURITY.md for
-every protection and its limit).
+run; `/predict_batch` is scored in chunks. With `SPINECAST_INLINE_MODEL=1` the model runs in the
+public service's process instead (its calls in threads): one HTTP hop, no adaptive batching.
+`edge.py` guards the connections (see SECURITY.md for every protection and its limit).
 
 Configuration: the `SPINECAST_*` environment variables of `settings.py`, read once at import.
 """
@@ -84,9 +85,7 @@ CAPACITY = Capacity(
     explain_units=EXPLAIN_UNITS,
     workers=SETTINGS.workers,
 )
-IMAGES = ThreadPoolExecutor(
-    max_workers=2, thread_name_prefix="spinecast-images"
-)  # decoding, off the event loop
+IMAGES = ThreadPoolExecutor(2, thread_name_prefix="spinecast-images")  # decoding, off the loop
 
 
 def _verified_bundle() -> Path:
@@ -264,16 +263,17 @@ async def _model_card(request):
     ),
     path="/",
 )
-@bentoml.service(
-    name="spinecast", traffic={"timeout": 3600}
-)  # every model call has its own deadline
+@bentoml.service(name="spinecast", traffic={"timeout": 3600})  # each model call has a deadline
 class SpineCast:
     """SpineCast: predicted 12-month outcomes of every spine treatment for one patient or many."""
 
-    model = bentoml.depends(SpineCastModel)
+    if not SETTINGS.inline_model:
+        model = bentoml.depends(SpineCastModel)
     bundle = bentoml.models.BentoModel(SETTINGS.model)
 
     def __init__(self) -> None:
+        if SETTINGS.inline_model:  # the same APIs (`to_async`), called in this process
+            self.model = SpineCastModel()
         card = bundle_format.read(self.bundle.path).model_dump(mode="json")
         _card.update(
             card,

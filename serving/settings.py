@@ -13,7 +13,7 @@ import functools
 import os
 import re
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PREFIX = "SPINECAST_"
@@ -50,6 +50,15 @@ class Settings(BaseSettings):
     batching: bool = True  # BentoML adaptive batching of /predict
     max_batch_size: int = Field(32, gt=0)
     max_latency_ms: int = Field(20000, gt=0)
+    # the model in the public service's own process: one HTTP hop instead of two, no adaptive
+    # batching (for low concurrency, where a request's latency matters more than throughput)
+    inline_model: bool = False
+
+    @model_validator(mode="after")
+    def _one_inline_worker(self) -> Settings:
+        if self.inline_model and self.workers != 1:
+            raise ValueError("SPINECAST_INLINE_MODEL runs one model worker: SPINECAST_WORKERS=1")
+        return self
 
     @field_validator("cds_fhir_servers")
     @classmethod
