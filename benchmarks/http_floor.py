@@ -1,13 +1,16 @@
-"""What two BentoML hops cost by themselves: the floor under HTTP `/predict` at concurrency 1.
+"""What BentoML's hops cost by themselves: the floor under HTTP `/predict` at concurrency 1.
 
     .venv/bin/python benchmarks/http_floor.py [--bundle artifacts/demo/bundle] [--rounds 200]
 
 SpineCast answers `/predict` through two services (the public one validates and admits, the model
-worker batches and scores). Served side by side in one run, on loopback, one patient sent
-`--rounds` times at concurrency 1 (its sentences cached after the first):
-- `echo`: the same two-service shape with no work: the public service takes the patient as a
+worker batches and scores), or through one with `SPINECAST_INLINE_MODEL=1`. Served one after the
+other in one run, on loopback, one patient sent `--rounds` times at concurrency 1 (its sentences
+cached after the first):
+- `echo_two_hops`: the two-service shape with no work: the public service takes the patient as a
   dict, calls a batchable worker API, which returns a stored answer of a real prediction's size;
-- `spinecast`: the real service on the bundle (fp32, 2 threads).
+- `echo_one_hop`: one service returning that answer itself;
+- `spinecast_warm`: the real service on the bundle (fp32, 2 threads), two services;
+- `spinecast_inline_warm`: the same with `SPINECAST_INLINE_MODEL=1`.
 Also the predictor's own p50 for that patient (records in, sentences cached, the schema's
 checks done: as the model worker calls it). Writes
 benchmarks/results/http_floor.json. Issue 17 asks for <= 10 ms warm over HTTP: the echo floor
@@ -60,6 +63,13 @@ class Echo:
     async def predict(self, patient: dict) -> dict:
         [out] = await self.worker.to_async.score([patient])
         return out
+
+
+@bentoml.service(name="echo_one_hop")
+class EchoOneHop:
+    @bentoml.api(route="/predict")
+    async def predict(self, patient: dict) -> dict:
+        return {**ANSWER, "patient_id": patient["patient_id"]}
 """
 
 
@@ -99,20 +109,28 @@ def main() -> None:
         from spinecast.training.export import save_to_bentoml
 
         save_to_bentoml(args.bundle)
-        port = free_port()
-        with running_server(port, service="echo_service:Echo", cwd=work):
-            echo = _p50(f"http://127.0.0.1:{port}", patient, args.rounds)
-        port = free_port()
-        with running_server(port, {"SPINECAST_VARIANT": "fp32"}):
-            real = _p50(f"http://127.0.0.1:{port}", patient, args.rounds)
+        p50 = {}
+        for name, service, env in (
+            ("echo_two_hops", "echo_service:Echo", {}),
+            ("echo_one_hop", "echo_service:EchoOneHop", {}),
+            ("spinecast_warm", None, {}),
+            ("spinecast_inline_warm", None, {"SPINECAST_INLINE_MODEL": "1"}),
+        ):
+            port = free_port()
+            where = {"service": service, "cwd": work} if service else {}
+            with running_server(port, {"SPINECAST_VARIANT": "fp32", **env}, **where):
+                p50[name] = _p50(f"http://127.0.0.1:{port}", patient, args.rounds)
     result = {
         "benchmark": "http_floor",
         "machine": f"{os.cpu_count()} cores",
         "rounds": args.rounds,
-        "echo_two_hops_p50_ms": echo,
-        "spinecast_warm_p50_ms": real,
+        "bundle": str(
+            args.bundle.relative_to(ROOT) if args.bundle.is_relative_to(ROOT) else args.bundle
+        ),
+        **{f"{name}_p50_ms": ms for name, ms in p50.items()},
         "predictor_warm_p50_ms": round(statistics.median(seconds) * 1000, 2),
-        "spinecast_over_echo_ms": round(real - echo, 2),
+        "spinecast_over_echo_ms": round(p50["spinecast_warm"] - p50["echo_two_hops"], 2),
+        "inline_over_echo_ms": round(p50["spinecast_inline_warm"] - p50["echo_one_hop"], 2),
     }
     RESULTS.write_text(json.dumps(result, indent=1) + "\n")
     print(json.dumps(result, indent=1))
