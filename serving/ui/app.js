@@ -13,6 +13,11 @@ const LABELS = {
   workers_comp: "Workers' comp", opioid_use: "Opioid use", prior_spine_surgery: "Prior surgery",
   treatment: "Planned treatment", clinical_note: "Clinic note", imaging_report: "MRI report",
   mri_image: "MRI key image (PNG or JPEG)",
+  // facts read from the text (spinecast.datasets.sides)
+  note_side_left: "Leg symptoms left (note)", note_side_right: "Leg symptoms right (note)",
+  report_side_left: "Root compressed left (report)",
+  report_side_right: "Root compressed right (report)",
+  side_agreement: "Symptom side matches compression",
 };
 const state = { schema: null, card: null, treatments: [], image: null, sent: null };
 
