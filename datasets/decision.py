@@ -10,7 +10,9 @@ invasive treatment replaces the current choice only when
 
 - its predicted benefit over the current choice is clearly positive: the `quantile` of the
   benefit over the model's K ensemble members (bootstrap heads, see training/model.py) exceeds
-  `margin`; and
+  `margin` for the injection and `surgical_margin` for decompression and fusion (an operation's
+  risks, complications, revision and recovery, are not in P(satisfied), so it must gain more to be
+  worth them); and
 - similar patients did receive it: its propensity (the model's estimate of P(treatment | chart)
   among the training patients) is at least `support_floor`. Below the floor the model
   extrapolates, so the treatment is not recommended and a warning says why.
@@ -34,6 +36,7 @@ SURGICAL = tuple(i for i, t in enumerate(TREATMENTS) if t in ("decompression", "
 @dataclass(frozen=True)
 class DecisionRule:
     margin: float = 0.02  # P(satisfied) points the lower bound of the benefit must exceed
+    surgical_margin: float = 0.02  # the same, for decompression and fusion
     quantile: float = 0.2  # lower bound = this quantile of the benefit over the ensemble members
     support_floor: float = 0.05  # propensity below which a treatment lacks support
     interval: float = 0.8  # coverage of the per-treatment interval reported to clients
@@ -41,6 +44,7 @@ class DecisionRule:
     def __post_init__(self):
         for name, low, high in (
             ("margin", -1, 1),
+            ("surgical_margin", -1, 1),
             ("quantile", 0, 0.5),
             ("support_floor", 0, 1),
             ("interval", 0, 1),
@@ -48,6 +52,9 @@ class DecisionRule:
             value = getattr(self, name)
             if not low <= value <= high:
                 raise ValueError(f"decision rule: {name} must be in [{low}, {high}]; got {value}")
+
+    def margin_of(self, treatment: int) -> float:
+        return self.surgical_margin if treatment in SURGICAL else self.margin
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -94,7 +101,7 @@ def decide(samples: np.ndarray, propensity: np.ndarray | None, rule: DecisionRul
     for t in range(CONSERVATIVE + 1, len(TREATMENTS)):
         gain = samples[:, :, t] - samples[np.arange(n), :, current]  # (N, K) vs the current choice
         lower = np.quantile(gain, rule.quantile, axis=1)
-        climb = (lower > rule.margin) & supported[:, t]
+        climb = (lower > rule.margin_of(t)) & supported[:, t]
         current = np.where(climb, t, current)
         lower_vs_current = np.where(climb, lower, lower_vs_current)
     decision = Decision(
@@ -130,7 +137,7 @@ def _reason(d: Decision, i: int, lower: float, rule: DecisionRule) -> str:
         )
     return (
         f"{TREATMENTS[chosen]}: predicted benefit clearly above the less invasive options "
-        f"(lower bound {lower:+.2f} over the next choice, margin {rule.margin:+.2f})"
+        f"(lower bound {lower:+.2f} over the next choice, margin {rule.margin_of(chosen):+.2f})"
     )
 
 

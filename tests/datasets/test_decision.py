@@ -42,6 +42,21 @@ def test_fusion_must_beat_decompression_not_only_physical_therapy():
     assert decide(samples, None, DecisionRule()).recommended[0] == FUSION
 
 
+def test_surgery_must_clear_its_own_larger_margin_where_an_injection_clears_the_usual_one():
+    """The same clear gain of about 0.04 recommends the injection but not an operation when the
+    surgical margin is 0.06."""
+    rule = DecisionRule(margin=0.02, surgical_margin=0.06)
+    operation = members([0.50, 0.50, 0.54, 0.40], [0.001, 0.001, 0.001, 0.001])
+    d = decide(operation, None, rule)
+    assert d.argmax[0] == DECOMPRESSION and d.recommended[0] == PT
+    assert (
+        decide(operation, None, DecisionRule(surgical_margin=0.02)).recommended[0] == DECOMPRESSION
+    )
+    injection = members([0.50, 0.54, 0.40, 0.40], [0.001, 0.001, 0.001, 0.001])
+    d = decide(injection, None, rule)
+    assert d.recommended[0] == ESI and "margin +0.02" in d.reasons[0]
+
+
 def test_a_treatment_without_support_is_never_recommended_and_is_named():
     samples = members([0.40, 0.42, 0.45, 0.90], [0.01, 0.01, 0.01, 0.01])
     propensity = np.array([[0.6, 0.3, 0.09, 0.01]])
