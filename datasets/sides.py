@@ -6,15 +6,18 @@ alike), so the network is given these facts as numbers beside the structured fie
 A small lexicon, not a model, so that it reads other sites' notes for the reason a clinician
 would: side words and their usual abbreviations (L, R, lt, rt, LLE, b/l, ...) in English, German,
 French, Spanish, Italian, Portuguese and Dutch. A mention in a negated clause ("SLR negative on
-the left", "denies right leg pain") does not count. In the report, the sides named in a sentence
-about a nerve root or its compression count; a report that names none there falls back to every
-side it names. A document that states no side gives NaN (the missing indicator), never a guess.
+the left", "denies right leg pain") does not count. In the report, the sides named in a clause
+about a nerve root or its compression count, and the clause grades the root as radiologists do
+(Pfirrmann et al. 2004): contact 1, deviation (displaced, deflected) 2, compression 3; "without
+displacement" keeps the contact and not the displacement. A document that states no side gives NaN
+(the missing indicator), never a guess.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -25,6 +28,7 @@ SIDE_FEATURES = (
     "report_side_left",  # ... of the report's compression sentences
     "report_side_right",
     "side_agreement",  # note_left * report_left + note_right * report_right, in [0, 1]
+    "report_root_grade",  # the report's highest nerve root grade / 3 (0: no root finding)
 )
 
 _LEFT = {
@@ -62,12 +66,19 @@ _NORMAL = {  # a normal finding names a side without a symptom there ("SILT bila
     *("normale", "normaux", "normales", "intacte", "symétrique", "normali", "simmetrici"),
     *("normales", "intacto", "intacta", "simétrico", "simétricos", "normaal", "symmetrisch"),
 }
-_ROOT_STEMS = (
-    *("root", "nerve", "radic", "compress", "imping", "abut", "contact", "displac", "deflect"),
-    *("effac", "encroach", "touch", "recess", "tether", "entrap", "pinch"),
-    *("wurzel", "kompri", "kompress", "bedräng", "tangier", "racine", "radicul", "conflit"),
-    *("raíz", "raiz", "raíces", "comprim", "compres", "radice", "radici", "wortel", "raiz"),
-)
+_ROOT_WORDS = ("root", "nerve", "radic", "recess", "wurzel", "racine", "raíz", "raiz", "wortel")
+_GRADE_STEMS = {  # what a clause naming a root says of it, by grade
+    1: ("contact", "abut", "touch", "kontakt", "tangier", "berühr", "contatt", "toca", "conflit"),
+    2: (
+        *("displac", "deflect", "deviat", "shift", "effac", "encroach", "verlager", "verdräng"),
+        *("pelotier", "refoul", "déplac", "deplac", "desplaz", "spost", "dislocat", "verplaats"),
+    ),
+    3: (
+        *("compress", "imping", "entrap", "pinch", "flatten", "strangul", "kompri", "kompress"),
+        *("bedräng", "comprim", "compres", "schiacc", "aplast", "écras", "ecras", "tether"),
+    ),
+}
+_ROOT_STEMS = _ROOT_WORDS + tuple(stem for stems in _GRADE_STEMS.values() for stem in stems)
 _WORD = re.compile(r"\w+")
 # Sentences, cut again where a contrast starts ("5/5 except EHL 4/5 on the left"); a normal
 # finding drops the rest of its segment, a negative result only its comma-separated clause ("SLR
@@ -87,10 +98,8 @@ _PHRASES = (  # on the lowercased text, before the split into words
 
 def side_features(notes: Iterable, reports: Iterable) -> np.ndarray:
     """Note and report texts (None where absent) -> (N, len(SIDE_FEATURES)) float64, NaN where a
-    document states no side."""
-    rows = [
-        _row(_sides(n, root_only=False), _sides(r, root_only=True)) for n, r in zip(notes, reports)
-    ]
+    document states no side (the grade: where there is no report)."""
+    rows = [_row(_read(n), _read(r)) for n, r in zip(notes, reports)]
     return np.asarray(rows, dtype=np.float64).reshape(-1, len(SIDE_FEATURES))
 
 
@@ -102,20 +111,41 @@ def frame_side_features(frame: pd.DataFrame) -> np.ndarray:
     return side_features(*texts)
 
 
-def _row(note: tuple[float, float] | None, report: tuple[float, float] | None) -> list[float]:
+def _row(note: Reading | None, report: Reading | None) -> list[float]:
+    symptoms = _shares(note.sides) if note else None
+    compression = _shares(report.root_sides) if report else None
+    agreement = (
+        min(1.0, symptoms[0] * compression[0] + symptoms[1] * compression[1])
+        if symptoms and compression
+        else np.nan
+    )
     nan = (np.nan, np.nan)
-    agreement = min(1.0, note[0] * report[0] + note[1] * report[1]) if note and report else np.nan
-    return [*(note or nan), *(report or nan), agreement]
+    grade = report.grade / 3 if report else np.nan
+    return [*(symptoms or nan), *(compression or nan), agreement, grade]
 
 
-def _sides(text, root_only: bool) -> tuple[float, float] | None:
-    """(share naming the left, share naming the right) of a document's side mentions, or None."""
+def _shares(mentions: list[str]) -> tuple[float, float] | None:
+    """(share naming the left, share naming the right) of side mentions, or None."""
+    if not mentions:
+        return None
+    left = sum(s in ("left", "both") for s in mentions) / len(mentions)
+    right = sum(s in ("right", "both") for s in mentions) / len(mentions)
+    return left, right
+
+
+class Reading(NamedTuple):
+    sides: list[str]  # every side mentioned, not negated, not in a normal finding
+    root_sides: list[str]  # those in clauses about a nerve root
+    grade: int  # the highest root grade stated (0-3)
+
+
+def _read(text) -> Reading | None:
     if not isinstance(text, str) or not text:
         return None
     text = text.lower()
     for pattern, replacement in _PHRASES:
         text = pattern.sub(replacement, text)
-    every, about_roots = [], []
+    every, about_roots, grade = [], [], 0
     for segment in _SEGMENT.split(text):
         for clause in segment.split(","):
             words = _WORD.findall(clause)
@@ -123,19 +153,18 @@ def _sides(text, root_only: bool) -> tuple[float, float] | None:
                 break  # this clause and the rest of its segment: "5/5 in A, B and C bilaterally"
             if any(w in _NEGATIVE for w in words):
                 continue
-            negated = next((i for i, w in enumerate(words) if w in _NEGATION), len(words))
-            sides = [s for w in words[:negated] if (s := _side(w))]
-            if not sides:
-                continue
+            stated = words[: next((i for i, w in enumerate(words) if w in _NEGATION), len(words))]
+            sides = [s for w in stated if (s := _side(w))]
             every += sides
-            if any(w.startswith(_ROOT_STEMS) for w in words[:negated]):
+            if any(w.startswith(_ROOT_STEMS) for w in stated):
                 about_roots += sides
-    mentions = about_roots if root_only else every
-    if not mentions:
-        return None
-    left = sum(s in ("left", "both") for s in mentions) / len(mentions)
-    right = sum(s in ("right", "both") for s in mentions) / len(mentions)
-    return left, right
+            if any(w.startswith(_ROOT_WORDS) for w in stated):  # not "compresses the thecal sac"
+                grade = max([grade, *(g for w in stated for g in _grades(w))])
+    return Reading(every, about_roots, grade)
+
+
+def _grades(word: str) -> list[int]:
+    return [g for g, stems in _GRADE_STEMS.items() if word.startswith(stems)]
 
 
 def _typos(word: str) -> set[str]:
