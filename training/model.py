@@ -118,7 +118,13 @@ class SpineCastNet(nn.Module):
     """All four modalities -> per treatment: logit(satisfied), logit(mcid), expected odi_12m, per
     bootstrap member; and the propensity of each treatment."""
 
-    def __init__(self, config: ModelConfig, backbone_config: dict | None = None):
+    def __init__(
+        self,
+        config: ModelConfig,
+        backbone_config: dict | None = None,
+        encoding: FeatureEncoding | None = None,
+    ):
+        """`encoding`: the fields a checkpoint was trained on (default: today's fields)."""
         super().__init__()
         self.config = config
         d, t = config.dim, config.text
@@ -137,7 +143,9 @@ class SpineCastNet(nn.Module):
             if t.cross_layers
             else None
         )
-        self.tabular = TabularEncoder(config.tabular, d, config.dropout, FeatureEncoding())
+        self.tabular = TabularEncoder(
+            config.tabular, d, config.dropout, encoding or FeatureEncoding()
+        )
         self.image = ImageEncoder(config.image, d)
         self.fusion = Fusion(
             config.fusion,

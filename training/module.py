@@ -85,7 +85,10 @@ class SpineCastModule(L.LightningModule):
     ):
         super().__init__()
         config = ModelConfig.from_dict(config) if isinstance(config, dict) else config
-        self.net = SpineCastNet(config, backbone_config)
+        self.feature_encoding = (
+            FeatureEncoding.from_dict(feature_encoding) if feature_encoding else None
+        )
+        self.net = SpineCastNet(config, backbone_config, self.feature_encoding)
         decision = DecisionRule.from_dict(decision) if isinstance(decision, dict) else decision
         self.decision_rule = decision  # stored in the checkpoint and the bundle's card
         self.save_hyperparameters(ignore=["config", "decision"])
@@ -95,9 +98,6 @@ class SpineCastModule(L.LightningModule):
         self.hparams["config"] = asdict(config)
         self.hparams["backbone_config"] = self.net.backbone_config
         self.loss_weights = {"satisfied": 1.0, "mcid": 0.5, "odi_12m": 0.5} | (loss_weights or {})
-        self.feature_encoding = (
-            FeatureEncoding.from_dict(feature_encoding) if feature_encoding else None
-        )
         self.val_metrics, self.test_metrics = _metrics("val/"), _metrics("test/")
         self._val_logits: list[tuple[torch.Tensor, ...]] = []
 

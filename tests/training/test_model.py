@@ -312,3 +312,32 @@ def test_a_non_bert_text_encoder_exports_and_matches_eager(batch, tmp_path):
         expected = net.probabilities(*(torch.from_numpy(arrays[k]) for k in INPUTS))
     for g, e in zip(got, expected):
         assert np.abs(g - e.numpy()).max() <= 1e-4
+
+
+def test_a_checkpoint_rebuilds_the_fields_it_was_trained_on(tiny_bert, small_cohort, tmp_path):
+    """A checkpoint from before a field was added (fewer numeric fields than today's default)
+    loads, encodes and predicts with its own fields."""
+    from spinecast.datasets.features import NUMERIC_FIELDS
+    from spinecast.training.inference import load_module
+
+    frame = load_cohort(small_cohort / "cohort.parquet", training=True).head(4)
+    older = FeatureEncoding.fit(frame, numeric=NUMERIC_FIELDS)
+    module = SpineCastModule(config=tiny_config(tiny_bert), feature_encoding=older.to_dict())
+    assert (
+        module.net.tabular.num_weight.shape[0]
+        == len(NUMERIC_FIELDS)
+        < len(FeatureEncoding().numeric)
+    )
+    torch.save(
+        {
+            "state_dict": module.state_dict(),
+            "hyper_parameters": dict(module.hparams),
+            "pytorch-lightning_version": "2.5.0",
+        },
+        tmp_path / "old.ckpt",
+    )
+    loaded = load_module(tmp_path / "old.ckpt")
+    arrays = encode_frame(
+        frame, loaded.feature_encoding, load_tokenizer(tiny_bert), SentenceWindow(16, 24), 128
+    )
+    assert arrays["numeric"].shape == (4, len(NUMERIC_FIELDS))
