@@ -87,13 +87,14 @@ _SEGMENT = re.compile(
     r"[.;!?\n]+|\b(?:but|however|except|otherwise|aber|jedoch|sonst|außer|ausser|mais|sauf"
     r"|sinon|pero|excepto|salvo|ma|tranne|maar|behalve|exceto)\b"
 )
-_PHRASES = (  # on the lowercased text, before the split into words
-    (re.compile(r"\bb\s*/\s*l\b|\bboth\s+(?:legs|sides|lower)"), " bilateral "),
-    (re.compile(r"\b[lr]\s*[>=<]\s*[lr]\b"), " bilateral "),
-    (re.compile(r"\br\s*/\s*o\b"), " rule out "),
-    (re.compile(r"\b[lr]\s*-\s*(?=[^\W\d_])"), " "),  # "L-spine": the lumbar spine
-    (re.compile(r"\b5\s*/\s*5\b|\b2\s*\+"), " normal "),  # full strength, normal reflex
-)
+_PHRASES = {  # on the lowercased text, before the split into words: one pass, by group
+    "bilateral": r"\bb\s*/\s*l\b|\bboth\s+(?:legs|sides|lower)|\b[lr]\s*[>=<]\s*[lr]\b",
+    "rule_out": r"\br\s*/\s*o\b",
+    "level": r"\b[lr]\s*-\s*(?=[^\W\d_])",  # "L-spine": the lumbar spine
+    "normal": r"\b5\s*/\s*5\b|\b2\s*\+",  # full strength, a normal reflex
+}
+_PHRASE = re.compile("|".join(f"(?P<{name}>{pattern})" for name, pattern in _PHRASES.items()))
+_AS = {"bilateral": " bilateral ", "rule_out": " rule out ", "level": " ", "normal": " normal "}
 
 
 def side_features(notes: Iterable, reports: Iterable) -> np.ndarray:
@@ -142,29 +143,25 @@ class Reading(NamedTuple):
 def _read(text) -> Reading | None:
     if not isinstance(text, str) or not text:
         return None
-    text = text.lower()
-    for pattern, replacement in _PHRASES:
-        text = pattern.sub(replacement, text)
+    text = _PHRASE.sub(lambda m: _AS[m.lastgroup], text.lower())
     every, about_roots, grade = [], [], 0
     for segment in _SEGMENT.split(text):
         for clause in segment.split(","):
             words = _WORD.findall(clause)
-            if any(w in _NORMAL for w in words):
+            if not _NORMAL.isdisjoint(words):
                 break  # this clause and the rest of its segment: "5/5 in A, B and C bilaterally"
-            if any(w in _NEGATIVE for w in words):
+            if not _NEGATIVE.isdisjoint(words):
                 continue
-            stated = words[: next((i for i, w in enumerate(words) if w in _NEGATION), len(words))]
-            sides = [s for w in stated if (s := _side(w))]
+            if not _NEGATION.isdisjoint(words):
+                words = words[: next(i for i, w in enumerate(words) if w in _NEGATION)]
+            stated = " ".join(words)
+            sides = [_SIDE_OF[w] for w in words if w in _SIDE_OF]
             every += sides
-            if any(w.startswith(_ROOT_STEMS) for w in stated):
+            if sides and _ROOT_STEM.search(stated):
                 about_roots += sides
-            if any(w.startswith(_ROOT_WORDS) for w in stated):  # not "compresses the thecal sac"
-                grade = max([grade, *(g for w in stated for g in _grades(w))])
+            if _ROOT_WORD.search(stated):  # a root named: not "compresses the thecal sac"
+                grade = max([grade, *(g for g, stems in _GRADE.items() if stems.search(stated))])
     return Reading(every, about_roots, grade)
-
-
-def _grades(word: str) -> list[int]:
-    return [g for g, stems in _GRADE_STEMS.items() if word.startswith(stems)]
 
 
 def _typos(word: str) -> set[str]:
@@ -174,16 +171,16 @@ def _typos(word: str) -> set[str]:
     return (cut | swapped) - {word, "let", "ight", "lft"}
 
 
-_LEFT |= _typos("left")
-_RIGHT |= _typos("right")
-_BOTH |= _typos("bilateral") | _typos("bilaterally")
+def _stems(stems) -> re.Pattern:
+    """Words that start with one of `stems`."""
+    return re.compile(r"\b(?:" + "|".join(map(re.escape, stems)) + ")")
 
 
-def _side(word: str) -> str | None:
-    if word in _BOTH:
-        return "both"
-    if word in _LEFT:
-        return "left"
-    if word in _RIGHT:
-        return "right"
-    return None
+_SIDE_OF = {
+    **{w: "right" for w in _RIGHT | _typos("right")},
+    **{w: "left" for w in _LEFT | _typos("left")},
+    **{w: "both" for w in _BOTH | _typos("bilateral") | _typos("bilaterally")},
+}
+_ROOT_WORD = _stems(_ROOT_WORDS)
+_ROOT_STEM = _stems(_ROOT_STEMS)
+_GRADE = {grade: _stems(stems) for grade, stems in _GRADE_STEMS.items()}
