@@ -7,10 +7,9 @@ A small lexicon, not a model, so that it reads other sites' notes for the reason
 would: side words and their usual abbreviations (L, R, lt, rt, LLE, b/l, ...) in English, German,
 French, Spanish, Italian, Portuguese and Dutch. A mention in a negated clause ("SLR negative on
 the left", "denies right leg pain") does not count. In the report, the sides named in a clause
-about a nerve root or its compression count, and the clause grades the root as radiologists do
-(Pfirrmann et al. 2004): contact 1, deviation (displaced, deflected) 2, compression 3; "without
-displacement" keeps the contact and not the displacement. A document that states no side gives NaN
-(the missing indicator), never a guess.
+about a nerve root or what touches it (contact, displacement, compression) count; "contacting the
+left L5 root without displacement" keeps the left. A document that states no side gives NaN (the
+missing indicator), never a guess.
 """
 
 from __future__ import annotations
@@ -28,7 +27,6 @@ SIDE_FEATURES = (
     "report_side_left",  # ... of the report's compression sentences
     "report_side_right",
     "side_agreement",  # note_left * report_left + note_right * report_right, in [0, 1]
-    "report_root_grade",  # the report's highest nerve root grade / 3 (0: no root finding)
 )
 
 _LEFT = {
@@ -66,19 +64,14 @@ _NORMAL = {  # a normal finding names a side without a symptom there ("SILT bila
     *("normale", "normaux", "normales", "intacte", "symétrique", "normali", "simmetrici"),
     *("normales", "intacto", "intacta", "simétrico", "simétricos", "normaal", "symmetrisch"),
 }
-_ROOT_WORDS = ("root", "nerve", "radic", "recess", "wurzel", "racine", "raíz", "raiz", "wortel")
-_GRADE_STEMS = {  # what a clause naming a root says of it, by grade
-    1: ("contact", "abut", "touch", "kontakt", "tangier", "berühr", "contatt", "toca", "conflit"),
-    2: (
-        *("displac", "deflect", "deviat", "shift", "effac", "encroach", "verlager", "verdräng"),
-        *("pelotier", "refoul", "déplac", "deplac", "desplaz", "spost", "dislocat", "verplaats"),
-    ),
-    3: (
-        *("compress", "imping", "entrap", "pinch", "flatten", "strangul", "kompri", "kompress"),
-        *("bedräng", "comprim", "compres", "schiacc", "aplast", "écras", "ecras", "tether"),
-    ),
-}
-_ROOT_STEMS = _ROOT_WORDS + tuple(stem for stems in _GRADE_STEMS.values() for stem in stems)
+_ROOT_STEMS = (  # a clause about a nerve root: the root, or what touches, displaces, compresses it
+    *("root", "nerve", "radic", "recess", "wurzel", "racine", "raíz", "raiz", "wortel"),
+    *("contact", "abut", "touch", "kontakt", "tangier", "berühr", "contatt", "toca", "conflit"),
+    *("displac", "deflect", "deviat", "shift", "effac", "encroach", "verlager", "verdräng"),
+    *("pelotier", "refoul", "déplac", "deplac", "desplaz", "spost", "dislocat", "verplaats"),
+    *("compress", "imping", "entrap", "pinch", "flatten", "strangul", "kompri", "kompress"),
+    *("bedräng", "comprim", "compres", "schiacc", "aplast", "écras", "ecras", "tether"),
+)
 _WORD = re.compile(r"\w+")
 # Sentences, cut again where a contrast starts ("5/5 except EHL 4/5 on the left"); a normal
 # finding drops the rest of its segment, a negative result only its comma-separated clause ("SLR
@@ -99,7 +92,7 @@ _AS = {"bilateral": " bilateral ", "rule_out": " rule out ", "level": " ", "norm
 
 def side_features(notes: Iterable, reports: Iterable) -> np.ndarray:
     """Note and report texts (None where absent) -> (N, len(SIDE_FEATURES)) float64, NaN where a
-    document states no side (the grade: where there is no report)."""
+    document states no side."""
     rows = [_row(_read(n), _read(r)) for n, r in zip(notes, reports)]
     return np.asarray(rows, dtype=np.float64).reshape(-1, len(SIDE_FEATURES))
 
@@ -121,8 +114,7 @@ def _row(note: Reading | None, report: Reading | None) -> list[float]:
         else np.nan
     )
     nan = (np.nan, np.nan)
-    grade = report.grade / 3 if report else np.nan
-    return [*(symptoms or nan), *(compression or nan), agreement, grade]
+    return [*(symptoms or nan), *(compression or nan), agreement]
 
 
 def _shares(mentions: list[str]) -> tuple[float, float] | None:
@@ -137,14 +129,13 @@ def _shares(mentions: list[str]) -> tuple[float, float] | None:
 class Reading(NamedTuple):
     sides: list[str]  # every side mentioned, not negated, not in a normal finding
     root_sides: list[str]  # those in clauses about a nerve root
-    grade: int  # the highest root grade stated (0-3)
 
 
 def _read(text) -> Reading | None:
     if not isinstance(text, str) or not text:
         return None
     text = _PHRASE.sub(lambda m: _AS[m.lastgroup], text.lower())
-    every, about_roots, grade = [], [], 0
+    every, about_roots = [], []
     for segment in _SEGMENT.split(text):
         for clause in segment.split(","):
             words = _WORD.findall(clause)
@@ -154,14 +145,11 @@ def _read(text) -> Reading | None:
                 continue
             if not _NEGATION.isdisjoint(words):
                 words = words[: next(i for i, w in enumerate(words) if w in _NEGATION)]
-            stated = " ".join(words)
             sides = [_SIDE_OF[w] for w in words if w in _SIDE_OF]
             every += sides
-            if sides and _ROOT_STEM.search(stated):
+            if sides and _ROOT.search(" ".join(words)):
                 about_roots += sides
-            if _ROOT_WORD.search(stated):  # a root named: not "compresses the thecal sac"
-                grade = max([grade, *(g for g, stems in _GRADE.items() if stems.search(stated))])
-    return Reading(every, about_roots, grade)
+    return Reading(every, about_roots)
 
 
 def _typos(word: str) -> set[str]:
@@ -181,6 +169,4 @@ _SIDE_OF = {
     **{w: "left" for w in _LEFT | _typos("left")},
     **{w: "both" for w in _BOTH | _typos("bilateral") | _typos("bilaterally")},
 }
-_ROOT_WORD = _stems(_ROOT_WORDS)
-_ROOT_STEM = _stems(_ROOT_STEMS)
-_GRADE = {grade: _stems(stems) for grade, stems in _GRADE_STEMS.items()}
+_ROOT = _stems(_ROOT_STEMS)

@@ -58,7 +58,7 @@ def test_surgery_must_clear_its_own_larger_margin_where_an_injection_clears_the_
 
 
 def test_a_treatment_without_support_is_never_recommended_and_is_named():
-    samples = members([0.40, 0.42, 0.45, 0.90], [0.01, 0.01, 0.01, 0.01])
+    samples = members([0.40, 0.42, 0.50, 0.90], [0.01, 0.01, 0.01, 0.01])
     propensity = np.array([[0.6, 0.3, 0.09, 0.01]])
     d = decide(samples, propensity, DecisionRule(support_floor=0.05))
     assert d.recommended[0] == DECOMPRESSION  # fusion would win by far, but nobody like this got it

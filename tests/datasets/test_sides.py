@@ -102,28 +102,3 @@ def test_the_encoding_carries_the_sides_and_an_older_bundle_encodes_as_before():
     np.testing.assert_array_equal(
         old.encode(frame)["numeric"], arrays["numeric"][:, : len(NUMERIC_FIELDS)]
     )
-
-
-@pytest.mark.parametrize(
-    "report, grade",
-    [
-        (
-            "Left paracentral protrusion contacting the traversing left L5 root without displacement.",
-            1,
-        ),
-        ("Extrusion displacing the right S1 nerve root posteriorly.", 2),
-        ("Foraminal disc material impinges on the exiting L4 nerve root.", 3),
-        ("Lateral recess narrowing compresses the traversing L5 root.", 3),
-        ("Large central extrusion compressing the thecal sac. No nerve root compression.", 0),
-        ("Kompression der Nervenwurzel L5 links.", 3),
-        ("Hernie discale au contact de la racine S1 droite.", 1),
-    ],
-)
-def test_the_report_grades_the_root_as_radiologists_do(report, grade):
-    """Pfirrmann's grades: contact 1, deviation 2, compression 3; a compressed thecal sac or a
-    negated compression is not a root finding."""
-    assert sides(None, report)["report_root_grade"] == pytest.approx(grade / 3)
-
-
-def test_without_a_report_the_grade_is_missing():
-    assert math.isnan(sides("Left leg pain.", None)["report_root_grade"])

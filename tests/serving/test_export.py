@@ -68,6 +68,7 @@ def test_bundle_holds_checked_graphs_with_named_dynamic_axes_and_a_card(bundle):
     }
     assert card["decision"] == {
         "margin": 0.02,
+        "surgical_margin": 0.05,
         "quantile": 0.2,
         "support_floor": 0.05,
         "interval": 0.8,
