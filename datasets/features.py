@@ -26,6 +26,7 @@ from .sides import SIDE_FEATURES, frame_side_features
 
 NUMERIC_FIELDS = tuple(c for c in TABULAR_COLUMNS if COLUMN_BY_NAME[c].is_number)
 CATEGORICAL_FIELDS = tuple(c for c in TABULAR_COLUMNS if not COLUMN_BY_NAME[c].is_number)
+FIELDS = NUMERIC_FIELDS + SIDE_FEATURES  # the numeric fields a model is trained on by default
 MISSING_ID = 0
 
 
@@ -39,15 +40,13 @@ def vocabulary(name: str) -> tuple[str, ...]:
 class FeatureEncoding:
     mean: dict[str, float] = field(default_factory=dict)
     std: dict[str, float] = field(default_factory=dict)
-    numeric: tuple[str, ...] = NUMERIC_FIELDS + SIDE_FEATURES
+    numeric: tuple[str, ...] = FIELDS
     categorical: dict[str, tuple[str, ...]] = field(
         default_factory=lambda: {name: vocabulary(name) for name in CATEGORICAL_FIELDS}
     )
 
     @classmethod
-    def fit(
-        cls, train: pd.DataFrame, numeric: tuple[str, ...] = NUMERIC_FIELDS + SIDE_FEATURES
-    ) -> FeatureEncoding:
+    def fit(cls, train: pd.DataFrame, numeric: tuple[str, ...] = FIELDS) -> FeatureEncoding:
         """Statistics from the training split only; a field never observed gets mean 0, std 1."""
         mean, std = {}, {}
         for name, values in zip(numeric, _numeric(train, numeric).T):

@@ -13,7 +13,7 @@ import functools
 import os
 import re
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PREFIX = "SPINECAST_"
@@ -54,11 +54,12 @@ class Settings(BaseSettings):
     # batching (for low concurrency, where a request's latency matters more than throughput)
     inline_model: bool = False
 
-    @model_validator(mode="after")
-    def _one_inline_worker(self) -> Settings:
-        if self.inline_model and self.workers != 1:
-            raise ValueError("SPINECAST_INLINE_MODEL runs one model worker: SPINECAST_WORKERS=1")
-        return self
+    @field_validator("inline_model")
+    @classmethod
+    def _one_inline_worker(cls, value: bool, info: ValidationInfo) -> bool:
+        if value and info.data.get("workers", 1) != 1:
+            raise ValueError("runs one model worker, in this process: needs SPINECAST_WORKERS=1")
+        return value
 
     @field_validator("cds_fhir_servers")
     @classmethod

@@ -47,5 +47,5 @@ def test_the_inline_model_answers_as_the_two_services_do_from_one_process(
 def test_the_inline_model_refuses_more_than_one_worker(monkeypatch):
     monkeypatch.setenv("SPINECAST_INLINE_MODEL", "1")
     monkeypatch.setenv("SPINECAST_WORKERS", "2")
-    with pytest.raises(ValueError, match="SPINECAST_INLINE_MODEL.*SPINECAST_WORKERS=1"):
+    with pytest.raises(ValueError, match="SPINECAST_INLINE_MODEL: .*needs SPINECAST_WORKERS=1"):
         load()

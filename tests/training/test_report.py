@@ -90,8 +90,9 @@ def test_unlabeled_rows_do_not_count(cohort):
 
 def test_true_probabilities_reach_the_bayes_ceiling_and_the_oracle_policy(cohort):
     test, truth, outcomes = cohort
-    # Margin 0: on point estimates the rule climbs to the argmax, so the truth is the oracle.
-    m = evaluate_predictions(test, outcomes, truth=truth.iloc[::-1], rule=DecisionRule(margin=0.0))
+    # Margins 0: on point estimates the rule climbs to the argmax, so the truth is the oracle.
+    no_margin = DecisionRule(margin=0.0, surgical_margin=0.0)
+    m = evaluate_predictions(test, outcomes, truth=truth.iloc[::-1], rule=no_margin)
     labeled, y = labels(test)
     p_true = observed_column(test, truth[P_COLUMNS].to_numpy())[labeled]
     assert m["test/auroc"] == pytest.approx(auroc(p_true, y), abs=1e-6)
