@@ -21,6 +21,8 @@ from typing import NamedTuple
 import numpy as np
 import pandas as pd
 
+from .schema import TEXT_COLUMNS  # (clinical_note, imaging_report)
+
 SIDE_FEATURES = (
     "note_side_left",  # share of the note's side mentions naming the left (bilateral: both sides)
     "note_side_right",
@@ -44,7 +46,7 @@ _RIGHT = {
 _BOTH = {
     *("bilateral", "bilaterally", "bilat", "ble", "beidseits", "beidseitig", "bds", "beiderseits"),
     *("bilatéral", "bilatérale", "bilatéraux", "bilateralmente", "bilaterale", "bilaterali"),
-    *("tweezijdig", "dubbelzijdig", "beiderzijds", "bilat"),
+    *("tweezijdig", "dubbelzijdig", "beiderzijds"),
 }
 # A negation before a side negates it ("denies right leg pain", but "contacting the left L5 root
 # without displacement" keeps the left); a negative result negates its whole clause ("SLR neg b/l").
@@ -98,11 +100,9 @@ def side_features(notes: Iterable, reports: Iterable) -> np.ndarray:
 
 
 def frame_side_features(frame: pd.DataFrame) -> np.ndarray:
+    """`side_features` of a cohort frame's note and report (an absent column: all absent)."""
     n = len(frame)
-    texts = [
-        frame[c].tolist() if c in frame else [None] * n for c in ("clinical_note", "imaging_report")
-    ]
-    return side_features(*texts)
+    return side_features(*(frame[c].tolist() if c in frame else [None] * n for c in TEXT_COLUMNS))
 
 
 def _row(note: Reading | None, report: Reading | None) -> list[float]:
