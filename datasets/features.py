@@ -17,12 +17,16 @@ did.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
 from .schema import COLUMN_BY_NAME, TABULAR_COLUMNS
 from .sides import SIDE_FEATURES, frame_side_features
+
+if TYPE_CHECKING:
+    from .inputs import Frame
 
 NUMERIC_FIELDS = tuple(c for c in TABULAR_COLUMNS if COLUMN_BY_NAME[c].is_number)
 CATEGORICAL_FIELDS = tuple(c for c in TABULAR_COLUMNS if not COLUMN_BY_NAME[c].is_number)
@@ -79,7 +83,7 @@ class FeatureEncoding:
         """Embedding sizes per categorical field, the missing id included."""
         return [len(v) + 1 for v in self.categorical.values()]
 
-    def encode(self, frame: pd.DataFrame) -> dict[str, np.ndarray]:
+    def encode(self, frame: Frame) -> dict[str, np.ndarray]:
         """Validated records -> {"numeric": (B, N) float32, "numeric_missing": (B, N) float32,
         "categorical": (B, C) int64}."""
         n = len(frame)
@@ -95,7 +99,7 @@ class FeatureEncoding:
             "categorical": categorical.astype(np.int64),
         }
 
-    def _ids(self, frame: pd.DataFrame, name: str, n: int) -> np.ndarray:
+    def _ids(self, frame: Frame, name: str, n: int) -> np.ndarray:
         """Ids by dictionary lookup: anything not in the vocabulary (None, NaN, pd.NA) is missing.
         A plain loop: at serving's batch of one, pandas' per-column machinery cost 10x more."""
         if COLUMN_BY_NAME[name].dtype == "bool":
@@ -113,7 +117,7 @@ def _lookup(lookup: dict, value) -> int:
         return MISSING_ID
 
 
-def _numeric(frame: pd.DataFrame, names: tuple[str, ...]) -> np.ndarray:
+def _numeric(frame: Frame, names: tuple[str, ...]) -> np.ndarray:
     """(N, len(names)) float64, NaN where missing: contract fields and facts read from the text."""
     n = len(frame)
     sides = frame_side_features(frame) if set(names) & set(SIDE_FEATURES) else None
@@ -124,13 +128,15 @@ def _numeric(frame: pd.DataFrame, names: tuple[str, ...]) -> np.ndarray:
     return np.stack(columns, axis=1) if columns else np.zeros((n, 0))
 
 
-def _column(frame: pd.DataFrame, name: str, n: int) -> np.ndarray:
-    """A column as a numpy array (float64 with NaN for numbers, else objects); an absent column
-    counts as all missing."""
+def _column(frame: Frame, name: str, n: int) -> np.ndarray:
+    """A column of a DataFrame or `inputs.Records` as a numpy array (float64 with NaN for numbers,
+    else objects); an absent column counts as all missing."""
     number = COLUMN_BY_NAME[name].is_number
     if name not in frame.columns:
         return np.full(n, np.nan) if number else np.full(n, None, dtype=object)
     series = frame[name]
+    if not isinstance(series, pd.Series):  # a `Records` column: objects, None where missing
+        return np.asarray(pd.to_numeric(series, errors="coerce"), np.float64) if number else series
     if not number:
         return series.to_numpy(dtype=object)
     if series.dtype.kind in "biuf":

@@ -108,9 +108,10 @@ def side_features(notes: Iterable, reports: Iterable) -> np.ndarray:
 
 
 def frame_side_features(frame: pd.DataFrame) -> np.ndarray:
-    """`side_features` of a cohort frame's note and report (an absent column: all absent)."""
+    """`side_features` of a cohort frame's (or `inputs.Records`') note and report (an absent
+    column: all absent)."""
     n = len(frame)
-    return side_features(*(frame[c].tolist() if c in frame else [None] * n for c in TEXT_COLUMNS))
+    return side_features(*(list(frame[c]) if c in frame else [None] * n for c in TEXT_COLUMNS))
 
 
 def _row(note: Reading | None, report: Reading | None) -> list[float]:

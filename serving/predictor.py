@@ -27,6 +27,9 @@ from spinecast.datasets.inputs import (
     OUTPUTS,
     PATIENT_INPUTS,
     TEXTS,
+    Frame,
+    Records,
+    column,
     encode_inputs,
     model_inputs,
     presence,
@@ -122,7 +125,7 @@ class Predictor:
 
     # --- arrays --------------------------------------------------------------------------------
 
-    def encode(self, frame: pd.DataFrame) -> dict[str, np.ndarray]:
+    def encode(self, frame: Frame) -> dict[str, np.ndarray]:
         """Validated records -> encoded inputs (the training encoding)."""
         return encode_inputs(frame, self.features, self.tokenizer, self.window, self.image_size)
 
@@ -190,12 +193,12 @@ class Predictor:
         skips the contract checks for records that already passed them (the service's schema)."""
         return self.predict_frame(self._frame(records, validated))
 
-    def _frame(self, records: Iterable[dict], validated: bool) -> pd.DataFrame:
+    def _frame(self, records: Iterable[dict], validated: bool) -> Frame:
         if validated:
-            return pd.DataFrame.from_records(list(records), columns=list(PATIENT_COLUMNS))
+            return Records(list(records), PATIENT_COLUMNS)
         return self.validate(records)
 
-    def predict_frame(self, frame: pd.DataFrame) -> list[dict]:
+    def predict_frame(self, frame: Frame) -> list[dict]:
         arrays = self.encode(frame)
         return predictions(frame, arrays, self.run(arrays), self.version, self.rule)
 
@@ -238,18 +241,18 @@ class Predictor:
         }
         return prediction
 
-    def _sentence_occlusions(self, frame: pd.DataFrame, arrays: dict, max_sentences: int):
+    def _sentence_occlusions(self, frame: Frame, arrays: dict, max_sentences: int):
         """One variant per kept sentence of the note, then the report (at most `max_sentences`),
         with that sentence masked; and (column, slot, text) of each."""
         variants, sentences = [], []
-        for name, column in TEXTS:
-            text = frame[column].iloc[0]
+        for name, source in TEXTS:
+            text = column(frame, source)[0]
             kept = self.window.sentences(text)[0] if isinstance(text, str) else []
             for slot, sentence in enumerate(kept[: max(0, max_sentences - len(sentences))]):
                 mask = arrays[f"{name}_mask"].copy()
                 mask[0, slot] = 0
                 variants.append(("sentence", len(sentences), {**arrays, f"{name}_mask": mask}))
-                sentences.append((column, slot, sentence))
+                sentences.append((source, slot, sentence))
         return variants, sentences
 
     def _field_occlusions(self, arrays: dict[str, np.ndarray]):
@@ -283,7 +286,7 @@ def _effects(variants: list, deltas: np.ndarray, sentences: list) -> dict:
 
 
 def predictions(
-    frame: pd.DataFrame,
+    frame: Frame,
     arrays: dict[str, np.ndarray],
     outcomes: dict[str, np.ndarray],
     version: str,
@@ -292,8 +295,8 @@ def predictions(
     """Model outputs -> `Prediction` dicts: outcomes sorted by p_satisfied, the rule's
     recommendation and its reason, modalities, warnings."""
     present = presence(arrays)
-    missing_fields = frame.reindex(columns=list(TABULAR_COLUMNS)).isna().to_numpy()
-    planned = frame["treatment"].to_numpy() if "treatment" in frame else np.full(len(frame), None)
+    missing_fields = np.stack([pd.isna(column(frame, c)) for c in TABULAR_COLUMNS], axis=1)
+    planned = column(frame, "treatment")
     d = decide(outcomes["p_satisfied_members"], outcomes["propensity"], rule)
     out = []
     for i, patient_id in enumerate(frame["patient_id"].tolist()):
@@ -341,11 +344,11 @@ def _warnings(
     warnings = [
         f"{m} missing: predicted without it" for m, used in zip(MODALITIES, present) if not used
     ]
-    for name, column in (("note", "clinical_note"), ("report", "imaging_report")):
+    for name, source in TEXTS:
         if arrays[f"{name}_truncated"][i]:
             s, t = arrays[f"{name}_ids"].shape[1:]
             warnings.append(
-                f"{column} truncated to the encoder's window ({s} sentences of at most {t} tokens; "
+                f"{source} truncated to the encoder's window ({s} sentences of at most {t} tokens; "
                 "the middle sentences or the ends of long sentences were left out)"
             )
     if missing_fields:
