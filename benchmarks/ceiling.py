@@ -2,15 +2,20 @@
 
     .venv/bin/python benchmarks/ceiling.py [--seed 0]
 
-Two gradient-boosting fits (scikit-learn, same 8,000 / 2,000 split, same labels) bracket what the
-accuracy target asks of the multimodal model:
+Gradient-boosting fits (scikit-learn, same 8,000 / 2,000 split, same labels) on two feature sets
+bracket what the accuracy targets ask of the multimodal model:
 - `full_state`: every hidden-state variable, as if the chart held everything without noise;
 - `chart_facts`: what the chart holds, with perfect reading of the text: the structured fields as
   charted (missing values included), an indicator for each outcome-relevant fact the note or report
   in the cohort states, and concordance where both the leg side and the compressed side are stated.
-Each fit takes the treatment as a feature (an S-learner); reported: its test AUROC, and the share of
-the oracle's gain over the observed treatments that recommending its best treatment captures (the
-accuracy benchmark's policy figure). Writes benchmarks/results/ceiling.json.
+Two gradient-boosting learners on each: one fit with the treatment as a feature (an S-learner, keys
+`gradient_boosting_*`) and one fit per treatment (a T-learner, keys `t_learner_*`). Reported: the
+test AUROC on the treatment each patient got, the RMSE of its
+P(satisfied) under every treatment against the truth (`cf_rmse`, the mean over treatments, as
+issue 14 scores the model), and for recommending its best treatment (argmax) and for the decision
+rule on its point estimates (`rule/`, the default margins): the share of the oracle's gain over the
+observed treatments captured, unnecessary surgery and the surgery share (beside the oracle's).
+Writes benchmarks/results/ceiling.json.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from sklearn.ensemble import HistGradientBoostingClassifier
+from spinecast.datasets.decision import DecisionRule, decide
 from spinecast.datasets.schema import TREATMENTS
 from spinecast.datasets.synth.card import FACTS
 from spinecast.datasets.synth.cohort import (
@@ -34,6 +40,7 @@ from spinecast.datasets.synth.cohort import (
 from spinecast.datasets.synth.outcomes import observe, potential_outcomes
 from spinecast.datasets.synth.state import sample_state
 from spinecast.datasets.synth.text import write_note, write_report
+from spinecast.training.counterfactual import policy_truth
 from threadpoolctl import threadpool_limits
 
 from spinecast.metrics import auroc as score_auroc
@@ -83,43 +90,57 @@ def chart_facts(state: pd.DataFrame, cohort: pd.DataFrame, seed: int, rng) -> pd
     )
 
 
-def fit(
-    x: pd.DataFrame, treatment: pd.Series, y: np.ndarray, true_p: np.ndarray, given: np.ndarray
-) -> dict:
-    """Test AUROC of one gradient-boosting fit (treatment as a feature, an S-learner), and the
-    share of the oracle's gain over the observed treatments that recommending its best treatment
-    captures."""
-    arms = pd.get_dummies(pd.Categorical(treatment, categories=TREATMENTS), dtype=float).set_axis(
-        x.index
-    )
-    model = HistGradientBoostingClassifier(
+def _booster() -> HistGradientBoostingClassifier:
+    return HistGradientBoostingClassifier(
         max_leaf_nodes=15, learning_rate=0.05, max_iter=800, early_stopping=True, random_state=0
     )
+
+
+def s_learner(x: pd.DataFrame, treatment: pd.Series, y: np.ndarray) -> np.ndarray:
+    """One fit with the treatment as a feature -> (test patients, 4) P(satisfied)."""
+    arms = pd.get_dummies(pd.Categorical(treatment, categories=TREATMENTS), dtype=float)
+    arms = arms.set_axis(x.index)
+    model = _booster().fit(pd.concat([x, arms], axis=1).iloc[:N_TRAIN], y[:N_TRAIN])
     test = x.iloc[N_TRAIN:]
-    with threadpool_limits(1):
-        model.fit(pd.concat([x, arms], axis=1).iloc[:N_TRAIN], y[:N_TRAIN])
-        auroc = score_auroc(
-            model.predict_proba(pd.concat([test, arms.iloc[N_TRAIN:]], axis=1))[:, 1], y[N_TRAIN:]
-        )
-        under = np.stack(
-            [
-                model.predict_proba(test.assign(**{f"{a}": float(a == t) for a in TREATMENTS}))[
-                    :, 1
-                ]
-                for t in TREATMENTS
-            ],
-            axis=1,
-        )
-    rows = np.arange(len(test))
-    chosen, oracle, observed = (
-        true_p[rows, under.argmax(1)].mean(),
-        true_p.max(1).mean(),
-        true_p[rows, given].mean(),
+    return np.stack(
+        [
+            model.predict_proba(test.assign(**{a: float(a == t) for a in TREATMENTS}))[:, 1]
+            for t in TREATMENTS
+        ],
+        axis=1,
     )
-    return {
-        "auroc": round(float(auroc), 4),
-        "policy_capture": round(float((chosen - observed) / (oracle - observed)), 4),
+
+
+def t_learner(x: pd.DataFrame, treatment: pd.Series, y: np.ndarray) -> np.ndarray:
+    """One fit per treatment, on the patients who got it -> (test patients, 4) P(satisfied)."""
+    train, got = x.iloc[:N_TRAIN], treatment.to_numpy()[:N_TRAIN]
+    return np.stack(
+        [
+            _booster().fit(train[got == t], y[:N_TRAIN][got == t]).predict_proba(x.iloc[N_TRAIN:])
+            for t in TREATMENTS
+        ],
+        axis=2,
+    )[:, 1]
+
+
+def fit(learner, x: pd.DataFrame, treatment: pd.Series, y, true_p, given) -> dict:
+    """One learner's test AUROC (on the treatment each patient got), cf_rmse, and its
+    recommendations against the truth: the argmax, and the decision rule on point estimates."""
+    with threadpool_limits(1):
+        under = learner(x, treatment, y)
+    rows = np.arange(len(under))
+    out = {
+        "auroc": round(float(score_auroc(under[rows, given], y[N_TRAIN:])), 4),
+        "cf_rmse": round(float(np.sqrt(((under - true_p) ** 2).mean(axis=0)).mean()), 4),
     }
+    best = true_p.argmax(axis=1)
+    rule = decide(under[:, None, :], None, DecisionRule()).recommended
+    for tag, chosen in (("", under.argmax(axis=1)), ("rule/", rule)):
+        scored = policy_truth(true_p, best, given, chosen)
+        for key in ("policy_capture", "unnecessary_surgery", "surgery_share"):
+            out[tag + key] = round(scored[key], 4)
+    out["oracle_surgery_share"] = round(scored["oracle_surgery_share"], 4)
+    return out
 
 
 def main() -> None:
@@ -148,8 +169,11 @@ def main() -> None:
         "test": N - N_TRAIN,
         "bayes_auroc_expected": round(expected_auroc(p_test), 4),
         "bayes_auroc_on_labels": round(score_auroc(p_test, y[N_TRAIN:]), 4),
-        "gradient_boosting_full_state": fit(full, *args),
-        "gradient_boosting_chart_facts": fit(chart, *args),
+        **{
+            f"{name}_{facts}": fit(learner, x, *args)
+            for name, learner in (("gradient_boosting", s_learner), ("t_learner", t_learner))
+            for facts, x in (("full_state", full), ("chart_facts", chart))
+        },
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=2) + "\n")
