@@ -8,10 +8,8 @@ would: side words and their usual abbreviations (L, R, lt, rt, LLE, b/l, ...) in
 French, Spanish, Italian, Portuguese and Dutch. A mention in a negated clause ("SLR negative on
 the left", "denies right leg pain") does not count. In the report, the sides named in a clause
 about a nerve root or what touches it (contact, displacement, compression) count; "contacting the
-left L5 root without displacement" keeps the left. The side of a disc herniation counts apart
-("left paracentral extrusion"): reports often name it without naming the root it compresses, and a
-herniation on the side of the leg symptoms is the usual cause of them. A document that states no
-side gives NaN (the missing indicator), never a guess.
+left L5 root without displacement" keeps the left. A document that states no side gives NaN (the
+missing indicator), never a guess.
 """
 
 from __future__ import annotations
@@ -31,9 +29,6 @@ SIDE_FEATURES = (
     "report_side_left",  # ... of the report's compression sentences
     "report_side_right",
     "side_agreement",  # note_left * report_left + note_right * report_right, in [0, 1]
-    "disc_side_left",  # ... of the report's disc herniation sentences
-    "disc_side_right",
-    "disc_side_agreement",  # note_left * disc_left + note_right * disc_right
 )
 
 _LEFT = {
@@ -79,9 +74,6 @@ _ROOT_STEMS = (  # a clause about a nerve root: the root, or what touches, displ
     *("compress", "imping", "entrap", "pinch", "flatten", "strangul", "kompri", "kompress"),
     *("bedräng", "comprim", "compres", "schiacc", "aplast", "écras", "ecras", "tether"),
 )
-_DISC = re.compile(  # a clause about a focal disc herniation (a bulge is not one); compounds too
-    r"herniat|hernia|hernie|ernia|hérnia|protru|extru|prolap|sequest|vorfall|uitpuil|\bhnp\b"
-)
 _WORD = re.compile(r"\w+")
 # Sentences, cut again where a contrast starts ("5/5 except EHL 4/5 on the left"); a normal
 # finding drops the rest of its segment, a negative result only its comma-separated clause ("SLR
@@ -117,19 +109,13 @@ def frame_side_features(frame: pd.DataFrame) -> np.ndarray:
 def _row(note: Reading | None, report: Reading | None) -> list[float]:
     symptoms = _shares(note.sides) if note else None
     compression = _shares(report.root_sides) if report else None
-    disc = _shares(report.disc_sides) if report else None
+    agreement = (
+        min(1.0, symptoms[0] * compression[0] + symptoms[1] * compression[1])
+        if symptoms and compression
+        else np.nan
+    )
     nan = (np.nan, np.nan)
-    return [
-        *(symptoms or nan),
-        *(compression or nan),
-        _agreement(symptoms, compression),
-        *(disc or nan),
-        _agreement(symptoms, disc),
-    ]
-
-
-def _agreement(a: tuple[float, float] | None, b: tuple[float, float] | None) -> float:
-    return min(1.0, a[0] * b[0] + a[1] * b[1]) if a and b else np.nan
+    return [*(symptoms or nan), *(compression or nan), agreement]
 
 
 def _shares(mentions: list[str]) -> tuple[float, float] | None:
@@ -144,14 +130,13 @@ def _shares(mentions: list[str]) -> tuple[float, float] | None:
 class Reading(NamedTuple):
     sides: list[str]  # every side mentioned, not negated, not in a normal finding
     root_sides: list[str]  # those in clauses about a nerve root
-    disc_sides: list[str]  # those in clauses about a disc herniation
 
 
 def _read(text) -> Reading | None:
     if not isinstance(text, str) or not text:
         return None
     text = _PHRASE.sub(lambda m: _AS[m.lastgroup], text.lower())
-    every, about_roots, about_discs = [], [], []
+    every, about_roots = [], []
     for segment in _SEGMENT.split(text):
         for clause in segment.split(","):
             words = _WORD.findall(clause)
@@ -163,12 +148,9 @@ def _read(text) -> Reading | None:
                 words = words[: next(i for i, w in enumerate(words) if w in _NEGATION)]
             sides = [_SIDE_OF[w] for w in words if w in _SIDE_OF]
             every += sides
-            joined = " ".join(words)
-            if sides and _ROOT.search(joined):
+            if sides and _ROOT.search(" ".join(words)):
                 about_roots += sides
-            if sides and _DISC.search(joined):
-                about_discs += sides
-    return Reading(every, about_roots, about_discs)
+    return Reading(every, about_roots)
 
 
 def _typos(word: str) -> set[str]:

@@ -308,8 +308,7 @@ class FieldEffect(BaseModel):
     field: str = Field(
         description="A structured field that was recorded, or a fact read from the text: "
         "note_side_left/right (side of the leg symptoms), report_side_left/right (side of the "
-        "compressed root), side_agreement (the two agree), disc_side_left/right and "
-        "disc_side_agreement (the same for the side of a disc herniation)."
+        "compressed root), side_agreement (the two agree)."
     )
     effect: float = Field(
         description="Change in p_satisfied when the field is treated as not recorded."

@@ -18,8 +18,6 @@ const LABELS = {
   report_side_left: "Root compressed left (report)",
   report_side_right: "Root compressed right (report)",
   side_agreement: "Symptom side matches compression",
-  disc_side_left: "Disc herniation left (report)", disc_side_right: "Disc herniation right (report)",
-  disc_side_agreement: "Symptom side matches herniation",
 };
 const state = { schema: null, card: null, treatments: [], image: null, sent: null };
 

@@ -83,24 +83,6 @@ def test_agreement_is_one_on_a_shared_side_and_zero_on_the_other_side():
     assert sides(note, "Bilateral L5 root compression.")["side_agreement"] == 1.0
 
 
-@pytest.mark.parametrize(
-    "report, left, agreement",
-    [
-        ("L5-S1: Left paracentral disc extrusion with caudal migration.", 1.0, 1.0),
-        ("L4-5: right subarticular protrusion. Mild canal stenosis.", 0.0, 0.0),
-        ("Bandscheibenvorfall L5/S1 links mediolateral.", 1.0, 1.0),
-        ("L3-4: left foraminal disc bulge. No disc herniation on the right.", None, None),
-    ],
-)
-def test_the_disc_side_is_that_of_a_named_herniation(report, left, agreement):
-    got = sides("Sciatica down the left leg.", report)
-    assert (math.isnan(got["disc_side_left"]) and left is None) or got["disc_side_left"] == left
-    assert (math.isnan(got["disc_side_agreement"]) and agreement is None) or (
-        got["disc_side_agreement"] == agreement
-    )
-    assert math.isnan(got["report_side_left"])  # no root named: the compression side stays unknown
-
-
 def test_the_encoding_carries_the_sides_and_an_older_bundle_encodes_as_before():
     frame = pd.DataFrame(
         {
