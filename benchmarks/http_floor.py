@@ -12,7 +12,9 @@ cached after the first):
 - `spinecast_warm`: the real service on the bundle (fp32, 2 threads), two services;
 - `spinecast_inline_warm`: the same with `SPINECAST_INLINE_MODEL=1`.
 Also the predictor's own p50 for that patient (records in, sentences cached, the schema's
-checks done: as the model worker calls it). Writes
+checks done: as the model worker calls it), and beside it, interleaved: the same records through a
+DataFrame (`predict_frame`, as the predictor read them before `inputs.Records`), and with the
+memory arena handed back after every run (`keep_memory=False`, the service's default). Writes
 benchmarks/results/http_floor.json. Issue 17 asks for <= 10 ms warm over HTTP: the echo floor
 plus the predictor's time says how much of that is the model's to lose.
 """
@@ -29,6 +31,8 @@ import time
 from pathlib import Path
 
 import httpx
+import pandas as pd
+from spinecast.datasets.schema import PATIENT_COLUMNS
 from spinecast.datasets.synth import generate
 from spinecast.serving.predictor import Predictor
 
@@ -86,6 +90,25 @@ def _p50(url: str, patient: dict, rounds: int) -> float:
     return round(statistics.median(seconds) * 1000, 2)
 
 
+def _predictor_p50(bundle: Path, patient: dict, rounds: int) -> dict[str, float]:
+    """The predictor's warm p50 three ways, interleaved round by round (keys: "" = records as the
+    model worker passes them, "_frame" = the same in a DataFrame, "_arena_released")."""
+    kept, released = Predictor(bundle, threads=2), Predictor(bundle, threads=2, keep_memory=False)
+    frame = pd.DataFrame.from_records([patient], columns=list(PATIENT_COLUMNS))
+    ways = {
+        "": lambda: kept.predict([patient], validated=True),
+        "_frame": lambda: kept.predict_frame(frame),
+        "_arena_released": lambda: released.predict([patient], validated=True),
+    }
+    seconds = {k: [] for k in ways}
+    for _ in range(rounds + 5):
+        for k, way in ways.items():
+            start = time.perf_counter()
+            way()
+            seconds[k].append(time.perf_counter() - start)
+    return {k: round(statistics.median(v[5:]) * 1000, 2) for k, v in seconds.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--bundle", type=Path, default=ROOT / "artifacts" / "demo" / "bundle")
@@ -99,11 +122,7 @@ def main() -> None:
         [answer] = predictor.predict([patient])
         (work / "answer.json").write_text(json.dumps(answer))
         (work / "echo_service.py").write_text(ECHO)
-        seconds = []
-        for _ in range(args.rounds):
-            start = time.perf_counter()
-            predictor.predict([patient], validated=True)  # as the model worker calls it
-            seconds.append(time.perf_counter() - start)
+        predictor_p50 = _predictor_p50(args.bundle, patient, args.rounds)
         del predictor
         os.environ.update({"BENTOML_HOME": str(work / "bentoml"), "SPINECAST_ORT_THREADS": "2"})
         from spinecast.training.export import save_to_bentoml
@@ -128,7 +147,7 @@ def main() -> None:
             args.bundle.relative_to(ROOT) if args.bundle.is_relative_to(ROOT) else args.bundle
         ),
         **{f"{name}_p50_ms": ms for name, ms in p50.items()},
-        "predictor_warm_p50_ms": round(statistics.median(seconds) * 1000, 2),
+        **{f"predictor_warm{k}_p50_ms": ms for k, ms in predictor_p50.items()},
         "spinecast_over_echo_ms": round(p50["spinecast_warm"] - p50["echo_two_hops"], 2),
         "inline_over_echo_ms": round(p50["spinecast_inline_warm"] - p50["echo_one_hop"], 2),
     }
