@@ -17,16 +17,13 @@ did.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
+from .records import Frame
 from .schema import COLUMN_BY_NAME, TABULAR_COLUMNS
 from .sides import SIDE_FEATURES, frame_side_features
-
-if TYPE_CHECKING:
-    from .inputs import Frame
 
 NUMERIC_FIELDS = tuple(c for c in TABULAR_COLUMNS if COLUMN_BY_NAME[c].is_number)
 CATEGORICAL_FIELDS = tuple(c for c in TABULAR_COLUMNS if not COLUMN_BY_NAME[c].is_number)
@@ -129,7 +126,7 @@ def _numeric(frame: Frame, names: tuple[str, ...]) -> np.ndarray:
 
 
 def _column(frame: Frame, name: str, n: int) -> np.ndarray:
-    """A column of a DataFrame or `inputs.Records` as a numpy array (float64 with NaN for numbers,
+    """A column of a DataFrame or `records.Records` as a numpy array (float64 with NaN for numbers,
     else objects); an absent column counts as all missing."""
     number = COLUMN_BY_NAME[name].is_number
     if name not in frame.columns:

@@ -8,11 +8,11 @@ arrays of the network's (and the ONNX graph's) named inputs.
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 from tokenizers import Tokenizer
 
 from .features import FeatureEncoding
 from .images import ImageError, load_image
+from .records import Frame
 from .sentences import SentenceWindow
 
 INPUTS = (
@@ -46,40 +46,6 @@ OUTPUTS = ("p_satisfied", "p_mcid", "odi_12m", "p_satisfied_members", "propensit
 OUTCOMES = OUTPUTS[:3]  # the predicted outcomes of each treatment
 MODALITIES = ("tabular", "clinical_note", "imaging_report", "mri_image")
 TEXTS = (("note", "clinical_note"), ("report", "imaging_report"))
-
-
-class Records:
-    """Contract records as object columns: what the encoders read of a DataFrame (`len`, `in`,
-    `columns`, `[name]`), without pandas' per-column cost, which at serving's batch of one took
-    more time than the model's patient graph (profiled). Columns not in `columns` are absent."""
-
-    def __init__(self, records: list[dict], columns: tuple[str, ...]):
-        self.columns = columns
-        self._rows = len(records)
-        self._data = {}
-        for name in columns:
-            values = np.empty(self._rows, dtype=object)
-            values[:] = [r.get(name) for r in records]
-            self._data[name] = values
-
-    def __len__(self) -> int:
-        return self._rows
-
-    def __contains__(self, name: str) -> bool:
-        return name in self._data
-
-    def __getitem__(self, name: str) -> np.ndarray:
-        return self._data[name]
-
-
-Frame = pd.DataFrame | Records  # a validated cohort frame, or validated records
-
-
-def column(frame: Frame, name: str) -> np.ndarray:
-    """One column's values as objects (missing: None, NaN or pd.NA); an absent column: all None."""
-    if name not in frame:
-        return np.full(len(frame), None, dtype=object)
-    return np.asarray(frame[name], dtype=object)
 
 
 def encode_inputs(

@@ -100,7 +100,7 @@ def side_features(notes: Iterable, reports: Iterable) -> np.ndarray:
 
 
 def frame_side_features(frame: pd.DataFrame) -> np.ndarray:
-    """`side_features` of a cohort frame's (or `inputs.Records`') note and report (an absent
+    """`side_features` of a cohort frame's (or `records.Records`') note and report (an absent
     column: all absent)."""
     n = len(frame)
     return side_features(*(list(frame[c]) if c in frame else [None] * n for c in TEXT_COLUMNS))

@@ -27,14 +27,12 @@ from spinecast.datasets.inputs import (
     OUTPUTS,
     PATIENT_INPUTS,
     TEXTS,
-    Frame,
-    Records,
-    column,
     encode_inputs,
     model_inputs,
     presence,
     remove_modality,
 )
+from spinecast.datasets.records import Frame, Records, column
 from spinecast.datasets.schema import PATIENT_COLUMNS, TABULAR_COLUMNS
 from spinecast.datasets.sentences import SentenceWindow, load_tokenizer
 
