@@ -12,8 +12,9 @@ cached after the first):
 - `spinecast_warm`: the real service on the bundle (fp32, 2 threads), two services;
 - `spinecast_inline_warm`: the same with `SPINECAST_INLINE_MODEL=1`.
 Also the predictor's own p50 for that patient (records in, sentences cached, the schema's
-checks done: as the model worker calls it), and beside it, interleaved: the same records through a
-DataFrame (`predict_frame`, as the predictor read them before `inputs.Records`), and with the
+checks done: as the model worker calls it), alone; then three predictors interleaved round by
+round (slower each: they share the caches), for their ratios: those records, the same records in a
+DataFrame (`predict_frame`, as the predictor read them before `records.Records`), and with the
 memory arena handed back after every run (`keep_memory=False`, the service's default). Writes
 benchmarks/results/http_floor.json. Issue 17 asks for <= 10 ms warm over HTTP: the echo floor
 plus the predictor's time says how much of that is the model's to lose.
@@ -91,22 +92,29 @@ def _p50(url: str, patient: dict, rounds: int) -> float:
 
 
 def _predictor_p50(bundle: Path, patient: dict, rounds: int) -> dict[str, float]:
-    """The predictor's warm p50 three ways, interleaved round by round (keys: "" = records as the
-    model worker passes them, "_frame" = the same in a DataFrame, "_arena_released")."""
+    """The predictor's warm p50 alone (key "warm"), then three ways interleaved round by round
+    ("interleaved_records", "_frame", "_arena_released")."""
     kept, released = Predictor(bundle, threads=2), Predictor(bundle, threads=2, keep_memory=False)
     frame = pd.DataFrame.from_records([patient], columns=list(PATIENT_COLUMNS))
     ways = {
-        "": lambda: kept.predict([patient], validated=True),
-        "_frame": lambda: kept.predict_frame(frame),
-        "_arena_released": lambda: released.predict([patient], validated=True),
+        "records": lambda: kept.predict([patient], validated=True),
+        "frame": lambda: kept.predict_frame(frame),
+        "arena_released": lambda: released.predict([patient], validated=True),
     }
-    seconds = {k: [] for k in ways}
+    out = {"warm": _median_ms([ways["records"]], rounds)[0]}
+    medians = _median_ms(list(ways.values()), rounds)
+    return out | {f"interleaved_{k}": ms for k, ms in zip(ways, medians)}
+
+
+def _median_ms(calls: list, rounds: int) -> list[float]:
+    """Each call's median over `rounds` (after 5 warm-up rounds), the calls taking turns."""
+    seconds = [[] for _ in calls]
     for _ in range(rounds + 5):
-        for k, way in ways.items():
+        for call, times in zip(calls, seconds):
             start = time.perf_counter()
-            way()
-            seconds[k].append(time.perf_counter() - start)
-    return {k: round(statistics.median(v[5:]) * 1000, 2) for k, v in seconds.items()}
+            call()
+            times.append(time.perf_counter() - start)
+    return [round(statistics.median(t[5:]) * 1000, 2) for t in seconds]
 
 
 def main() -> None:
@@ -147,7 +155,7 @@ def main() -> None:
             args.bundle.relative_to(ROOT) if args.bundle.is_relative_to(ROOT) else args.bundle
         ),
         **{f"{name}_p50_ms": ms for name, ms in p50.items()},
-        **{f"predictor_warm{k}_p50_ms": ms for k, ms in predictor_p50.items()},
+        **{f"predictor_{k}_p50_ms": ms for k, ms in predictor_p50.items()},
         "spinecast_over_echo_ms": round(p50["spinecast_warm"] - p50["echo_two_hops"], 2),
         "inline_over_echo_ms": round(p50["spinecast_inline_warm"] - p50["echo_one_hop"], 2),
     }

@@ -18,6 +18,7 @@ import argparse
 import warnings
 from pathlib import Path
 
+from lightning.pytorch.callbacks import WeightAveraging
 from lightning.pytorch.cli import LightningCLI
 
 from .data import CohortDataModule
@@ -73,6 +74,9 @@ def fit(argv: list[str], callbacks: list | None = None) -> SpineCastCLI:
     trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=resume)
     if not trainer.interrupted and "test" in cli.datamodule.splits:
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+        # A checkpoint's weights are the average a weight-averaging callback kept (what is
+        # exported and served); the callback itself would load the raw weights back for the test.
+        trainer.callbacks = [c for c in trainer.callbacks if not isinstance(c, WeightAveraging)]
         trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path=best or None)
     return cli
 

@@ -1,4 +1,4 @@
-"""`Records` (a request's records as columns) encodes exactly as the DataFrame of the same records."""
+"""`Records` (a request's records as columns) encodes as the DataFrame of the same records."""
 
 import numpy as np
 import pandas as pd

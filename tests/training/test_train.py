@@ -12,8 +12,11 @@ import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
+from lightning.pytorch import Trainer
+from lightning.pytorch.callbacks import EMAWeightAveraging
 from spinecast.datasets import CohortError
 from spinecast.datasets.inputs import INPUTS
+from spinecast.training.cli import fit
 from spinecast.training.data import CohortDataModule
 from spinecast.training.module import SpineCastModule, fit_temperature, observed
 
@@ -386,3 +389,24 @@ def test_each_overlay_lists_only_what_it_changes(overlay):
     changes = _flat(yaml.safe_load((CONFIGS / overlay).read_text()))
     restated = {k: v for k, v in changes.items() if k in base and base[k] == v}
     assert changes and not restated, f"{overlay} restates the base's values: {restated}"
+
+
+def test_with_weight_averaging_the_test_scores_the_averaged_weights(
+    small_cohort, tmp_path, tiny_bert
+):
+    """With Lightning's EMAWeightAveraging among the callbacks, the checkpoint holds the average
+    (the raw weights beside it), and the test after training scores the average, as the exported
+    model will be (the callback alone would load the raw weights back for the test)."""
+    extra = ("--trainer.max_epochs", "2", "--model.config.dim", "32", "--data.test_fraction", "0.3")
+    extra += ("--model.config.image.backbone", "small_cnn")
+    args = train_args("default.yaml", small_cohort / "cohort.parquet", tmp_path, tiny_bert, *extra)
+    cli = fit(args[1:], callbacks=[EMAWeightAveraging(decay=0.9)])  # args: without "train"
+    best = Path(cli.trainer.checkpoint_callback.best_model_path)
+    state = torch.load(best, map_location="cpu", weights_only=False)
+    averaged, raw = state["state_dict"], state["current_model_state"]
+    assert not all(torch.equal(averaged[k], raw[k]) for k in averaged)
+    tested = cli.trainer.callback_metrics["test/auroc"].item()
+    module = SpineCastModule.load_from_checkpoint(best, map_location="cpu")
+    again = Trainer(accelerator="cpu", logger=False, enable_progress_bar=False)
+    [metrics] = again.test(module, datamodule=cli.datamodule, verbose=False)
+    assert metrics["test/auroc"] == pytest.approx(tested, abs=1e-6)
