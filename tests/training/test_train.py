@@ -12,7 +12,6 @@ import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
-from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import EMAWeightAveraging
 from spinecast.datasets import CohortError
 from spinecast.datasets.inputs import INPUTS
@@ -405,8 +404,6 @@ def test_with_weight_averaging_the_test_scores_the_averaged_weights(
     state = torch.load(best, map_location="cpu", weights_only=False)
     averaged, raw = state["state_dict"], state["current_model_state"]
     assert not all(torch.equal(averaged[k], raw[k]) for k in averaged)
-    tested = cli.trainer.callback_metrics["test/auroc"].item()
-    module = SpineCastModule.load_from_checkpoint(best, map_location="cpu")
-    again = Trainer(accelerator="cpu", logger=False, enable_progress_bar=False)
-    [metrics] = again.test(module, datamodule=cli.datamodule, verbose=False)
-    assert metrics["test/auroc"] == pytest.approx(tested, abs=1e-6)
+    assert "test/auroc" in cli.trainer.callback_metrics
+    tested = cli.model.state_dict()  # the weights the test after training ran on
+    assert all(torch.equal(tested[k], averaged[k]) for k in averaged)
