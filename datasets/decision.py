@@ -92,7 +92,8 @@ def decide(samples: np.ndarray, propensity: np.ndarray | None, rule: DecisionRul
     tail = (1 - rule.interval) / 2
     low, high = np.quantile(samples, [tail, 1 - tail], axis=1)
     # the rule's lower bound of every treatment's gain over every other: (N, T, T), [:, t, c] is
-    # t over c (two quantile calls in all: at serving's batch of one, each costs more than its sum)
+    # t over c (two quantile calls in all: at serving's batch of one, a call's fixed cost outweighs
+    # its arithmetic)
     pairs = samples[:, :, :, None] - samples[:, :, None, :]
     lower = np.quantile(pairs, rule.quantile, axis=1)
     supported = (
