@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from .records import Frame
+from .records import Frame, column
 from .schema import COLUMN_BY_NAME, TABULAR_COLUMNS
 from .sides import SIDE_FEATURES, frame_side_features
 
@@ -128,14 +128,13 @@ def _numeric(frame: Frame, names: tuple[str, ...]) -> np.ndarray:
 def _column(frame: Frame, name: str, n: int) -> np.ndarray:
     """A column of a DataFrame or `records.Records` as a numpy array (float64 with NaN for numbers,
     else objects); an absent column counts as all missing."""
-    number = COLUMN_BY_NAME[name].is_number
+    if not COLUMN_BY_NAME[name].is_number:
+        return column(frame, name)
     if name not in frame.columns:
-        return np.full(n, np.nan) if number else np.full(n, None, dtype=object)
+        return np.full(n, np.nan)
     series = frame[name]
     if not isinstance(series, pd.Series):  # a `Records` column: objects, None where missing
-        return np.asarray(pd.to_numeric(series, errors="coerce"), np.float64) if number else series
-    if not number:
-        return series.to_numpy(dtype=object)
+        return np.asarray(pd.to_numeric(series, errors="coerce"), np.float64)
     if series.dtype.kind in "biuf":
         return series.to_numpy(dtype="float64", na_value=np.nan)
     return pd.to_numeric(series, errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
