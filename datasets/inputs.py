@@ -26,7 +26,8 @@ INPUTS = (
     "image",
     "image_present",
 )  # SpineCastNet.forward, in order
-# the patient graph's inputs (SpineCastNet.patient): the sentence graph's embeddings added
+# the patient graph's inputs (SpineCastNet.patient): the sentence graph's embeddings, and the image
+# graph's in place of the image
 PATIENT_INPUTS = (
     "numeric",
     "numeric_missing",
@@ -37,7 +38,7 @@ PATIENT_INPUTS = (
     "report_ids",
     "report_mask",
     "report_emb",
-    "image",
+    "image_emb",
     "image_present",
 )
 # ... and their outputs, in order: (B, 4) each in TREATMENTS order, but p_satisfied_members

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 MODEL = "model.onnx"  # the patient graph (a bundle of format 1: the whole network)
 SENTENCES = "sentences.onnx"  # the sentence graph (the note's, and the report's when shared)
 SENTENCES_REPORT = "sentences_report.onnx"  # the report's, when its encoder has its own weights
+IMAGE = "image.onnx"  # the image graph (key image -> its embedding)
 TOKENIZER = "tokenizer.json"
 FEATURES = "features.json"
 CARD = "card.json"
@@ -35,11 +36,13 @@ class BundleError(RuntimeError):
 class Variant(BaseModel):
     """One servable set of graphs and how it scored on held-out records at export: `file` the
     patient graph, `sentences` each text's sentence graph (None: a format-1 bundle, whose one
-    graph runs the whole network)."""
+    graph runs the whole network), `image` the image graph (None: the patient graph reads the
+    image itself, as bundles exported before the image graph do)."""
 
     model_config = ConfigDict(extra="allow")
     file: str
     sentences: dict[str, str] | None = None
+    image: str | None = None
     val_auroc: float | None = None
     val_rows: int | None = None
     auroc_drop: float | None = None

@@ -25,7 +25,6 @@ from spinecast.datasets.inputs import (
     INPUTS,
     MODALITIES,
     OUTPUTS,
-    PATIENT_INPUTS,
     TEXTS,
     encode_inputs,
     model_inputs,
@@ -59,9 +58,16 @@ def session_options(threads: int | None = None) -> ort.SessionOptions:
     return options
 
 
+def _session(path: Path, threads: int | None) -> ort.InferenceSession:
+    return ort.InferenceSession(
+        str(path), session_options(threads), providers=["CPUExecutionProvider"]
+    )
+
+
 class Predictor:
-    """A verified bundle loaded into ONNX Runtime: the patient graph and its sentence graphs behind
-    a sentence-embedding cache (`embeddings.py`), or a format-1 bundle's one graph.
+    """A verified bundle loaded into ONNX Runtime: the patient graph, its sentence graphs behind a
+    sentence-embedding cache (`embeddings.py`) and its image graph; or a format-1 bundle's one
+    graph.
 
     `variant` picks a set of graphs the card lists (`fp32`, `int8`); by default the one the card
     serves. `cache_mib` caps the sentence-embedding cache (0: off); `cache` shares one between
@@ -102,14 +108,26 @@ class Predictor:
         self.batch_size = batch_size
         graphs = self.card.variants[self.variant]
         sessions = {
-            name: ort.InferenceSession(
-                str(self.bundle / name),
-                session_options(threads),
-                providers=["CPUExecutionProvider"],
+            name: _session(self.bundle / name, threads)
+            for name in dict.fromkeys(
+                [graphs.file, *(graphs.sentences or {}).values(), *filter(None, [graphs.image])]
             )
-            for name in dict.fromkeys([graphs.file, *(graphs.sentences or {}).values()])
         }
         self.session = sessions[graphs.file]
+        self.patient_inputs = [i.name for i in self.session.get_inputs()]
+        # the image graph, run only for the records that have an image (None: the patient graph
+        # reads the image itself)
+        self.image = sessions[graphs.image] if graphs.image else None
+        # One record's patient graph is mostly per-operator overhead: waking a second thread for
+        # each operator costs more than it saves (at batch 1, 2.1 vs 2.6 ms; from batch 4 two
+        # threads win; measured on 2 cores), so batches of one run on a one-thread copy (its
+        # weights again in memory: about the graph file's size). Not a format-1 bundle's one
+        # graph, whose text encoder needs every thread.
+        self.single = (
+            self.session
+            if threads == 1 or not graphs.sentences
+            else _session(self.bundle / graphs.file, 1)
+        )
         self.cache = cache if cache is not None else SentenceCache(int(cache_mib * 2**20))
         embedders = {
             name: SentenceEmbedder(sessions[name], self.bundle / name, self.cache)
@@ -137,7 +155,8 @@ class Predictor:
             chunk = model_inputs({k: arrays[k][start : start + self.batch_size] for k in INPUTS})
             if self.embedders:
                 chunk = self._patient_inputs(chunk, embeddings)
-            parts.append(self.session.run(list(OUTPUTS), chunk, self.run_options))
+            session = self.single if len(chunk["numeric"]) == 1 else self.session
+            parts.append(session.run(list(OUTPUTS), chunk, self.run_options))
         if not parts:
             return {k: np.zeros((0, len(TREATMENTS)), np.float32) for k in OUTPUTS} | {
                 "p_satisfied_members": np.zeros((0, 1, len(TREATMENTS)), np.float32)
@@ -145,8 +164,10 @@ class Predictor:
         return {k: np.concatenate(v) for k, v in zip(OUTPUTS, zip(*parts))}
 
     def embed(self, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """The first record's (1, S, H) sentence embeddings of each text."""
-        return self._embeddings(model_inputs({k: arrays[k][:1] for k in INPUTS}))
+        """The first record's (1, S, H) sentence embeddings of each text, and its (1, D) image
+        embedding."""
+        inputs = model_inputs({k: arrays[k][:1] for k in INPUTS})
+        return self._embeddings(inputs) | self._image_embeddings(inputs)
 
     def _embeddings(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Each text's (B, S, H) embeddings; texts that share an encoder in one call."""
@@ -158,16 +179,34 @@ class Predictor:
                 out[f"{name}_emb"] = emb
         return out
 
+    def _image_embeddings(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """`image_emb` (B, D): the image graph's, for the records that have an image; zeros for
+        the others, which the patient graph does not read. Empty without an image graph."""
+        if self.image is None:
+            return {}
+        present = inputs["image_present"]
+        [width] = self.image.get_outputs()[0].shape[1:]
+        emb = np.zeros((len(present), width), np.float32)
+        if present.any():
+            [emb[present]] = self.image.run(
+                None, {"image": inputs["image"][present]}, self.run_options
+            )
+        return {"image_emb": emb}
+
     def _patient_inputs(self, inputs: dict, given: dict | None) -> dict[str, np.ndarray]:
         out = dict(inputs)
         if given is None:
-            out |= self._embeddings(inputs)
+            out |= self._embeddings(inputs) | self._image_embeddings(inputs)
         else:  # the record's embeddings, cut to this batch's sentence axis
+            rows = len(inputs["numeric"])
             for name, _ in TEXTS:
                 emb = given[f"{name}_emb"][:, : inputs[f"{name}_ids"].shape[1]]
-                shape = (len(inputs["numeric"]), *emb.shape[1:])
-                out[f"{name}_emb"] = np.ascontiguousarray(np.broadcast_to(emb, shape))
-        return {k: out[k] for k in PATIENT_INPUTS}
+                out[f"{name}_emb"] = np.ascontiguousarray(
+                    np.broadcast_to(emb, (rows, *emb.shape[1:]))
+                )
+            if "image_emb" in given:
+                out["image_emb"] = np.repeat(given["image_emb"], rows, axis=0)
+        return {k: out[k] for k in self.patient_inputs}
 
     # --- records -------------------------------------------------------------------------------
 

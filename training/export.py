@@ -4,11 +4,12 @@
         [--optimize] [--quantize int8] [--bentoml] [--model-card eval/MODEL_CARD.md]
 
 The bundle (one folder): `sentences.onnx` (the sentence graph: distinct sentences -> embeddings;
-`sentences_report.onnx` too when the report has its own encoder), `model.onnx` (the patient graph:
-the embeddings, fields and image through the fusion, the four treatment heads and the temperature:
-calibrated probabilities come out), `tokenizer.json`, `features.json` (the fitted encoding of the
-structured fields), `card.json` (version, provenance, training data, validation metrics of each
-variant, input limits, the parity result), with `--model-card` the TRIPOD+AI `MODEL_CARD.md` that
+`sentences_report.onnx` too when the report has its own encoder), `image.onnx` (the image graph:
+key images -> embeddings), `model.onnx` (the patient graph: the embeddings and the fields through
+the fusion, the four treatment heads and the temperature: calibrated probabilities come out),
+`tokenizer.json`, `features.json` (the fitted encoding of the structured fields), `card.json`
+(version, provenance, training data, validation metrics of each variant, input limits, the parity
+result), with `--model-card` the TRIPOD+AI `MODEL_CARD.md` that
 `spinecast evaluate` wrote, and `SHA256SUMS` over them all.
 
 Before it finishes, the command runs the bundle through the torch-free predictor on held-out records
@@ -33,7 +34,7 @@ import numpy as np
 import pandas as pd
 import torch
 from spinecast.datasets import TREATMENTS, load_cohort
-from spinecast.datasets.inputs import MODALITIES, OUTPUTS, model_inputs
+from spinecast.datasets.inputs import MODALITIES, OUTPUTS, TEXTS, model_inputs
 from spinecast.datasets.schema import COLUMN_BY_NAME, TREATMENT_INDEX
 from spinecast.serving import bundle
 from spinecast.serving.bundle import Card, Variant, sha256
@@ -199,7 +200,8 @@ def _write_graph(
     to_onnx(module.net, model_inputs({k: v[:2] for k, v in arrays.items()}), out, names)
     if not optimize_graph:
         return None
-    return {name: optimize(out / name, module.net) for name in dict.fromkeys(names.values())}
+    texts = [names[k] for k in ("patient", "note", "report")]  # no transformer in the image graph
+    return {name: optimize(out / name, module.net) for name in dict.fromkeys(texts)}
 
 
 def _card(module, checkpoint: str, training_data: dict, out: Path, fused: dict | None) -> Card:
@@ -260,16 +262,21 @@ def _add_int8(out: Path, card: Card, frame, arrays: dict, max_auroc_drop: float)
 
 
 def graph_names(net) -> dict[str, str]:
-    """The bundle's graph files: the patient graph, and each text's sentence graph (one file
-    when the note and the report share their encoder)."""
+    """The bundle's graph files: the patient graph, the image graph, and each text's sentence
+    graph (one file when the note and the report share their encoder)."""
     shared = net.note.sentences is net.report.sentences
     report = bundle.SENTENCES if shared else bundle.SENTENCES_REPORT
-    return {"patient": bundle.MODEL, "note": bundle.SENTENCES, "report": report}
+    return {
+        "patient": bundle.MODEL,
+        "image": bundle.IMAGE,
+        "note": bundle.SENTENCES,
+        "report": report,
+    }
 
 
 def _variant(names: dict[str, str], **scores) -> Variant:
-    texts = {k: v for k, v in names.items() if k != "patient"}
-    return Variant(file=names["patient"], sentences=texts, **scores)
+    texts = {k: names[k] for k, _ in TEXTS}
+    return Variant(file=names["patient"], sentences=texts, image=names["image"], **scores)
 
 
 def save_to_bentoml(out: Path) -> str:

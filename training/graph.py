@@ -1,8 +1,10 @@
-"""The network as two ONNX graphs: the sentence graph (token ids of distinct sentences -> their
-embeddings: a plain trace of the Hugging Face encoder) and the patient graph (the sentence
-embeddings, the token ids for the word channel, the structured fields and the image -> the
-calibrated outcomes). The predictor runs the first only for sentences it has not seen, in groups of
-similar length, and the second once per batch. Every batch, sentence and token axis is dynamic.
+"""The network as three ONNX graphs: the sentence graph (token ids of distinct sentences -> their
+embeddings: a plain trace of the Hugging Face encoder), the image graph (key images -> their
+embeddings) and the patient graph (the sentence embeddings, the token ids for the word channel, the
+structured fields and the image's embedding -> the calibrated outcomes). The predictor runs the
+first only for sentences it has not seen, in groups of similar length, the second only for the
+records that have an image, and the third once per batch. Every batch, sentence and token axis is
+dynamic.
 Also ONNX Runtime's transformer fusion (INT8 variants: `quantize.py`); `export.py` checks the
 result against PyTorch before a bundle holds it."""
 
@@ -32,10 +34,11 @@ PATIENT_AXES = {
         for part in ("ids", "mask")
     },
     **{f"{name}_emb": {0: "batch", 1: f"{name}_sentences"} for name, _ in TEXTS},
-    "image": {0: "batch"},
+    "image_emb": {0: "batch"},
     "image_present": {0: "batch"},
     **{k: {0: "batch"} for k in OUTPUTS},
 }
+IMAGE_AXES = {"image": {0: "batch"}, "image_emb": {0: "batch"}}
 SENTENCE_AXES = {
     "ids": {0: "sentences", 1: "tokens"},
     "mask": {0: "sentences", 1: "tokens"},
@@ -79,9 +82,9 @@ def to_onnx(
     net: nn.Module, example: dict[str, np.ndarray], folder: Path, names: dict[str, str]
 ) -> None:
     """Trace the calibrated network on `example` (model inputs of a few records) into `folder`:
-    the patient graph as `names["patient"]` and each distinct sentence encoder as
-    `names[text]` (the same file for both texts when their weights are shared). The backbones
-    switch to plain (eager) attention for the trace."""
+    the patient graph as `names["patient"]`, the image encoder as `names["image"]` and each
+    distinct sentence encoder as `names[text]` (the same file for both texts when their weights
+    are shared). The backbones switch to plain (eager) attention for the trace."""
     net = copy.deepcopy(net).eval().float()
     encoders = sentence_encoders(net)
     for encoder in encoders.values():
@@ -91,11 +94,14 @@ def to_onnx(
         note_emb, report_emb = net.embed(
             *(tensors[k] for k in ("note_ids", "note_mask", "report_ids", "report_mask"))
         )
-    tensors |= {"note_emb": note_emb, "report_emb": report_emb}
+        image_emb = net.image(tensors["image"])
+    tensors |= {"note_emb": note_emb, "report_emb": report_emb, "image_emb": image_emb}
     patient = tuple(tensors[k] for k in PATIENT_INPUTS)
     _export(
         _Patient(net), patient, folder / names["patient"], PATIENT_INPUTS, OUTPUTS, PATIENT_AXES
     )
+    image = (tensors["image"],)
+    _export(net.image, image, folder / names["image"], ("image",), ("image_emb",), IMAGE_AXES)
     done = set()
     for name, encoder in encoders.items():
         if names[name] in done:

@@ -191,11 +191,13 @@ class SpineCastNet(nn.Module):
         return note.unflatten(0, note_ids.shape[:2]), report.unflatten(0, report_ids.shape[:2])
 
     def forward(self, *inputs) -> Outputs:
-        """INPUTS (the encoded records) -> Outputs: `embed`, then `patient`."""
+        """INPUTS (the encoded records) -> Outputs: `embed` and the image encoder, then
+        `patient`."""
         named = dict(zip(INPUTS, inputs, strict=True))
         named["note_emb"], named["report_emb"] = self.embed(
             *(named[k] for k in ("note_ids", "note_mask", "report_ids", "report_mask"))
         )
+        named["image_emb"] = self.image(named["image"])
         return self.patient(*(named[k] for k in PATIENT_INPUTS))
 
     def patient(
@@ -209,11 +211,12 @@ class SpineCastNet(nn.Module):
         report_ids,
         report_mask,
         report_emb,
-        image,
+        image_emb,
         image_present,
     ) -> Outputs:
-        """Everything after the sentence embeddings (the patient graph's part of the model); the
-        token ids still feed the documents' word channel."""
+        """Everything after the sentence embeddings and the image's (the patient graph's part of
+        the model); the token ids still feed the documents' word channel. Where `image_present`
+        is false, `image_emb` is not read (fusion puts its learned missing token there)."""
         note, note_keep, note_present = self.note.contextualize(note_ids, note_mask, note_emb)
         report, report_keep, report_present = self.report.contextualize(
             report_ids, report_mask, report_emb
@@ -222,7 +225,7 @@ class SpineCastNet(nn.Module):
             note, report = self.cross(note, note_keep, report, report_keep)
         note, report = self.note.pool(note, note_keep), self.report.pool(report, report_keep)
         tabular = self.tabular(numeric, numeric_missing, categorical)
-        tokens = torch.stack([tabular, note, report, self.image(image)], dim=1)  # (B, M, D)
+        tokens = torch.stack([tabular, note, report, image_emb], dim=1)  # (B, M, D)
         present = torch.stack(
             [torch.ones_like(note_present), note_present, report_present, image_present.bool()],
             dim=1,

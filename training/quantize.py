@@ -159,8 +159,13 @@ def per_patient_ms(out: Path, variants: list[str], arrays: dict[str, np.ndarray]
     return {v: round(float(np.median(s)) * 1000, 2) for v, s in seconds.items()}
 
 
-def _files(variant: Variant) -> list[str]:
+def _quantized(variant: Variant) -> list[str]:
+    """The graphs an INT8 variant has its own of; the image graph (convolutions) stays fp32."""
     return list(dict.fromkeys([variant.file, *(variant.sentences or {}).values()]))
+
+
+def _files(variant: Variant) -> list[str]:
+    return [*_quantized(variant), *([variant.image] if variant.image else [])]
 
 
 def add_int8(
@@ -175,7 +180,8 @@ def add_int8(
     fp32 = card.variants["fp32"]
     feeds = calibration_feeds(out, arrays)
     for kind in KINDS[:2]:
-        rename = {f: f.replace(".onnx", f".{kind.replace('_', '.')}.onnx") for f in _files(fp32)}
+        suffix = f".{kind.replace('_', '.')}.onnx"
+        rename = {f: f.replace(".onnx", suffix) for f in _quantized(fp32)}
         for src, dst in rename.items():
             if kind == "int8":
                 quantize(out / src, out / dst)
@@ -184,10 +190,11 @@ def add_int8(
         card.variants[kind] = Variant(
             file=rename[fp32.file],
             sentences={t: rename[f] for t, f in (fp32.sentences or {}).items()},
+            image=fp32.image,
         )
     if fp32.sentences:
         card.variants["int8_text"] = Variant(
-            file=fp32.file, sentences=card.variants["int8"].sentences
+            file=fp32.file, sentences=card.variants["int8"].sentences, image=fp32.image
         )
     bundle.write(out, card)
     return _guard(out, card, arrays, auroc, max_auroc_drop)

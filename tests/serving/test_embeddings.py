@@ -1,5 +1,6 @@
 """The sentence-embedding cache: bounded, LRU, thread-safe, counted; the predictor's warm path
-gives the cold path's numbers; `spinecast predict --sentence-cache` encodes nothing it has seen."""
+gives the cold path's numbers; `spinecast predict --sentence-cache` encodes nothing it has seen.
+The image graph runs only for the records that have an image."""
 
 import json
 import shutil
@@ -9,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from spinecast.datasets.io import load_cohort
 from spinecast.serving import bundle as bundle_format
 from spinecast.serving.embeddings import ENTRY_OVERHEAD, SentenceCache, SentenceStore
 from spinecast.serving.predictor import Predictor
@@ -98,6 +100,47 @@ def test_warm_predictions_equal_cold_ones_and_encode_nothing(bundle, records):
     again = uncached.predict(records)
     assert len(uncached.cache) == 0 and uncached.cache.misses == misses + hits  # all encoded
     assert [p["recommended_treatment"] for p in again] == [p["recommended_treatment"] for p in cold]
+
+
+class _Counting:
+    """A real ONNX Runtime session that counts the rows it is run on."""
+
+    def __init__(self, session):
+        self.session, self.rows = session, []
+
+    def run(self, names, feed, options=None):
+        self.rows.append(len(next(iter(feed.values()))))
+        return self.session.run(names, feed, options)
+
+    def __getattr__(self, name):
+        return getattr(self.session, name)
+
+
+def test_the_image_graph_runs_only_for_records_with_an_image_and_once_per_explanation(
+    bundle, small_cohort
+):
+    frame = load_cohort(small_cohort / "cohort.parquet").iloc[:24]
+    rows = frame.drop(columns=["satisfied", "odi_12m"]).to_dict("records")
+    for row in rows:  # the API carries the image itself; the predictor takes its bytes
+        path = row["mri_image"]
+        row["mri_image"] = Path(path).read_bytes() if isinstance(path, str) else None
+    imaged = [row["mri_image"] is not None for row in rows]
+    assert 0 < sum(imaged) < len(rows)
+    predictor = Predictor(bundle)
+    predictor.image = counting = _Counting(predictor.image)
+    with_images = predictor.predict(rows)
+    assert sum(counting.rows) == sum(imaged)
+    counting.rows.clear()
+    without = predictor.predict([row | {"mri_image": None} for row in rows])
+    assert counting.rows == []  # no image: the image graph did not run
+    for a, b, has_image in zip(with_images, without, imaged, strict=True):
+        assert ("mri_image" in a["modalities_used"]) == has_image
+        assert "mri_image" not in b["modalities_used"]
+        if not has_image:  # the same record: the same answer, the image graph run or not
+            assert a["outcomes"] == b["outcomes"]
+    explained = predictor.explain(rows[imaged.index(True)])
+    assert counting.rows == [1]  # the record's image once, for every occlusion
+    assert "mri_image" in explained["explanation"]["modalities"]
 
 
 def test_predict_again_answers_unchanged_records_from_the_cache_and_rescores_changed_ones(

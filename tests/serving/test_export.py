@@ -30,6 +30,7 @@ def test_bundle_holds_checked_graphs_with_named_dynamic_axes_and_a_card(bundle):
     assert {p.name for p in bundle.iterdir()} == {
         "model.onnx",
         "sentences.onnx",
+        "image.onnx",
         "tokenizer.json",
         "features.json",
         "card.json",
@@ -42,15 +43,20 @@ def test_bundle_holds_checked_graphs_with_named_dynamic_axes_and_a_card(bundle):
             for i in graph.input
         }
 
-    patient, sentences = (onnx.load(str(bundle / f)) for f in ("model.onnx", "sentences.onnx"))
-    onnx.checker.check_model(patient)
-    onnx.checker.check_model(sentences)
+    patient, sentences, image = (
+        onnx.load(str(bundle / f)) for f in ("model.onnx", "sentences.onnx", "image.onnx")
+    )
+    for graph in (patient, sentences, image):
+        onnx.checker.check_model(graph)
     inputs = axes(patient.graph)
     assert list(inputs) == list(PATIENT_INPUTS)
     assert inputs["note_ids"] == ["batch", "note_sentences", "note_tokens"]
     assert inputs["note_emb"][:2] == ["batch", "note_sentences"]
-    assert inputs["image"][0] == "batch"
+    assert inputs["image_emb"][0] == "batch"
     assert [o.name for o in patient.graph.output] == list(OUTPUTS)
+    size = json.loads((bundle / "card.json").read_text())["inputs"]["image_size"]
+    assert axes(image.graph) == {"image": ["batch", 1, size, size]}
+    assert [o.name for o in image.graph.output] == ["image_emb"]
     assert axes(sentences.graph) == {
         "ids": ["sentences", "tokens"],
         "mask": ["sentences", "tokens"],
@@ -66,9 +72,10 @@ def test_bundle_holds_checked_graphs_with_named_dynamic_axes_and_a_card(bundle):
         "note": "sentences.onnx",
         "report": "sentences.onnx",
     }
+    assert card["variants"]["fp32"]["image"] == "image.onnx"
     assert card["decision"] == {
         "margin": 0.02,
-        "surgical_margin": 0.05,
+        "surgical_margin": 0.08,
         "quantile": 0.2,
         "support_floor": 0.05,
         "interval": 0.8,
@@ -353,6 +360,22 @@ def test_records_already_checked_by_the_api_schema_predict_the_same(bundle, reco
     ]
     predictor = Predictor(bundle)
     assert predictor.predict(api, validated=True) == predictor.predict(api)
+
+
+def test_a_batch_of_one_runs_on_a_one_thread_copy_of_the_graph_with_the_same_answers(
+    bundle, records
+):
+    rows = records.drop(columns=["satisfied", "odi_12m", "mri_image"]).to_dict("records")
+    predictor = Predictor(bundle, threads=2)
+    assert predictor.single is not predictor.session
+    assert predictor.single.get_session_options().intra_op_num_threads == 1
+    together = predictor.predict(rows)
+    alone = [predictor.predict([row])[0] for row in rows]
+    for one, many in zip(alone, together, strict=True):
+        assert one["recommended_treatment"] == many["recommended_treatment"]
+        for a, b in zip(one["outcomes"], many["outcomes"], strict=True):
+            assert a["treatment"] == b["treatment"]
+            assert abs(a["p_satisfied"] - b["p_satisfied"]) <= 1e-5
 
 
 def _with_cohort(checkpoint, tmp_path, frame) -> Path:

@@ -254,7 +254,7 @@ def tiny_roberta() -> RobertaModel:
 def _onnx_probabilities(net, arrays: dict, folder) -> list[np.ndarray]:
     """Export `net` as the bundle's graphs (traced on two records) and run them on `arrays` the
     way the predictor does: distinct sentences by length group through the sentence graph(s),
-    then the patient graph."""
+    the images through the image graph, then the patient graph."""
     import onnxruntime as ort
     from spinecast.datasets.inputs import PATIENT_INPUTS
     from spinecast.serving.embeddings import SentenceEmbedder
@@ -271,6 +271,7 @@ def _onnx_probabilities(net, arrays: dict, folder) -> list[np.ndarray]:
     for text in ("note", "report"):
         embedder = SentenceEmbedder(sessions[names[text]], folder / names[text], cache=None)
         inputs[f"{text}_emb"] = embedder(inputs[f"{text}_ids"], inputs[f"{text}_mask"])
+    [inputs["image_emb"]] = sessions[names["image"]].run(None, {"image": inputs["image"]})
     return sessions[names["patient"]].run(None, {k: inputs[k] for k in PATIENT_INPUTS})
 
 
