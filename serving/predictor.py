@@ -106,7 +106,14 @@ class Predictor:
         self.window = SentenceWindow(limits.max_sentences, limits.max_tokens)
         self.image_size: int = limits.image_size
         self.batch_size = batch_size
-        graphs = self.card.variants[self.variant]
+        self.cache = cache if cache is not None else SentenceCache(int(cache_mib * 2**20))
+        self._load_graphs(self.card.variants[self.variant], threads)
+        self.run_options = ort.RunOptions()
+        if not keep_memory:
+            self.run_options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
+
+    def _load_graphs(self, graphs: bundle_format.Variant, threads: int | None) -> None:
+        """The variant's ONNX Runtime sessions and the sentence embedders over the cache."""
         sessions = {
             name: _session(self.bundle / name, threads)
             for name in dict.fromkeys(
@@ -128,16 +135,12 @@ class Predictor:
             if threads == 1 or not graphs.sentences
             else _session(self.bundle / graphs.file, 1)
         )
-        self.cache = cache if cache is not None else SentenceCache(int(cache_mib * 2**20))
         embedders = {
             name: SentenceEmbedder(sessions[name], self.bundle / name, self.cache)
             for name in dict.fromkeys((graphs.sentences or {}).values())
         }
-        self.embedders = {text: embedders[name] for text, name in (graphs.sentences or {}).items()}
         # empty for a format-1 bundle
-        self.run_options = ort.RunOptions()
-        if not keep_memory:
-            self.run_options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
+        self.embedders = {text: embedders[name] for text, name in (graphs.sentences or {}).items()}
 
     # --- arrays --------------------------------------------------------------------------------
 
