@@ -1,6 +1,7 @@
 """What BentoML's hops cost by themselves: the floor under HTTP `/predict` at concurrency 1.
 
-    .venv/bin/python benchmarks/http_floor.py [--bundle artifacts/demo/bundle] [--rounds 200]
+    .venv/bin/python benchmarks/http_floor.py [--bundle artifacts/demo/bundle] [--rounds 200] \
+        [--before BUNDLE]
 
 SpineCast answers `/predict` through two services (the public one validates and admits, the model
 worker batches and scores), or through one with `SPINECAST_INLINE_MODEL=1`. Served one after the
@@ -12,17 +13,20 @@ cached after the first):
 - `spinecast_warm`: the real service on the bundle (fp32, 2 threads), two services;
 - `spinecast_inline_warm`: the same with `SPINECAST_INLINE_MODEL=1`.
 Also the predictor's own p50 for that patient (records in, sentences cached, the schema's
-checks done: as the model worker calls it), alone; then three predictors interleaved round by
-round (slower each: they share the caches), for their ratios: those records, the same records in a
-DataFrame (`predict_frame`, as the predictor read them before `records.Records`), and with the
-memory arena handed back after every run (`keep_memory=False`, the service's default). Writes
-benchmarks/results/http_floor.json. Issue 17 asks for <= 10 ms warm over HTTP: the echo floor
-plus the predictor's time says how much of that is the model's to lose.
+checks done: as the model worker calls it), alone; then, round by round, for that patient and for
+one with an image: the predictor as served (the image graph run only for an image, a batch of one
+on the one-thread copy of the patient graph), the same with a batch of one on the two-thread
+session, and with `--before` the same checkpoint exported before the image graph (the CNN inside
+the patient graph, run on a blank image when there is none; two threads): what this session's two
+changes save, side by side. Writes benchmarks/results/http_floor.json. Issue 17 asks for <= 10 ms
+warm over HTTP: the echo floor plus the predictor's time says how much of that is the model's to
+lose.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import os
 import statistics
@@ -32,8 +36,6 @@ import time
 from pathlib import Path
 
 import httpx
-import pandas as pd
-from spinecast.datasets.schema import PATIENT_COLUMNS
 from spinecast.datasets.synth import generate
 from spinecast.serving.predictor import Predictor
 
@@ -91,19 +93,31 @@ def _p50(url: str, patient: dict, rounds: int) -> float:
     return round(statistics.median(seconds) * 1000, 2)
 
 
-def _predictor_p50(bundle: Path, patient: dict, rounds: int) -> dict[str, float]:
-    """The predictor's warm p50 alone (key "warm"), then three ways interleaved round by round
-    ("interleaved_records", "_frame", "_arena_released")."""
-    kept, released = Predictor(bundle, threads=2), Predictor(bundle, threads=2, keep_memory=False)
-    frame = pd.DataFrame.from_records([patient], columns=list(PATIENT_COLUMNS))
-    ways = {
-        "records": lambda: kept.predict([patient], validated=True),
-        "frame": lambda: kept.predict_frame(frame),
-        "arena_released": lambda: released.predict([patient], validated=True),
+def _predictor_p50(
+    bundle: Path, before: Path | None, patients: dict[str, dict], rounds: int
+) -> dict[str, float]:
+    """The predictor's warm p50 alone (key "warm"), then, interleaved round by round, for the
+    patient without an image and one with: the predictor as served ("interleaved_served", the
+    image graph, a batch of one on the one-thread session), the same with a batch of one on the
+    two-thread session ("_two_threads"), and the `before` bundle (the same checkpoint exported
+    before the image graph: the CNN inside the patient graph, two threads, "_image_in_patient")."""
+    served = Predictor(bundle, threads=2)
+    two = Predictor(bundle, threads=2)
+    two.single = two.session
+    ways = {"served": served, "two_threads": two}
+    if before is not None:
+        ways["image_in_patient"] = old = Predictor(before, threads=2)
+        old.single = old.session
+    calls = {
+        f"{way}{'' if kind == 'no_image' else '_' + kind}": (
+            lambda p=predictor, r=record: p.predict([r], validated=True)
+        )
+        for kind, record in patients.items()
+        for way, predictor in ways.items()
     }
-    out = {"warm": _median_ms([ways["records"]], rounds)[0]}
-    medians = _median_ms(list(ways.values()), rounds)
-    return out | {f"interleaved_{k}": ms for k, ms in zip(ways, medians)}
+    out = {"warm": _median_ms([calls["served"]], rounds)[0]}
+    medians = _median_ms(list(calls.values()), rounds)
+    return out | {f"interleaved_{k}": ms for k, ms in zip(calls, medians)}
 
 
 def _median_ms(calls: list, rounds: int) -> list[float]:
@@ -117,20 +131,35 @@ def _median_ms(calls: list, rounds: int) -> list[float]:
     return [round(statistics.median(t[5:]) * 1000, 2) for t in seconds]
 
 
+def _shown(path: Path) -> str:
+    path = path.resolve()
+    return str(path.relative_to(ROOT) if path.is_relative_to(ROOT) else path)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--bundle", type=Path, default=ROOT / "artifacts" / "demo" / "bundle")
+    parser.add_argument(
+        "--before", type=Path, help="the same checkpoint exported before the image graph"
+    )
     parser.add_argument("--rounds", type=int, default=200)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         generate(4, seed=601, out=work / "cohort")
         patient = cohort_patients(work / "cohort" / "cohort.parquet", 1, images=False)[0]
+        [imaged] = [
+            p | {"mri_image": base64.b64decode(p["mri_image"])}
+            for p in cohort_patients(work / "cohort" / "cohort.parquet", 4, images=True)
+            if p.get("mri_image")
+        ][:1]
         predictor = Predictor(args.bundle, threads=2)
         [answer] = predictor.predict([patient])
         (work / "answer.json").write_text(json.dumps(answer))
         (work / "echo_service.py").write_text(ECHO)
-        predictor_p50 = _predictor_p50(args.bundle, patient, args.rounds)
+        predictor_p50 = _predictor_p50(
+            args.bundle, args.before, {"no_image": patient, "image": imaged}, args.rounds
+        )
         del predictor
         os.environ.update({"BENTOML_HOME": str(work / "bentoml"), "SPINECAST_ORT_THREADS": "2"})
         from spinecast.training.export import save_to_bentoml
@@ -151,9 +180,8 @@ def main() -> None:
         "benchmark": "http_floor",
         "machine": f"{os.cpu_count()} cores",
         "rounds": args.rounds,
-        "bundle": str(
-            args.bundle.relative_to(ROOT) if args.bundle.is_relative_to(ROOT) else args.bundle
-        ),
+        "bundle": _shown(args.bundle),
+        "before": _shown(args.before) if args.before else None,
         **{f"{name}_p50_ms": ms for name, ms in p50.items()},
         **{f"predictor_{k}_p50_ms": ms for k, ms in predictor_p50.items()},
         "spinecast_over_echo_ms": round(p50["spinecast_warm"] - p50["echo_two_hops"], 2),
