@@ -31,3 +31,25 @@ def test_a_bad_value_is_refused_with_the_variable_and_the_rule(monkeypatch, name
     monkeypatch.setenv(name, value)
     with pytest.raises(ValueError, match=f"{name}: .*{rule}"):
         load()
+
+
+@pytest.mark.parametrize("given, expected", [(None, "false"), ("true", "true")])
+def test_the_service_tokenizes_on_its_own_thread_unless_told_otherwise(
+    bentoml_home, given, expected
+):
+    """Importing the service turns the tokenizer's thread pool off (a request's few sentences
+    tokenize faster without it), unless the environment already chose."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "TOKENIZERS_PARALLELISM"}
+    env |= {
+        "BENTOML_HOME": str(bentoml_home),
+        **({"TOKENIZERS_PARALLELISM": given} if given else {}),
+    }
+    code = "import os, spinecast.serving.service; print(os.environ['TOKENIZERS_PARALLELISM'])"
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip().splitlines()[-1] == expected
