@@ -53,9 +53,7 @@ from .schemas import (
 from .settings import load
 
 SETTINGS = load()
-# A request's few dozen sentences tokenize faster on this thread than spread over the tokenizer's
-# own thread pool, whose threads then contend with ONNX Runtime's for the cores (the predictor's
-# warm p50 about 1 ms lower, side by side: benchmarks/http_floor.py). Set it to "true" to choose.
+# a request's sentences tokenize faster on its thread than on the tokenizer's pool (README "Export")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 CACHE_HITS = bentoml.metrics.Counter(
     name="spinecast_sentence_cache_hits", documentation="sentences found in the embedding cache"
