@@ -125,7 +125,7 @@ def calibration_feeds(out: Path, arrays: dict[str, np.ndarray]) -> dict[str, lis
     predictor = Predictor(out, "fp32", cache_mib=0)
     variant = predictor.card.variants["fp32"]
     recorders = {variant.file: _Recording(predictor.session)}
-    predictor.session = recorders[variant.file]
+    predictor.session = predictor.single = recorders[variant.file]  # any batch size
     for text, embedder in predictor.embedders.items():
         name = variant.sentences[text]
         if not isinstance(embedder.session, _Recording):

@@ -15,6 +15,7 @@ from spinecast.serving import bundle as bundle_format
 from spinecast.serving.embeddings import ENTRY_OVERHEAD, SentenceCache, SentenceStore
 from spinecast.serving.predictor import Predictor
 from spinecast.serving.scoring import PredictionStore
+from spinecast.training.quantize import _Recording
 
 from spinecast.cli import main
 
@@ -102,20 +103,6 @@ def test_warm_predictions_equal_cold_ones_and_encode_nothing(bundle, records):
     assert [p["recommended_treatment"] for p in again] == [p["recommended_treatment"] for p in cold]
 
 
-class _Counting:
-    """A real ONNX Runtime session that counts the rows it is run on."""
-
-    def __init__(self, session):
-        self.session, self.rows = session, []
-
-    def run(self, names, feed, options=None):
-        self.rows.append(len(next(iter(feed.values()))))
-        return self.session.run(names, feed, options)
-
-    def __getattr__(self, name):
-        return getattr(self.session, name)
-
-
 def test_the_image_graph_runs_only_for_records_with_an_image_and_once_per_explanation(
     bundle, small_cohort
 ):
@@ -127,19 +114,23 @@ def test_the_image_graph_runs_only_for_records_with_an_image_and_once_per_explan
     imaged = [row["mri_image"] is not None for row in rows]
     assert 0 < sum(imaged) < len(rows)
     predictor = Predictor(bundle)
-    predictor.image = counting = _Counting(predictor.image)
+    predictor.image = recording = _Recording(predictor.image)  # the real session, its feeds kept
+
+    def rows_run() -> list[int]:
+        return [len(feed["image"]) for feed in recording.feeds]
+
     with_images = predictor.predict(rows)
-    assert sum(counting.rows) == sum(imaged)
-    counting.rows.clear()
+    assert sum(rows_run()) == sum(imaged)
+    recording.feeds.clear()
     without = predictor.predict([row | {"mri_image": None} for row in rows])
-    assert counting.rows == []  # no image: the image graph did not run
+    assert rows_run() == []  # no image: the image graph did not run
     for a, b, has_image in zip(with_images, without, imaged, strict=True):
         assert ("mri_image" in a["modalities_used"]) == has_image
         assert "mri_image" not in b["modalities_used"]
         if not has_image:  # the same record: the same answer, the image graph run or not
             assert a["outcomes"] == b["outcomes"]
     explained = predictor.explain(rows[imaged.index(True)])
-    assert counting.rows == [1]  # the record's image once, for every occlusion
+    assert rows_run() == [1]  # the record's image once, for every occlusion
     assert "mri_image" in explained["explanation"]["modalities"]
 
 
