@@ -1,12 +1,15 @@
 """The two-stage bundle and its sentence-embedding cache, measured side by side in one run.
 
-    .venv/bin/python benchmarks/cache.py [--bundle artifacts/bench/two_stage] \\
-        [--single-graph artifacts/bench/single_graph] [--rescore-patients 10000]
+    .venv/bin/python benchmarks/cache.py --ckpt CKPT [--bundle artifacts/bench/two_stage] \\
+        [--rescore-patients 10000] [--student artifacts/bench/student_int8]
 
-Both bundles are exports of the same checkpoint: `--bundle` by this code (sentence graph + patient
-graph), `--single-graph` by the commit before the two-stage bundle (its one graph, which the
-predictor still loads). On 2 threads, per patient at batch 1, on a fresh synthetic cohort (seed
-501) whose notes no run has seen:
+`--bundle` is an export of the checkpoint `--ckpt` (sentence graph + image graph + patient graph,
+`--optimize`). The single graph it is measured against is built here from the same checkpoint: the
+whole network traced as one ONNX graph (token ids, fields and image in; the text encoder run on
+every padded sentence slot of every record, the image CNN on every record) and fused like
+`--optimize`, as bundles were before the two-stage one; the predictor serves it as a format-1
+bundle. On 2 threads, per patient at batch 1, on a fresh synthetic cohort (seed 501) whose notes no
+run has seen:
 - cold: the cache emptied before every call, vs the single graph on the same patients (interleaved);
 - warm: every sentence of the patient cached;
 - new cohort: one predictor scoring the cohort in order from an empty cache (repeats across
@@ -18,15 +21,6 @@ predictor still loads). On 2 threads, per patient at batch 1, on a fresh synthet
 - `--student`, a distilled student exported with `--quantize int8`: its INT8 graph against its
   fp32 one, cold p50 at batch 1 and the AUROC on the same patients.
 Writes benchmarks/results/cache.json.
-
-The single graph of an old commit, from the same venv (its package folders shadow the editable
-install when they come first on the path, and the working directory holds no `spinecast/`):
-
-    git worktree add /tmp/old 92b12c4 && mkdir /tmp/oldpkg && cp -r /tmp/old/spinecast /tmp/oldpkg
-    for d in datasets training serving; do ln -s /tmp/old/$d /tmp/oldpkg/spinecast/$d; done
-    cd /tmp && PYTHONPATH=/tmp/oldpkg python -c "import sys, spinecast.cli as c; \\
-        c.main(sys.argv[1:])" export --ckpt CKPT --out SINGLE_GRAPH --optimize --data COHORT
-    echo 92b12c4... > SINGLE_GRAPH/EXPORTED_BY_COMMIT
 """
 
 from __future__ import annotations
@@ -36,6 +30,7 @@ import asyncio
 import json
 import os
 import platform
+import shutil
 import sys
 import tempfile
 import time
@@ -56,6 +51,57 @@ from tools.demo import free_port, running_server
 from tools.loadtest import cohort_patients
 
 RESULTS = ROOT / "benchmarks" / "results" / "cache.json"
+
+
+def single_graph(bundle: Path, ckpt: Path, out: Path, frame) -> Path:
+    """`bundle` (an export of `ckpt`) with its graphs replaced by the whole network in one graph:
+    a format-1 bundle (module docstring)."""
+    import copy
+
+    import torch
+    from spinecast.datasets.inputs import INPUTS, OUTPUTS, PATIENT_INPUTS, model_inputs
+    from spinecast.training.graph import (
+        IMAGE_AXES,
+        PATIENT_AXES,
+        _export,
+        optimize,
+        sentence_encoders,
+    )
+    from spinecast.training.inference import load_module
+
+    net = copy.deepcopy(load_module(ckpt).net).eval().float()
+    for encoder in sentence_encoders(net).values():
+        encoder.backbone.config._attn_implementation = "eager"  # as the export traces them
+
+    class Whole(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = net  # a submodule: its weights become the graph's initializers
+
+        def forward(self, *inputs):
+            x = dict(zip(INPUTS, inputs, strict=True))
+            for name, encoder in sentence_encoders(self.net).items():
+                ids, mask = (x[f"{name}_{k}"] for k in ("ids", "mask"))
+                mask = mask.flatten(0, 1)
+                emb = encoder._encode(ids.flatten(0, 1), mask)  # every slot, no data-dependent cut
+                emb = emb * mask.any(dim=1, keepdim=True)  # zeros where a slot is empty
+                x[f"{name}_emb"] = emb.unflatten(0, ids.shape[:2])
+            x["image_emb"] = self.net.image(x["image"])
+            return self.net.calibrated(self.net.patient(*(x[k] for k in PATIENT_INPUTS)))
+
+    shutil.copytree(bundle, out)
+    for graph in out.glob("*.onnx"):
+        graph.unlink()
+    example = model_inputs(Predictor(bundle).encode(frame.iloc[:2]))
+    axes = {k: (PATIENT_AXES | IMAGE_AXES)[k] for k in (*INPUTS, *OUTPUTS)}
+    args = tuple(torch.from_numpy(example[k]) for k in INPUTS)
+    _export(Whole(), args, out / bundle_format.MODEL, INPUTS, OUTPUTS, axes)
+    optimize(out / bundle_format.MODEL, net)
+    card = bundle_format.read(bundle)
+    variant = bundle_format.Variant(file=bundle_format.MODEL)
+    one = card.model_copy(update={"variants": {"fp32": variant}, "serve": "fp32"})
+    bundle_format.write(out, one)
+    return out
 
 
 def _empty(predictor: Predictor) -> None:
@@ -196,8 +242,8 @@ def _student(student: Path, frame, rounds: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
+    parser.add_argument("--ckpt", type=Path, required=True, help="the checkpoint of --bundle")
     parser.add_argument("--bundle", type=Path, default=ROOT / "artifacts/bench/two_stage")
-    parser.add_argument("--single-graph", type=Path, default=ROOT / "artifacts/bench/single_graph")
     parser.add_argument("--rounds", type=int, default=100)
     parser.add_argument("--rescore-patients", type=int, default=10_000)
     parser.add_argument(
@@ -212,16 +258,15 @@ def main() -> None:
         generate(max(args.rounds, 500), seed=501, out=work / "cohort")
         frame = load_cohort(work / "cohort" / "cohort.parquet", training=True)
         two = Predictor(args.bundle, threads=2, batch_size=1)
-        single = Predictor(args.single_graph, threads=2, batch_size=1)
+        single_path = single_graph(args.bundle, args.ckpt, work / "single_graph", frame)
+        single = Predictor(single_path, threads=2, batch_size=1)
         two.run(two.encode(frame.iloc[:4]))  # warm-up of both sessions
         single.run(single.encode(frame.iloc[:4]))
         result = {
             "benchmark": "cache",
             "bundle": two.version,
             "single_graph_bundle": single.version,
-            "single_graph_exported_by": (args.single_graph / "EXPORTED_BY_COMMIT")
-            .read_text()
-            .strip(),
+            "single_graph": "the same checkpoint traced as one graph (module docstring)",
             "machine": f"{platform.machine()}, {os.cpu_count()} cores, 2 threads",
             **_per_patient(two, single, frame, args.rounds),
             **_new_cohort(args.bundle, frame),

@@ -90,12 +90,11 @@ def decide(samples: np.ndarray, propensity: np.ndarray | None, rule: DecisionRul
     n = samples.shape[0]
     mean = samples.mean(axis=1)
     tail = (1 - rule.interval) / 2
-    low, high = np.quantile(samples, [tail, 1 - tail], axis=1)
+    low, high = _quantiles(samples, (tail, 1 - tail))
     # the rule's lower bound of every treatment's gain over every other: (N, T, T), [:, t, c] is
-    # t over c (two quantile calls in all: at serving's batch of one, a call's fixed cost outweighs
-    # its arithmetic)
+    # t over c
     pairs = samples[:, :, :, None] - samples[:, :, None, :]
-    lower = np.quantile(pairs, rule.quantile, axis=1)
+    [lower] = _quantiles(pairs, (rule.quantile,))
     supported = (
         np.ones_like(mean, dtype=bool)
         if propensity is None
@@ -124,6 +123,20 @@ def decide(samples: np.ndarray, propensity: np.ndarray | None, rule: DecisionRul
         decision.reasons.append(_reason(decision, i, lower_vs_current[i], rule))
         decision.warnings.append(_support_warnings(decision, i, rule))
     return decision
+
+
+def _quantiles(x: np.ndarray, qs: tuple[float, ...]) -> list[np.ndarray]:
+    """`np.quantile(x, q, axis=1)` (its default linear method) for each q, from one sort: at
+    serving's batch of one, np.quantile's fixed cost was most of the rule's time (0.3 ms a call)."""
+    x = np.sort(x, axis=1)
+    out = []
+    for q in qs:
+        position = q * (x.shape[1] - 1)
+        below = int(np.floor(position))
+        above = min(below + 1, x.shape[1] - 1)
+        weight = position - below
+        out.append(x[:, below] + weight * (x[:, above] - x[:, below]))
+    return out
 
 
 def _reason(d: Decision, i: int, lower: float, rule: DecisionRule) -> str:

@@ -87,3 +87,16 @@ def test_bad_settings_name_the_setting(field, value):
 def test_wrong_shape_is_refused():
     with pytest.raises(ValueError, match=r"\(N, K, 4\)"):
         decide(np.zeros((3, len(TREATMENTS))), None, DecisionRule())
+
+
+@pytest.mark.parametrize("k", [1, 2, 5, 8])
+def test_intervals_and_bounds_are_the_members_quantiles(k):
+    """The rule's sort-based quantiles equal numpy's (linear method), whatever the member count."""
+    samples = np.random.default_rng(k).random((6, k, 4))
+    rule = DecisionRule(quantile=0.15, interval=0.7)
+    d = decide(samples, None, rule)
+    low, high = np.quantile(samples, [0.15, 0.85], axis=1)
+    benefit = samples - samples[:, :, :1]
+    np.testing.assert_allclose(d.low, low, atol=1e-12)
+    np.testing.assert_allclose(d.high, high, atol=1e-12)
+    np.testing.assert_allclose(d.benefit_low, np.quantile(benefit, 0.15, axis=1), atol=1e-12)
