@@ -15,7 +15,9 @@ run has seen:
 - new cohort: one predictor scoring the cohort in order from an empty cache (repeats across
   patients only: the honest hit rate), its p50 and hit rate;
 - /explain vs /predict, both cold, in the predictor (records in, predictions out);
-- HTTP /predict at concurrency 1 with the patient's sentences cached (warm), through a real server;
+- HTTP /predict at concurrency 1 with the patient's sentences cached (warm), through a real server:
+  as two services (the default) and with the model in the public service
+  (`SPINECAST_INLINE_MODEL=1`, one worker: `http_warm_inline_p50_ms`);
 - `spinecast predict --cache` on a cohort (seed 502) twice, then with a tenth of its notes changed:
   the speed-up of each later run over the first;
 - `--student`, a distilled student exported with `--quantize int8`: its INT8 graph against its
@@ -280,11 +282,13 @@ def main() -> None:
 
         save_to_bentoml(args.bundle)
         patient = cohort_patients(work / "cohort" / "cohort.parquet", 1)[0]
-        port = free_port()
-        with running_server(port):
-            result["http_warm_p50_ms"] = asyncio.run(
-                _http_warm(f"http://127.0.0.1:{port}", patient, args.rounds)
-            )
+        inline = {"SPINECAST_INLINE_MODEL": "1", "SPINECAST_WORKERS": "1"}
+        for key, env in (("http_warm_p50_ms", None), ("http_warm_inline_p50_ms", inline)):
+            port = free_port()
+            with running_server(port, env):
+                result[key] = asyncio.run(
+                    _http_warm(f"http://127.0.0.1:{port}", patient, args.rounds)
+                )
         result |= _rescore(args.bundle, work, args.rescore_patients)
     RESULTS.write_text(json.dumps(result, indent=1) + "\n")
     print(json.dumps(result, indent=1))
