@@ -7,9 +7,9 @@
 `--optimize`). The single graph it is measured against is built here from the same checkpoint: the
 whole network traced as one ONNX graph (token ids, fields and image in; the text encoder run on
 every padded sentence slot of every record, the image CNN on every record) and fused like
-`--optimize`, as bundles were before the two-stage one; the predictor serves it as a format-1
-bundle. On 2 threads, per patient at batch 1, on a fresh synthetic cohort (seed 501) whose notes no
-run has seen:
+`--optimize`; the predictor serves it as a format-1 bundle. Single graphs before the two-stage
+bundle (commit 92b12c4) did less: each distinct non-empty sentence once, unpadded. On 2 threads,
+per patient at batch 1, on a fresh synthetic cohort (seed 501) whose notes no run has seen:
 - cold: the cache emptied before every call, vs the single graph on the same patients (interleaved);
 - warm: every sentence of the patient cached;
 - new cohort: one predictor scoring the cohort in order from an empty cache (repeats across
