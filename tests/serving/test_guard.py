@@ -7,7 +7,7 @@ import json
 import pytest
 from spinecast.serving.guard import Guard
 from starlette.applications import Starlette
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, StreamingResponse
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
@@ -26,6 +26,14 @@ async def predict(request):
     return JSONResponse({"got": len(body)})
 
 
+async def parts(request):
+    async def body():
+        yield b'{"a": '
+        yield b"1}"
+
+    return StreamingResponse(body(), media_type="application/json")
+
+
 async def livez(request):
     return JSONResponse({"ok": True})
 
@@ -37,6 +45,7 @@ def client():
             Route("/predict", predict, methods=["POST"]),
             Route("/predict_batch", predict, methods=["POST"]),
             Route("/livez", livez),
+            Route("/parts", parts, methods=["POST"]),
         ]
     )
     guarded = Guard(
@@ -122,3 +131,12 @@ def test_the_clinician_pages_files_need_no_key_but_nothing_else_under_them_does(
     assert client.get("/uix").status_code == 401  # the prefix is /ui itself, not any /ui...
     assert client.get("/model").status_code == 401  # the page's own calls send the key
     assert client.get("/model", headers=AUTH).json() == {"version": "v"}
+
+
+def test_a_body_sent_in_parts_goes_out_whole_with_its_length(client):
+    sent = client.post("/parts", json={}, headers=AUTH)
+    assert sent.json() == {"a": 1}
+    assert sent.headers["content-length"] == str(len(b'{"a": 1}'))
+    assert "transfer-encoding" not in sent.headers
+    sized = client.post("/predict", json={"a": 1}, headers=AUTH)  # passed on as it came
+    assert sized.headers["content-length"] == str(len(sized.content))

@@ -87,6 +87,9 @@ def test_every_subset_of_modalities_predicts(server, patients, absent):
     patient = {k: v for k, v in _full(patients).items() if k not in absent}
     r = post(server, "/predict", {"patient": patient})
     assert r.status_code == 200, r.text
+    # sent whole with its length (the Guard), not in chunks as BentoML streams it
+    assert int(r.headers["content-length"]) == len(r.content)
+    assert "transfer-encoding" not in r.headers
     body = r.json()
     assert body["modalities_used"] == ["tabular"] + [m for m in OPTIONAL if m not in absent]
     assert all(any(w.startswith(f"{m} missing") for w in body["warnings"]) for m in absent)
