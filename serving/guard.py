@@ -3,8 +3,9 @@
 `Guard` refuses what a route must never see (a second or wrong bearer token, a body that is not
 JSON, a body over the route's limit or slower than its deadline) and rewrites every 400 BentoML
 produces into the declared shape, `contract_error`: {"error", "detail", "errors": [{"field",
-"rule"}]}, fields in one format (`patients.3.age`), never a client's text echoed back. Starlette
-and pydantic only; `tests/serving/test_guard.py` runs it in-process with Starlette's TestClient.
+"rule"}]}, fields in one format (`patients.3.age`), never a client's text echoed back; and sends
+every unsized answer whole, with its Content-Length. Starlette and pydantic only;
+`tests/serving/test_guard.py` runs it in-process with Starlette's TestClient.
 """
 
 from __future__ import annotations
@@ -230,7 +231,7 @@ def _rewritten(send, request: bytes, retry_after: Callable[[], int]):
     `Retry-After` (the capacity's estimate of when the queue will have drained). A body sent in
     parts without a length (BentoML streams every API answer: a part, then an empty last one, so
     chunked encoding) is sent whole with its `Content-Length`: one write instead of three, and
-    nothing for the client to reassemble (every answer here is small JSON)."""
+    nothing for the client to reassemble (every answer here is bounded: JSON or a page file)."""
     start: dict | None = None
     chunks: list[bytes] = []
 
@@ -241,7 +242,7 @@ def _rewritten(send, request: bytes, retry_after: Callable[[], int]):
             if message["status"] in (429, 503):
                 headers = [(k, v) for k, v in headers if k.lower() != b"retry-after"]
                 headers.append((b"retry-after", str(retry_after()).encode()))
-            message = {**message, "headers": headers}
+                message = {**message, "headers": headers}
             if message["status"] != 400 and any(k.lower() == b"content-length" for k, _ in headers):
                 return await send(message)  # sized already: passed on as it comes
             start = message
